@@ -1,0 +1,363 @@
+"""One run's configuration: dataclasses, YAML load, `--set a.b=c` overrides, validation.
+
+Defaults are the paper's recipe (AdamW betas (0, 0.99), batch 512, width-aware LR from 2e-4
+at width 768, EMA 0.999, aR1/aR2 gamma 0.1, DiffAugment, MNG-exp with K=4). The resolved
+config is written as plain YAML into every run folder, so a run folder alone says what ran.
+"""
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is missing, unknown, of the wrong type or out of range."""
+
+
+@dataclass
+class ModelConfig:
+    """Generator and discriminator sizes. `name` (e.g. "GAT-B/2") fills width/depth/heads/patch;
+    the d_* fields give the discriminator its own size (None: same as the generator)."""
+
+    name: str | None = None
+    width: int = 384
+    depth: int = 12
+    heads: int = 6
+    patch: int = 2
+    d_width: int | None = None
+    d_depth: int | None = None
+    d_heads: int | None = None
+    z_dim: int = 64
+    grad_checkpointing: bool = False
+
+
+@dataclass
+class MNGConfig:
+    """Multi-level noise-perturbed image guidance. mode: exp | lin | msg | off."""
+
+    mode: str = "exp"
+    levels: int = 4
+    i_min: float = 0.125
+    offset: float = 0.01
+
+
+@dataclass
+class LossConfig:
+    """Relativistic pairing loss plus R1/R2. penalty: approx (finite differences) | exact | none."""
+
+    penalty: str = "approx"
+    gamma: float = 0.1
+    sigma: float = 0.01
+
+
+@dataclass
+class RepaConfig:
+    """REPA-style alignment of D's tokens to a frozen vision encoder, on reals only.
+    encoder: none | dinov2 | torchscript | tiny; source: a local path or hub id."""
+
+    encoder: str = "none"
+    source: str | None = None
+    weight: float = 1.0
+    projector_hidden: int = 2048
+
+
+@dataclass
+class AugmentConfig:
+    """Latent DiffAugment. Probabilities / fractions as in the official code."""
+
+    enabled: bool = True
+    color_prob: float = 0.5
+    translation: float = 0.125
+    cutout: float = 0.5
+    flip_prob: float = 0.4
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the loop's schedule. Steps count D+G iterations."""
+
+    batch: int = 512
+    steps: int = 50_000
+    lr_rule: str = "width_aware"
+    base_lr: float = 2e-4
+    base_width: int = 768
+    beta1: float = 0.0
+    beta2: float = 0.99
+    eps: float = 1e-8
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    ema_decay: float = 0.999
+    w_avg_beta: float = 0.995
+    precision: str = "auto"
+    compile: bool = False
+    log_every: int = 100
+    ckpt_every: int = 1000
+    snapshot_every: int = 10_000
+
+
+@dataclass
+class DataConfig:
+    """kind: fashion_mnist (the embedded default) | latents (gatscale shards) | repa (GAT/REPA layout).
+    vae: AutoencoderKL hub id or local path used to decode samples (None: the dataset's own)."""
+
+    kind: str = "fashion_mnist"
+    path: str | None = None
+    vae: str | None = None
+    num_workers: int = 0
+
+
+@dataclass
+class EvalConfig:
+    """Fréchet distance on the EMA generator. extractor: inception | fmnist | none."""
+
+    extractor: str = "fmnist"
+    every: int = 2500
+    num_samples: int = 5000
+    ref_stats: str | None = None
+    inception_path: str | None = None
+    sample_psi: float = 0.3
+    probe_batch: int = 16
+
+
+@dataclass
+class LoggingConfig:
+    """wandb: off | offline | online (offline never needs a network)."""
+
+    wandb: str = "offline"
+    wandb_project: str = "gatscale"
+    progress: str = "auto"
+
+
+@dataclass
+class RunConfig:
+    """Everything one training run needs."""
+
+    seed: int = 0
+    device: str = "auto"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    mng: MNGConfig = field(default_factory=MNGConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    repa: RepaConfig = field(default_factory=RepaConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    logging: LoggingConfig = field(default_factory=LoggingConfig)
+
+
+CHOICES: dict[str, tuple[str, ...]] = {
+    "mng.mode": ("exp", "lin", "msg", "off"),
+    "loss.penalty": ("approx", "exact", "none"),
+    "repa.encoder": ("none", "dinov2", "torchscript", "tiny"),
+    "train.lr_rule": ("constant", "width_aware", "sqrt", "mup"),
+    "train.precision": ("auto", "fp32", "bf16"),
+    "data.kind": ("fashion_mnist", "latents", "repa"),
+    "eval.extractor": ("inception", "fmnist", "none"),
+    "logging.wandb": ("off", "offline", "online"),
+    "logging.progress": ("auto", "bar", "lines"),
+}
+POSITIVE = (
+    "model.width", "model.depth", "model.heads", "model.patch", "model.z_dim", "mng.levels",
+    "train.batch", "train.steps", "train.base_lr", "train.base_width", "train.log_every",
+    "train.ckpt_every", "train.snapshot_every", "eval.every", "loss.sigma",
+)
+NON_NEGATIVE = ("loss.gamma", "repa.weight", "train.grad_clip", "train.weight_decay", "eval.num_samples")
+UNIT_INTERVAL = (
+    "train.beta1", "train.beta2", "train.ema_decay", "train.w_avg_beta", "mng.i_min",
+    "augment.color_prob", "augment.flip_prob", "augment.translation", "augment.cutout",
+)
+
+
+def _field_types(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _coerce(value: Any, annotation: Any, key: str) -> Any:
+    """Check `value` against a field annotation; ints are accepted for floats, nothing else."""
+    origin = typing.get_origin(annotation)
+    if origin in (typing.Union, types.UnionType):
+        options = typing.get_args(annotation)
+        if value is None and type(None) in options:
+            return None
+        for option in options:
+            if option is type(None):
+                continue
+            try:
+                return _coerce(value, option, key)
+            except ConfigError:
+                pass
+        raise ConfigError(f"{key}: expected {annotation}, got {value!r}")
+    if annotation is bool:
+        if isinstance(value, bool):
+            return value
+    elif annotation is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif annotation is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif annotation is str:
+        if isinstance(value, str):
+            return value
+    else:
+        raise ConfigError(f"{key}: unsupported annotation {annotation}")
+    raise ConfigError(f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
+
+
+def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
+    if not isinstance(data, dict):
+        raise ConfigError(f"{prefix.rstrip('.') or 'config'}: expected a mapping, got {data!r}")
+    hints = _field_types(cls)
+    unknown = sorted(set(data) - set(hints))
+    if unknown:
+        raise ConfigError(
+            f"unknown key {prefix}{unknown[0]} (allowed under {prefix or 'the top level'}: "
+            f"{', '.join(sorted(hints))})"
+        )
+    kwargs = {}
+    for name, annotation in hints.items():
+        if name not in data:
+            continue
+        key = prefix + name
+        if dataclasses.is_dataclass(annotation):
+            kwargs[name] = _build(annotation, data[name], key + ".")
+        else:
+            kwargs[name] = _coerce(data[name], annotation, key)
+    return cls(**kwargs)
+
+
+def to_dict(config: RunConfig) -> dict[str, Any]:
+    """The config as plain nested dicts (what config.yaml holds)."""
+    return dataclasses.asdict(config)
+
+
+def get_value(config: RunConfig, dotted: str) -> Any:
+    """Read `a.b` from a config; raises ConfigError naming the key if it does not exist."""
+    node: Any = config
+    for part in dotted.split("."):
+        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+            raise ConfigError(f"unknown key {dotted}")
+        node = getattr(node, part)
+    return node
+
+
+def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """Return a copy of nested `data` with dotted keys set (`{"model.width": 512}`)."""
+    out = yaml.safe_load(yaml.safe_dump(data)) or {}
+    for dotted, value in overrides.items():
+        node = out
+        parts = dotted.split(".")
+        for part in parts[:-1]:
+            child = node.setdefault(part, {})
+            if not isinstance(child, dict):
+                raise ConfigError(f"cannot set {dotted}: {part} is not a section")
+            node = child
+        node[parts[-1]] = value
+    return out
+
+
+def parse_set(items: list[str]) -> dict[str, Any]:
+    """Parse CLI `key=value` strings; values are read as YAML scalars (`1e-4`, `true`, `null`)."""
+    out = {}
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        key, raw = item.split("=", 1)
+        value = yaml.safe_load(raw) if raw else ""
+        if isinstance(value, str) and _looks_numeric(value):
+            value = float(value)
+        out[key.strip()] = value
+    return out
+
+
+def _looks_numeric(text: str) -> bool:
+    # YAML 1.1 reads "1e-4" (no dot) as a string; users mean a number.
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _resolve_model_name(data: dict[str, Any]) -> dict[str, Any]:
+    """Fill width/depth/heads/patch from the registry when `model.name` is given."""
+    model = data.get("model") or {}
+    name = model.get("name")
+    if name is None:
+        return data
+    from gat.models.registry import parse_size
+
+    size = parse_size(name)
+    for key in ("width", "depth", "heads", "patch"):
+        given = model.get(key)
+        wanted = getattr(size, key)
+        if given is not None and given != wanted:
+            raise ConfigError(f"model.{key}={given} contradicts model.name={name} ({key} {wanted})")
+        model[key] = wanted
+    data["model"] = model
+    return data
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Validate nested dicts into a RunConfig; errors name the offending key."""
+    data = _resolve_model_name(yaml.safe_load(yaml.safe_dump(data or {})) or {})
+    config = _build(RunConfig, data, "")
+    validate(config)
+    return config
+
+
+def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> RunConfig:
+    """Load a YAML file (or the defaults when `path` is None) and apply overrides."""
+    data: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as err:
+            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+    if isinstance(overrides, list):
+        overrides = parse_set(overrides)
+    return from_dict(apply_overrides(data, overrides or {}))
+
+
+def save_config(config: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically: a half-written config never exists)."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
+    tmp.replace(path)
+
+
+def validate(config: RunConfig) -> None:
+    """Range and choice checks that types alone cannot express."""
+    for key, allowed in CHOICES.items():
+        value = get_value(config, key)
+        if value not in allowed:
+            raise ConfigError(f"{key}={value!r} is not one of: {', '.join(allowed)}")
+    for key in POSITIVE:
+        if not get_value(config, key) > 0:
+            raise ConfigError(f"{key} must be > 0, got {get_value(config, key)}")
+    for key in NON_NEGATIVE:
+        if get_value(config, key) < 0:
+            raise ConfigError(f"{key} must be >= 0, got {get_value(config, key)}")
+    for key in UNIT_INTERVAL:
+        if not 0.0 <= get_value(config, key) <= 1.0:
+            raise ConfigError(f"{key} must be in [0, 1], got {get_value(config, key)}")
+    m = config.model
+    for prefix, width, heads in (("model.", m.width, m.heads), ("model.d_", m.d_width or m.width, m.d_heads or m.heads)):
+        if width % heads:
+            raise ConfigError(f"{prefix}width={width} is not divisible by {prefix}heads={heads}")
+        if (width // heads) % 4:
+            raise ConfigError(f"{prefix}width/{prefix}heads={width // heads} must be a multiple of 4 (2-D RoPE)")
+    if config.mng.mode != "off" and config.mng.levels < 2:
+        raise ConfigError(f"mng.levels must be >= 2 when mng.mode={config.mng.mode}, got {config.mng.levels}")
+    if config.repa.encoder in ("dinov2", "torchscript") and not config.repa.source:
+        raise ConfigError(f"repa.source is required for repa.encoder={config.repa.encoder} (a local path or hub id)")
