@@ -1,0 +1,119 @@
+"""MNG: multi-level noise-perturbed image guidance (paper §3).
+
+G emits K accumulated outputs x̂_1…x̂_K (shallow → deep). D sees all of them at once,
+concatenated on channels, each perturbed in rectified-flow form
+
+    x̃_k = (1 − t_k)·x_k + n_k,    std(n_k) = t_k,
+
+with noise strength t_k falling with depth. The noise is nested: n_K ~ N(0, t_K²) and each
+shallower level rescales the deeper noise by (1 − t_k)/(1 − t_{k+1}) and tops it up with fresh
+Gaussian noise, so K copies of one real latent form a single consistent forward trajectory
+(x̃_k = ((1 − t_k)/(1 − t_{k+1}))·x̃_{k+1} + fresh noise).
+
+Modes (`MNGConfig.mode`):
+- `exp`: t_k = 1 − i_min^(1−λ_k) + offset, λ_k = (k−1)/(K−1); the signal 1 − t_k (before the
+  offset) doubles per level for i_min = 1/8 (K=4: t = 0.885, 0.76, 0.51, 0.01).
+- `lin`: the signal before the offset rises linearly from i_min to 1,
+  t_k = (1 − i_min)·(1 − λ_k) + offset (K=4: t = 0.885, 0.5933…, 0.3017…, 0.01).
+- `msg`: MSG-GAN-style multi-scale input, no noise. Level k is resized (area) to
+  H / 2^(K−k) and back up (nearest) to H, so D's channel-concat input keeps one shape while the
+  shallower levels carry only coarse content.
+- `off`: vanilla GAT. D sees only the final output, clean, as in the official code's
+  single-scale path (which adds no Gaussian noise at all).
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from gat.config import ConfigError, MNGConfig
+
+_NOISY_MODES = ("exp", "lin")
+
+
+def noise_levels(cfg: MNGConfig) -> list[float]:
+    """Noise strengths t_k, shallow → deep, one per input D sees (zeros for `msg` and `off`)."""
+    if cfg.mode == "off":
+        return [0.0]
+    if cfg.mode == "msg":
+        return [0.0] * cfg.levels
+    if cfg.mode not in _NOISY_MODES:
+        raise ConfigError(f"mng.mode={cfg.mode!r} is not one of: exp, lin, msg, off")
+    if cfg.levels < 2:
+        raise ConfigError(f"mng.levels must be >= 2 when mng.mode={cfg.mode}, got {cfg.levels}")
+    lambdas = [k / (cfg.levels - 1) for k in range(cfg.levels)]
+    if cfg.mode == "exp":
+        levels = [1.0 - cfg.i_min ** (1.0 - lam) + cfg.offset for lam in lambdas]
+    else:
+        levels = [(1.0 - cfg.i_min) * (1.0 - lam) + cfg.offset for lam in lambdas]
+    # The nesting divides by the signal 1 − t_k, and a negative t is not a noise strength.
+    if not all(0.0 <= t < 1.0 for t in levels):
+        raise ConfigError(
+            f"mng noise levels {levels} leave [0, 1): need mng.offset >= 0 and mng.i_min > mng.offset"
+        )
+    return levels
+
+
+def num_inputs(cfg: MNGConfig) -> int:
+    """How many levels D sees (its input has `latent_channels * num_inputs(cfg)` channels)."""
+    return 1 if cfg.mode == "off" else cfg.levels
+
+
+def select_levels(outputs: list[Tensor], cfg: MNGConfig) -> list[Tensor]:
+    """The generator outputs D sees: the last `num_inputs(cfg)` of them (`off`: the final image)."""
+    count = num_inputs(cfg)
+    if len(outputs) < count:
+        raise ValueError(f"the generator gave {len(outputs)} outputs but mng needs {count}")
+    return list(outputs[-count:])
+
+
+def sample_noise(like: Tensor, cfg: MNGConfig, generator: torch.Generator | None = None) -> list[Tensor]:
+    """One nested noise draw n_1…n_K (shallow → deep) shaped like `like`, std(n_k) = t_k.
+
+    Empty for `msg` and `off`, which add no noise. Kept apart from `perturb` so the penalties
+    can reuse the exact draw the adversarial term saw.
+    """
+    if cfg.mode not in _NOISY_MODES:
+        return []
+    levels = noise_levels(cfg)
+    noise: list[Tensor] = []
+    deeper_t = 0.0
+    cumulative = torch.zeros_like(like)
+    for t in reversed(levels):
+        decay = (1.0 - t) / (1.0 - deeper_t)
+        # Fresh variance that brings the rescaled deeper noise up to a total of t².
+        fresh_var = max(t * t - (deeper_t * decay) ** 2, 0.0)
+        fresh = torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+        cumulative = cumulative * decay + fresh * fresh_var ** 0.5
+        noise.append(cumulative)
+        deeper_t = t
+    return noise[::-1]
+
+
+def perturb(levels: list[Tensor], noise: list[Tensor], cfg: MNGConfig) -> Tensor:
+    """D's input [B, K*C, H, W]: level k perturbed as x̃_k = (1 − t_k)·x_k + n_k, on channels.
+
+    `levels` are the selected generator outputs, or K copies of the same real latent.
+    `msg` resizes instead of adding noise; `off` passes the single level through.
+    """
+    count = num_inputs(cfg)
+    if len(levels) != count:
+        raise ValueError(f"mng.mode={cfg.mode} expects {count} levels, got {len(levels)}")
+    if cfg.mode == "off":
+        return levels[0]
+    if cfg.mode == "msg":
+        return torch.cat([_rescale(x, 2 ** (count - 1 - k)) for k, x in enumerate(levels)], dim=1)
+    if len(noise) != count:
+        raise ValueError(f"mng.mode={cfg.mode} expects {count} noise tensors, got {len(noise)}")
+    ts = noise_levels(cfg)
+    return torch.cat([(1.0 - t) * x + n for t, x, n in zip(ts, levels, noise)], dim=1)
+
+
+def _rescale(x: Tensor, factor: int) -> Tensor:
+    """Down by `factor` (area average) and back up (nearest): coarse content at full size."""
+    if factor == 1:
+        return x
+    height, width = x.shape[-2:]
+    small = F.interpolate(x, size=(max(height // factor, 1), max(width // factor, 1)), mode="area")
+    return F.interpolate(small, size=(height, width), mode="nearest")

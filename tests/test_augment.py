@@ -1,0 +1,105 @@
+"""Latent DiffAugment: one draw shared across tensors, probabilities, geometry, gradients."""
+from __future__ import annotations
+
+import pytest
+import torch
+
+from gat.augment import AugParams, apply, geometric_only, sample_params
+from gat.config import AugmentConfig
+
+GEOMETRY = AugmentConfig(color_prob=0.0, cutout=0.0)
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _impulses(batch: int, size: int, ys: torch.Tensor, xs: torch.Tensor) -> torch.Tensor:
+    x = torch.zeros(batch, 1, size, size)
+    x[torch.arange(batch), 0, ys, xs] = 1.0
+    return x
+
+
+def _expected(params: AugParams, ys: torch.Tensor, xs: torch.Tensor, size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where DiffAugment's translation then flip should move pixel (y, x), in pixels at `size`."""
+    new_y = ys + torch.round(params.shift_y * size).long()
+    new_x = xs + torch.round(params.shift_x * size).long()
+    new_x = torch.where(params.flip, size - 1 - new_x, new_x)
+    return new_y, new_x
+
+
+@pytest.mark.parametrize("size", [32, 256])
+def test_geometry_moves_impulses_as_drawn_at_any_size(size: int) -> None:
+    batch = 64
+    params = sample_params(batch, 32, 32, GEOMETRY, _gen(1))
+    scale = size // 32
+    for seed in (2, 3):  # two different "levels" under the same draw
+        ys = torch.randint(4 * scale, 28 * scale, (batch,), generator=_gen(seed))
+        xs = torch.randint(4 * scale, 28 * scale, (batch,), generator=_gen(seed + 10))
+        out = apply(_impulses(batch, size, ys, xs), params)
+        new_y, new_x = _expected(params, ys, xs, size)
+        assert torch.equal(out[torch.arange(batch), 0, new_y, new_x], torch.ones(batch))
+        assert out.sum().item() == batch
+    # Latent shifts are whole latent pixels, so an image moves by whole multiples of the scale.
+    assert torch.equal(torch.round(params.shift_y * size) % scale, torch.zeros(batch))
+    assert params.shift_y.abs().max().item() * 32 == 4
+
+
+def test_translation_zero_fills_and_levels_share_the_draw() -> None:
+    params = sample_params(256, 16, 16, AugmentConfig(), _gen(4))
+    ones = torch.ones(256, 4, 16, 16)
+    a, b = apply(ones, params), apply(ones.clone(), params)
+    assert torch.equal(a, b)
+    shifted = (params.shift_y != 0) & ~params.color_mask
+    assert (a[shifted] == 0).any(dim=(1, 2, 3)).all()
+    # Cutout zeroes the same square in every tensor of the batch.
+    cut_only = sample_params(8, 16, 16, AugmentConfig(color_prob=0, translation=0, flip_prob=0), _gen(5))
+    holes = [apply(torch.rand(8, 4, 16, 16, generator=_gen(s)) + 1, cut_only) == 0 for s in (6, 7)]
+    assert torch.equal(holes[0], holes[1])
+    per_sample = holes[0][:, 0].sum(dim=(1, 2))
+    assert per_sample.max().item() == 64 and per_sample.min().item() > 0
+
+
+def test_probabilities_match_the_policy() -> None:
+    params = sample_params(20_000, 32, 32, AugmentConfig(), _gen(8))
+    assert params.flip.float().mean().item() == pytest.approx(0.4, abs=0.015)
+    assert params.color_mask.float().mean().item() == pytest.approx(0.5, abs=0.015)
+    assert set((params.shift_x * 32).round().long().tolist()) == set(range(-4, 5))
+    assert params.brightness.min() >= -0.5 and params.brightness.max() < 0.5
+    assert params.saturation.min() >= 0 and params.saturation.max() < 2
+    assert params.contrast.min() >= 0.5 and params.contrast.max() < 1.5
+
+
+def test_colour_only_touches_the_masked_samples() -> None:
+    params = sample_params(64, 8, 8, AugmentConfig(translation=0, cutout=0, flip_prob=0), _gen(9))
+    x = torch.randn(64, 4, 8, 8, generator=_gen(10))
+    out = apply(x, params)
+    mask = params.color_mask
+    assert torch.equal(out[~mask], x[~mask])
+    assert ((out[mask] - x[mask]).abs().amax(dim=(1, 2, 3)) > 1e-3).all()
+
+
+def test_geometric_only_keeps_translation_and_flip() -> None:
+    params = sample_params(32, 32, 32, AugmentConfig(), _gen(11))
+    geo = geometric_only(params)
+    assert geo.color_mask is None and geo.cutout_y is None
+    assert torch.equal(geo.shift_x, params.shift_x) and torch.equal(geo.flip, params.flip)
+    image = torch.rand(32, 3, 64, 64, generator=_gen(12))
+    out = apply(image, geo)
+    inner = out[:, :, 8:-8, 8:-8]  # never reached by a ±1/8 shift's zero fill
+    assert (inner > 0).all()
+
+
+def test_apply_is_differentiable() -> None:
+    params = sample_params(2, 4, 4, AugmentConfig(color_prob=1.0), _gen(13))
+    x = torch.randn(2, 3, 4, 4, dtype=torch.float64, generator=_gen(14), requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: apply(t, params), (x,))
+
+
+def test_disabled_is_identity_and_draws_are_seeded() -> None:
+    x = torch.randn(4, 4, 8, 8)
+    assert torch.equal(apply(x, sample_params(4, 8, 8, AugmentConfig(enabled=False))), x)
+    first, again = (sample_params(16, 8, 8, AugmentConfig(), _gen(15)) for _ in range(2))
+    assert all(torch.equal(getattr(first, f), getattr(again, f)) for f in ("brightness", "shift_y", "cutout_x", "flip"))
+    with pytest.raises(ValueError, match="batch 16"):
+        apply(x, first)
