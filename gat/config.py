@@ -203,6 +203,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
     elif annotation is str:
+        if isinstance(value, bool):
+            # YAML 1.1 reads a bare `off`/`on` as a boolean; `mng.mode: off` means the string.
+            return "on" if value else "off"
         if isinstance(value, str):
             return value
     else:

@@ -1,0 +1,31 @@
+"""Suite-wide rules: SLURM tests skip without a cluster but are required where CI says so."""
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+
+import pytest
+
+os.environ.setdefault("WANDB_MODE", "offline")
+os.environ.setdefault("WANDB_SILENT", "true")
+
+
+def _slurm_up() -> bool:
+    if shutil.which("sinfo") is None:
+        return False
+    try:
+        return subprocess.run(["sinfo", "-h"], capture_output=True, timeout=10).returncode == 0
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    if item.get_closest_marker("slurm") is None:
+        return
+    if _slurm_up():
+        return
+    if os.environ.get("GATSCALE_REQUIRE_SLURM") == "1":
+        pytest.fail("SLURM is required here (GATSCALE_REQUIRE_SLURM=1) but `sinfo` does not answer; "
+                    "start it with `WITH_DBD=1 bash scripts/slurm_up.sh`")
+    pytest.skip("no SLURM cluster on this machine (start one with `WITH_DBD=1 bash scripts/slurm_up.sh`)")
