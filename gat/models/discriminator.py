@@ -1,0 +1,101 @@
+"""GAT's discriminator (paper §1.4): a plain ViT with a cls token and a projection head.
+
+The K MNG levels arrive concatenated on channels and are patchified jointly, so one token
+sequence and one logit judge the whole tuple. The logit is the projection-discriminator
+score <phi(cls), e_y>; class information enters only there, never inside the blocks.
+"""
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from gat.models.layers import (
+    Attention,
+    AxialRoPE,
+    RMSNorm,
+    SwiGLU,
+    init_linears,
+    mapping_mlp,
+    run_block,
+    sincos_pos_embed,
+)
+
+_LAYERSCALE_INIT = 0.1
+CMAP_DIM = 2048  # width of the projection head and of the class embedding it is scored against
+
+
+class DiscriminatorBlock(nn.Module):
+    """Pre-norm block with affine RMSNorm and LayerScale on both residual branches."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        self.norm1 = RMSNorm(dim)
+        self.attn = Attention(dim, heads)
+        self.scale_attn = nn.Parameter(torch.full((dim,), _LAYERSCALE_INIT))
+        self.norm2 = RMSNorm(dim)
+        self.ffn = SwiGLU(dim)
+        self.scale_ffn = nn.Parameter(torch.full((dim,), _LAYERSCALE_INIT))
+
+    def forward(self, x: Tensor, rope: AxialRoPE) -> Tensor:
+        x = x + self.scale_attn * self.attn(self.norm1(x), rope)
+        return x + self.scale_ffn * self.ffn(self.norm2(x))
+
+
+def repa_projector(dim: int, hidden: int, out_dim: int) -> nn.Sequential:
+    """REPA's 3-layer MLP from D's tokens to the frozen encoder's feature space."""
+    return nn.Sequential(
+        nn.Linear(dim, hidden), nn.SiLU(), nn.Linear(hidden, hidden), nn.SiLU(), nn.Linear(hidden, out_dim)
+    )
+
+
+class Discriminator(nn.Module):
+    """D(x [B, in_channels, H, W], y [B]) -> (logits [B], last-block tokens [B, 1+N, width])."""
+
+    def __init__(
+        self,
+        *,
+        width: int,
+        depth: int,
+        heads: int,
+        patch: int,
+        in_channels: int,
+        latent_size: int,
+        num_classes: int,
+        repa_dim: int | None = None,
+        projector_hidden: int = 2048,
+        grad_checkpointing: bool = False,
+    ) -> None:
+        super().__init__()
+        if latent_size % patch:
+            raise ValueError(f"latent size {latent_size} is not divisible by patch {patch}")
+        self.grad_checkpointing = grad_checkpointing
+        grid = latent_size // patch
+
+        self.patch_embed = nn.Conv2d(in_channels, width, kernel_size=patch, stride=patch)
+        self.register_buffer("pos_embed", sincos_pos_embed(width, grid)[None], persistent=False)
+        self.cls_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
+        self.rope = AxialRoPE(width // heads, grid, num_prefix=1)
+        self.blocks = nn.ModuleList(DiscriminatorBlock(width, heads) for _ in range(depth))
+        self.head = nn.Sequential(RMSNorm(width), nn.Linear(width, CMAP_DIM))
+        self.class_embed = nn.Embedding(num_classes, CMAP_DIM)
+        self.class_mapping = mapping_mlp(CMAP_DIM, CMAP_DIM)
+        self.projector = repa_projector(width, projector_hidden, repa_dim) if repa_dim else None
+
+        init_linears(self)
+        nn.init.normal_(self.class_embed.weight, std=0.02)
+
+    def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
+        """Projection logits [B] and the last block's tokens (cls first)."""
+        tokens = self.patch_embed(x).flatten(2).transpose(1, 2) + self.pos_embed
+        tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
+        for block in self.blocks:
+            tokens = run_block(block, self.grad_checkpointing, tokens, self.rope)
+        class_code = self.class_mapping(self.class_embed(y))
+        logits = (self.head(tokens[:, 0]) * class_code).sum(-1)
+        return logits, tokens
+
+    def project(self, tokens: Tensor) -> Tensor:
+        """REPA projection of every token [B, 1+N, width] -> [B, 1+N, repa_dim]."""
+        if self.projector is None:
+            raise RuntimeError("this discriminator was built without a REPA projector (repa_dim=None)")
+        return self.projector(tokens)

@@ -1,0 +1,177 @@
+"""Pieces the generator and the discriminator share: norms, attention, FFN, positions, patches.
+
+Both networks are plain pre-norm ViTs (paper §1.3-1.4). What they share lives here; what makes
+them differ (G's style modulation, D's cls token and LayerScale) lives in their own modules.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint as recompute
+
+
+class RMSNorm(nn.Module):
+    """Root-mean-square norm over the last dim, optionally with a learned per-channel gain.
+
+    Normalises in float32 and returns the input dtype, so bf16 activations stay bf16 and the
+    q/k/v handed to SDPA keep one dtype.
+    """
+
+    def __init__(self, dim: int, affine: bool = True, eps: float = 1e-6) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(dim)) if affine else None
+
+    def forward(self, x: Tensor) -> Tensor:
+        out = x.float() * torch.rsqrt(x.float().square().mean(-1, keepdim=True) + self.eps)
+        if self.weight is not None:
+            out = out * self.weight.float()
+        return out.to(x.dtype)
+
+
+class EqualLinear(nn.Module):
+    """StyleGAN's equalised linear layer with a learning-rate multiplier.
+
+    The stored weight is the effective one divided by `lr_mult`, so Adam's steps on it move the
+    effective weight `lr_mult` times as far: the mapping networks train 100x slower (0.01).
+    The effective weight starts xavier-uniform and the bias at zero.
+    """
+
+    def __init__(self, in_dim: int, out_dim: int, lr_mult: float = 1.0) -> None:
+        super().__init__()
+        self.lr_mult = lr_mult
+        self.weight = nn.Parameter(torch.empty(out_dim, in_dim))
+        self.bias = nn.Parameter(torch.zeros(out_dim))
+        nn.init.xavier_uniform_(self.weight, gain=1.0 / lr_mult)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return F.linear(x, self.weight * self.lr_mult, self.bias * self.lr_mult)
+
+
+def mapping_mlp(in_dim: int, out_dim: int, lr_mult: float = 0.01) -> nn.Sequential:
+    """Two equalised layers, Linear-SiLU-Linear: G's z/class mapping and D's class embedding."""
+    return nn.Sequential(EqualLinear(in_dim, out_dim, lr_mult), nn.SiLU(), EqualLinear(out_dim, out_dim, lr_mult))
+
+
+def normalize_2nd_moment(x: Tensor, eps: float = 1e-8) -> Tensor:
+    """Scale each row to unit mean square (StyleGAN), so z and the class code weigh alike."""
+    return x * torch.rsqrt(x.square().mean(dim=-1, keepdim=True) + eps)
+
+
+def init_linears(module: nn.Module) -> None:
+    """Xavier-uniform weights and zero biases for every nn.Linear / nn.Conv2d (the official init).
+
+    Run before any layer-specific init, which then overrides it.
+    """
+    for layer in module.modules():
+        if isinstance(layer, (nn.Linear, nn.Conv2d)):
+            nn.init.xavier_uniform_(layer.weight.view(layer.weight.shape[0], -1))
+            if layer.bias is not None:
+                nn.init.zeros_(layer.bias)
+
+
+def sincos_pos_embed(dim: int, grid: int) -> Tensor:
+    """Fixed 2-D sin-cos position embedding [grid*grid, dim] (MAE/DiT layout, row-major tokens).
+
+    The first half of the channels encodes the column, the second half the row.
+    """
+    if dim % 4:
+        raise ValueError(f"sin-cos position embedding needs a width divisible by 4, got {dim}")
+    omega = 1.0 / 10000 ** (torch.arange(dim // 4, dtype=torch.float64) / (dim // 4))
+    coords = torch.arange(grid, dtype=torch.float64)
+    rows, cols = torch.meshgrid(coords, coords, indexing="ij")
+
+    def encode(pos: Tensor) -> Tensor:
+        angles = pos.reshape(-1, 1) * omega
+        return torch.cat([angles.sin(), angles.cos()], dim=1)
+
+    return torch.cat([encode(cols), encode(rows)], dim=1).float()
+
+
+class AxialRoPE(nn.Module):
+    """2-D rotary position embedding, EVA-02 style, over a square token grid.
+
+    Half of each head's channels rotate with the token's row, the other half with its column;
+    channels rotate in adjacent pairs. The first `num_prefix` tokens (D's cls) are not rotated.
+    """
+
+    def __init__(self, head_dim: int, grid: int, num_prefix: int = 0, theta: float = 10000.0) -> None:
+        super().__init__()
+        if head_dim % 4:
+            raise ValueError(f"2-D RoPE needs a head dim divisible by 4, got {head_dim}")
+        axis_dim = head_dim // 2
+        freqs = 1.0 / theta ** (torch.arange(0, axis_dim, 2, dtype=torch.float32) / axis_dim)
+        angles = torch.arange(grid, dtype=torch.float32)[:, None] * freqs  # [grid, axis_dim/2]
+        angles = angles.repeat_interleave(2, dim=-1)  # each pair shares an angle
+        rows = angles[:, None, :].expand(grid, grid, axis_dim)
+        cols = angles[None, :, :].expand(grid, grid, axis_dim)
+        full = torch.cat([rows, cols], dim=-1).reshape(grid * grid, head_dim)
+        self.num_prefix = num_prefix
+        # Recomputed from the shape, so they need not be in checkpoints.
+        self.register_buffer("cos", full.cos(), persistent=False)
+        self.register_buffer("sin", full.sin(), persistent=False)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """x: [B, heads, tokens, head_dim] → the same with grid tokens rotated."""
+        prefix, grid = x[:, :, : self.num_prefix], x[:, :, self.num_prefix :]
+        pairs = grid.unflatten(-1, (-1, 2))
+        rotated_half = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+        grid = grid * self.cos.to(x.dtype) + rotated_half * self.sin.to(x.dtype)
+        return torch.cat([prefix, grid], dim=2)
+
+
+class Attention(nn.Module):
+    """Multi-head self-attention with qkv bias, QK-norm (affine RMSNorm per head) and RoPE."""
+
+    def __init__(self, dim: int, heads: int) -> None:
+        super().__init__()
+        if dim % heads:
+            raise ValueError(f"width {dim} is not divisible by heads {heads}")
+        self.heads = heads
+        head_dim = dim // heads
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.q_norm = RMSNorm(head_dim)
+        self.k_norm = RMSNorm(head_dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor, rope: AxialRoPE) -> Tensor:
+        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        q, k = rope(self.q_norm(q)), rope(self.k_norm(k))
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).flatten(2))
+
+
+def swiglu_hidden(dim: int) -> int:
+    """SwiGLU hidden size int(2/3 * 4d): keeps the FFN at the cost of a 4d GELU MLP."""
+    return int(2 / 3 * 4 * dim)
+
+
+class SwiGLU(nn.Module):
+    """FFN: W3 (SiLU(W1 x) * W2 x), with W1 and W2 fused into one matmul."""
+
+    def __init__(self, dim: int) -> None:
+        super().__init__()
+        hidden = swiglu_hidden(dim)
+        self.w12 = nn.Linear(dim, 2 * hidden)
+        self.w3 = nn.Linear(hidden, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        gate, value = self.w12(x).chunk(2, dim=-1)
+        return self.w3(F.silu(gate) * value)
+
+
+def unpatchify(tokens: Tensor, patch: int, channels: int) -> Tensor:
+    """[B, N, p*p*C] row-major tokens → [B, C, H, W] with H = W = sqrt(N)*p."""
+    grid = math.isqrt(tokens.shape[1])
+    x = tokens.reshape(tokens.shape[0], grid, grid, patch, patch, channels)
+    return x.permute(0, 5, 1, 3, 2, 4).reshape(tokens.shape[0], channels, grid * patch, grid * patch)
+
+
+def run_block(block: nn.Module, checkpoint: bool, *args: object) -> Tensor:
+    """Call a block, recomputing its activations in backward when `checkpoint` (saves memory)."""
+    if checkpoint and torch.is_grad_enabled():
+        return recompute(block, *args, use_reentrant=False)
+    return block(*args)
