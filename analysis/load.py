@@ -1,0 +1,376 @@
+"""Run folders and sweep folders → one tidy table (one row per run × eval step).
+
+The input is the contract in ``docs/run_folder.md``; nothing here imports the trainer. Columns:
+
+* identity: ``run_id``, ``sweep`` (sweep folder name, empty for bare runs), ``run_dir``;
+* every grid coordinate of the sweep manifest (column = axis name, as written in the grid);
+* the resolved config: ``model`` (``model.name``, else ``wW-dD-hH-pP``), ``model.width``,
+  ``model.depth``, ``model.heads``, ``model.patch``, ``model.d_width``, ``model.d_depth``,
+  ``train.batch``, ``train.lr_rule``, ``train.base_lr``, ``train.base_width``, ``mng.mode``,
+  ``loss.penalty``, ``seed``;
+* size and cost: ``g_params``, ``d_params``, ``g_gflops``, ``d_gflops`` (from ``model.json``;
+  GFLOPs in the DiT convention, see ``analysis.flops``), the plot aliases ``params`` (= G params)
+  and ``gflops`` (= G GFLOPs), ``train_flops`` (cumulative G+D training FLOPs at that row);
+* outcome: ``status`` (completed | diverged | failed | running | pending | unknown), ``reason``,
+  ``diverged_step``;
+* per eval row: ``step``, ``images_seen``, ``wall_s``, ``gpu_hours`` (single-device runs:
+  wall-clock hours), ``loss_d``, ``loss_g`` and one column per metric (``fid``, ``fd_fmnist``…).
+
+A run with no eval row (diverged or failed early, or not started) still gets one row, at its
+last known step with the metrics NaN, so nothing is dropped silently.
+"""
+from __future__ import annotations
+
+import functools
+import io
+import json
+import os
+import warnings
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import yaml
+
+from analysis.flops import training_flops_per_image
+
+# Metrics in the order a default is picked (Inception FID first; see docs/run_folder.md).
+METRIC_PREFERENCE = ("fid", "fd_fmnist")
+CONFIG_COLUMNS = (
+    "model.width", "model.depth", "model.heads", "model.patch", "model.d_width", "model.d_depth",
+    "train.batch", "train.lr_rule", "train.base_lr", "train.base_width", "mng.mode",
+    "loss.penalty", "seed",
+)
+# Scalar fields copied from an eval line of stats.jsonl (the rest is per-step noise here).
+ROW_FIELDS = ("step", "images_seen", "wall_s", "loss_d", "loss_g")
+# model.json key → column.
+_SIZE_KEYS = {
+    "generator_params": "g_params", "discriminator_params": "d_params",
+    "generator_gflops": "g_gflops", "discriminator_gflops": "d_gflops",
+}
+RUN_MARKERS = ("status.json", "stats.jsonl", "config.yaml")
+# Folders inside a run folder that never hold runs; skipping them keeps the scan fast.
+_SKIP_DIRS = {"checkpoints", "samples", "wandb", "__pycache__", ".git"}
+_YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10× faster
+
+
+class AnalysisError(ValueError):
+    """Input the analysis cannot use (missing folder, no runs, no metric, bad table)."""
+
+
+def load_results(paths: Iterable[str | Path]) -> pd.DataFrame:
+    """Read sweep folders, run folders, or parents holding them into one tidy table.
+
+    ``df.attrs["metrics"]`` lists the metric columns found and ``df.attrs["coords"]`` the grid
+    axes. Raises ``AnalysisError`` when a path is missing or no run is found.
+    """
+    runs: list[dict[str, Any]] = []
+    seen: set[Path] = set()
+    coords: list[str] = []
+    for path in map(Path, paths):
+        if not path.exists():
+            raise AnalysisError(f"{path}: no such folder")
+        for entry in _discover(path):
+            run_dir = entry["run_dir"].resolve()
+            if run_dir in seen:
+                continue
+            seen.add(run_dir)
+            runs.append(entry)
+            coords += [axis for axis in entry["coords"] if axis not in coords]
+    if not runs:
+        raise AnalysisError(
+            f"no runs found under {', '.join(map(str, paths))} (expected sweep folders with "
+            "manifest.json, or run folders with status.json/stats.jsonl/config.yaml)"
+        )
+
+    run_records, evals, owners = [], [], []
+    for index, entry in enumerate(runs):
+        record, run_evals = _read_run(entry)
+        record["_run"] = index
+        run_records.append(record)
+        evals += run_evals
+        owners += [index] * len(run_evals)
+    # Built column-wise from the parsed lines: no per-row dict is assembled in Python.
+    rows = pd.DataFrame.from_records(evals, columns=list(ROW_FIELDS))
+    metrics = pd.DataFrame.from_records([line["metrics"] for line in evals], index=rows.index)
+    rows = rows.join(metrics).assign(_run=owners)
+    table = pd.DataFrame.from_records(run_records).merge(rows, on="_run", how="inner", validate="one_to_many")
+    # Runs that never started lack most columns; the schema must not depend on which runs exist.
+    for column in (*CONFIG_COLUMNS, *ROW_FIELDS, "reason", "diverged_step", *_SIZE_KEYS.values()):
+        if column not in table:
+            table[column] = np.nan
+    table = _derive(table)
+    table = table.sort_values(["_run", "step"], kind="stable").drop(columns="_run").reset_index(drop=True)
+    table.attrs["metrics"] = sorted(metrics.columns, key=_metric_rank)
+    table.attrs["coords"] = coords
+    return table
+
+
+def load_table(path: str | Path, required: Sequence[str] = ()) -> pd.DataFrame:
+    """Read a CSV (or parquet) table of the tidy shape, e.g. published points.
+
+    Minimal columns: ``model`` or ``run_id``, plus those in ``required`` (the CLI asks for the
+    x column and the metric, e.g. ``gflops`` and ``fid``). Filled when absent: ``run_id`` (from
+    ``model``, else the row number), ``status`` = completed, ``step`` = NaN, ``sweep`` = "".
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise AnalysisError(f"{path}: no such file")
+    try:
+        table = pd.read_parquet(path) if path.suffix == ".parquet" else _read_csv(path)
+    except (ValueError, pd.errors.ParserError, OSError) as err:
+        raise AnalysisError(f"{path}: not a readable table ({err})") from err
+    missing = [col for col in required if col not in table.columns]
+    if not {"model", "run_id"} & set(table.columns):
+        missing.insert(0, "model (or run_id)")
+    if missing:
+        raise AnalysisError(
+            f"{path}: missing column(s) {', '.join(missing)} (has: {', '.join(map(str, table.columns))})"
+        )
+    if table.empty:
+        raise AnalysisError(f"{path}: the table has no rows")
+    if "run_id" not in table:
+        unique = table["model"].is_unique
+        table["run_id"] = table["model"].astype(str) if unique else [f"row{i}" for i in range(len(table))]
+    defaults = {"status": "completed", "step": np.nan, "sweep": ""}
+    for column, value in defaults.items():
+        if column not in table:
+            table[column] = value
+    table.attrs["metrics"] = [m for m in METRIC_PREFERENCE if m in table]
+    table.attrs["coords"] = []
+    return table
+
+
+def _read_csv(path: Path) -> pd.DataFrame:
+    """A CSV whose lines starting with ``#`` are comments (provenance of published points).
+    pandas' ``comment=`` would also cut values containing ``#``, so whole lines are skipped."""
+    lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
+    return pd.read_csv(io.StringIO("\n".join(lines)))
+
+
+def save_table(table: pd.DataFrame, path: str | Path) -> Path:
+    """Write the table as CSV or parquet (by suffix). Mixed-type columns become strings for
+    parquet, which needs one type per column (grid coordinates may mix numbers and names)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".parquet":
+        out = table.copy()
+        for column in out.columns[out.dtypes == object]:
+            kinds = {type(v) for v in out[column].dropna()}
+            if len(kinds) > 1 or kinds - {str}:
+                out[column] = out[column].astype(str).where(out[column].notna(), None)
+        out.to_parquet(path, index=False)
+    else:
+        table.to_csv(path, index=False)
+    return path
+
+
+def metric_columns(table: pd.DataFrame) -> list[str]:
+    """The metric columns of a table (recorded by the loaders, else the known names present)."""
+    names = table.attrs.get("metrics") or [m for m in METRIC_PREFERENCE if m in table]
+    return [m for m in names if m in table]
+
+
+def default_metric(table: pd.DataFrame) -> str:
+    """The metric to analyse when none is named: ``fid``, then ``fd_fmnist``, then any other
+    metric that has at least one value."""
+    for metric in metric_columns(table):
+        if table[metric].notna().any():
+            return metric
+    raise AnalysisError("no metric values in the results (no run has reached an eval tick); name one with --metric")
+
+
+def final_rows(table: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per run: its last row with a value of ``metric``; a run without any value keeps
+    its last row (metric NaN) so it can still be reported and drawn."""
+    ordered = table.sort_values(["run_id", "step"], kind="stable", na_position="first")
+    has_value = ordered[metric].notna()
+    with_value = ordered[has_value].groupby("run_id", sort=False).tail(1)
+    without = ordered[~ordered["run_id"].isin(with_value["run_id"])].groupby("run_id", sort=False).tail(1)
+    return pd.concat([with_value, without]).reset_index(drop=True)
+
+
+def _metric_rank(name: str) -> tuple[int, str]:
+    rank = METRIC_PREFERENCE.index(name) if name in METRIC_PREFERENCE else len(METRIC_PREFERENCE)
+    return rank, name
+
+
+# --- discovery -----------------------------------------------------------------------------
+
+def _discover(path: Path) -> list[dict[str, Any]]:
+    """Run entries under ``path``: the manifest's runs for a sweep folder, the folder itself for
+    a run folder, else whatever the sub-folders hold."""
+    if (path / "manifest.json").is_file():
+        return _sweep_runs(path)
+    if any((path / name).is_file() for name in RUN_MARKERS):
+        return [{"run_dir": path, "run_id": path.name, "sweep": "", "coords": {}}]
+    found: list[dict[str, Any]] = []
+    with os.scandir(path) as children:
+        for child in sorted(children, key=lambda c: c.name):
+            if child.is_dir() and child.name not in _SKIP_DIRS:
+                found += _discover(Path(child.path))
+    return found
+
+
+def _sweep_runs(sweep_dir: Path) -> list[dict[str, Any]]:
+    manifest = _read_json(sweep_dir / "manifest.json")
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("runs"), list):
+        raise AnalysisError(f"{sweep_dir / 'manifest.json'}: not a sweep manifest (no 'runs' list)")
+    entries = []
+    for run in manifest["runs"]:
+        name = run.get("name") or run["run_id"]
+        entries.append({
+            "run_dir": sweep_dir / run.get("dir", f"runs/{name}"),
+            "run_id": run.get("run_id", name),
+            "sweep": sweep_dir.name,
+            "coords": run.get("coords") or {},
+        })
+    return entries
+
+
+# --- one run -------------------------------------------------------------------------------
+
+def _read_run(entry: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any]]]:
+    """(run-level record, eval lines) of one run folder. A run without an eval line gets one
+    stand-in line at its last step with empty metrics; a missing folder is a pending run."""
+    run_dir: Path = entry["run_dir"]
+    record: dict[str, Any] = {
+        "run_id": entry["run_id"], "sweep": entry["sweep"], "run_dir": str(run_dir), **entry["coords"],
+    }
+    if not run_dir.is_dir():
+        record.update(status="pending", reason="no run folder yet")
+        return record, [{"step": np.nan, "metrics": {}}]
+
+    status = _read_json(run_dir / "status.json") or {}
+    record["status"] = status.get("state", "unknown")
+    record["reason"] = status.get("reason")
+    record["diverged_step"] = status.get("step") if record["status"] == "diverged" else None
+
+    config = _read_yaml(run_dir / "config.yaml")
+    for column in CONFIG_COLUMNS:
+        record.setdefault(column, _dotted(config, column))
+    model = config.get("model") or {}
+    record.setdefault("model", model.get("name") or _size_name(model))
+
+    description = _read_json(run_dir / "model.json") or _describe(config)
+    for key, column in _SIZE_KEYS.items():
+        record[column] = description.get(key)
+
+    evals, last = _read_stats(run_dir / "stats.jsonl")
+    if not evals:
+        evals = [{**last, "step": status.get("step", last.get("step")), "metrics": {}}]
+    return record, evals
+
+
+def _read_stats(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+    """Eval lines of stats.jsonl (those with a non-empty ``metrics``), and, only when there is
+    none, its last parseable line.
+
+    Fast path: only lines that carry ``"metrics"`` are parsed (eval ticks are a small fraction
+    of log ticks), all in one ``json.loads`` of a JSON array; a torn line (a crash mid-write)
+    sends the file to the line-by-line path, which skips it.
+    """
+    try:
+        text = path.read_text()
+    except FileNotFoundError:
+        return [], {}
+    lines = [line for line in text.splitlines() if '"metrics"' in line]
+    try:
+        parsed = json.loads("[" + ",".join(lines) + "]")
+    except json.JSONDecodeError:
+        parsed = [data for data in map(_try_json, lines) if data is not None]
+    evals = [data for data in parsed if isinstance(data, dict) and data.get("metrics")]
+    if evals:
+        return evals, {}
+    return [], next((d for d in map(_try_json, reversed(text.splitlines())) if isinstance(d, dict)), {})
+
+
+def _try_json(line: str) -> Any:
+    try:
+        return json.loads(line)
+    except json.JSONDecodeError:
+        return None
+
+
+def _derive(table: pd.DataFrame) -> pd.DataFrame:
+    """Columns computed from others: plot aliases, cumulative training FLOPs, GPU-hours."""
+    for column in (*_SIZE_KEYS.values(), "step", "images_seen", "wall_s"):
+        table[column] = pd.to_numeric(table[column], errors="coerce")
+    table["params"] = table["g_params"]
+    table["gflops"] = table["g_gflops"]
+    penalty = table["loss.penalty"].fillna("approx")
+    per_image = pd.Series(np.nan, index=table.index)
+    for value, group in table.groupby(penalty, sort=False):
+        per_image.loc[group.index] = training_flops_per_image(group["g_gflops"], group["d_gflops"], str(value))
+    images = table["images_seen"].fillna(table["step"] * pd.to_numeric(table["train.batch"], errors="coerce"))
+    table["train_flops"] = images * per_image
+    table["gpu_hours"] = table["wall_s"] / 3600.0  # the trainer runs on one device
+    return table
+
+
+def _size_name(model: dict[str, Any]) -> str | None:
+    """The registry's spelling of a custom size (``w384-d12-h6-p2``)."""
+    keys = ("width", "depth", "heads", "patch")
+    if not all(model.get(k) is not None for k in keys):
+        return None
+    return "w{width}-d{depth}-h{heads}-p{patch}".format(**model)
+
+
+def _dotted(data: dict[str, Any], dotted: str) -> Any:
+    node: Any = data
+    for part in dotted.split("."):
+        if not isinstance(node, dict):
+            return None
+        node = node.get(part)
+    return node
+
+
+def _read_json(path: Path) -> Any:
+    """Parsed JSON, or None when the file is missing or unreadable (warned: one damaged run
+    folder must not hide the others)."""
+    try:
+        return json.loads(path.read_text())
+    except FileNotFoundError:
+        return None
+    except json.JSONDecodeError as err:
+        warnings.warn(f"{path}: not valid JSON ({err}); ignored", stacklevel=2)
+        return None
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    try:
+        data = yaml.load(path.read_text(), Loader=_YAML_LOADER)
+    except FileNotFoundError:
+        return {}
+    except yaml.YAMLError as err:
+        warnings.warn(f"{path}: not valid YAML ({err}); ignored", stacklevel=2)
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _describe(config: dict[str, Any]) -> dict[str, Any]:
+    """Sizes from the model registry when a run folder lacks model.json (an older trainer, or
+    a run that failed before writing it); empty when gat's registry is unavailable."""
+    if not config:
+        return {}
+    sections = {key: config.get(key) for key in ("model", "mng", "repa")}
+    return dict(_describe_cached(json.dumps(sections, sort_keys=True)))
+
+
+@functools.lru_cache(maxsize=256)
+def _describe_cached(sections_json: str) -> tuple[tuple[str, Any], ...]:
+    # Cached per size: every seed and LR of a sweep shares the model sections.
+    try:
+        from gat.config import from_dict
+        from gat.models.registry import describe
+    except ImportError:
+        return ()
+    sections = {k: v for k, v in json.loads(sections_json).items() if v is not None}
+    try:
+        description = describe(from_dict(sections))
+    except Exception as err:  # best effort: a missing size must not stop the whole table
+        warnings.warn(f"could not describe model {sections.get('model')}: {err}", stacklevel=2)
+        return ()
+    return tuple(description.items())

@@ -1,0 +1,123 @@
+"""LR transfer and instability: ``python -m analysis.plot_lr_transfer [RESULTS_DIR ...] [--out DIR]``.
+
+For an LR × width grid (per LR rule, several seeds): the final metric vs base LR, one curve per
+width with its minimum starred, one panel per rule (``lr_transfer.png``); how far the optimum
+moves per doubling of width (``lr_optima.md`` and ``lr_optima.csv``; 0 means the LR transfers,
+−1 means it halves with each doubling, as standard parametrisation does for Adam); and the
+fraction of seeds that diverged on the width × LR grid (``lr_divergence.png``, ``lr_grid.csv``).
+Errors in the input print one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on cluster nodes
+
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+
+from analysis import plots  # noqa: E402
+from analysis.load import AnalysisError, default_metric, final_rows, load_results  # noqa: E402
+
+RULE, LR, WIDTH = "train.lr_rule", "train.base_lr", "model.width"
+
+
+def lr_grid(final: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """One row per (rule, width, base LR): the metric's mean over completed seeds (NaN when
+    none completed), seeds run, and the fraction that diverged."""
+    runs = final.assign(
+        _value=final[metric].where(final["status"] == "completed"),
+        _diverged=(final["status"] == "diverged").astype(float),
+    )
+    grouped = runs.groupby([RULE, WIDTH, LR])
+    return pd.DataFrame({
+        metric: grouped["_value"].mean(),
+        "n_seeds": grouped.size(),
+        "n_completed": grouped["_value"].count(),
+        "frac_diverged": grouped["_diverged"].mean(),
+    }).reset_index()
+
+
+def lr_optima(grid: pd.DataFrame, metric: str) -> pd.DataFrame:
+    """Per (rule, width): the best base LR on the grid, whether it sits on the grid's edge (then
+    the true optimum may lie outside), and its drift per width doubling: log2(lr*₂/lr*₁) /
+    log2(w₂/w₁) from the previous width, and ``slope`` over all widths of the rule (least
+    squares of log2 lr* on log2 width)."""
+    rows = []
+    for (rule, width), curve in grid.dropna(subset=[metric]).groupby([RULE, WIDTH]):
+        best = curve.loc[curve[metric].idxmin()]
+        lrs = grid[(grid[RULE] == rule) & (grid[WIDTH] == width)][LR]
+        rows.append({RULE: rule, WIDTH: width, "best_lr": best[LR], "best_metric": best[metric],
+                     "at_grid_edge": bool(best[LR] in (lrs.min(), lrs.max()))})
+    optima = pd.DataFrame(rows, columns=[RULE, WIDTH, "best_lr", "best_metric", "at_grid_edge"])
+    log_lr, log_w = np.log2(optima["best_lr"].astype(float)), np.log2(optima[WIDTH].astype(float))
+    by_rule = optima.groupby(RULE, sort=False)
+    # Rows are sorted by (rule, width): diff() within a rule is "from the previous width".
+    optima["drift_per_doubling"] = log_lr.groupby(optima[RULE]).diff() / log_w.groupby(optima[RULE]).diff()
+    optima["slope_per_doubling"] = optima[RULE].map({
+        rule: np.polyfit(log_w[idx], log_lr[idx], 1)[0] if len(idx) >= 2 else np.nan
+        for rule, idx in by_rule.groups.items()
+    })
+    return optima
+
+
+def markdown(table: pd.DataFrame) -> str:
+    """A GitHub markdown table (numbers to 4 significant digits)."""
+    def cell(value: object) -> str:
+        if isinstance(value, float):
+            return "" if np.isnan(value) else f"{value:.4g}"
+        return str(value)
+
+    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m analysis.plot_lr_transfer", description=__doc__.split("\n")[0])
+    parser.add_argument("results", nargs="*", type=Path, help="sweep/run folders or parents (default: results/)")
+    parser.add_argument("--metric", help="metric column (default: fid, then fd_fmnist, then the first found)")
+    parser.add_argument("--out", type=Path, help="output folder (default: <first results dir>/analysis)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for unusable input)."""
+    args = parse_args(argv)
+    results = args.results or [Path("results")]
+    try:
+        table = load_results(results)
+        metric = args.metric or default_metric(table)
+        if metric not in table:
+            raise AnalysisError(f"no metric {metric!r} in the results")
+        final = final_rows(table, metric)
+        missing = [c for c in (RULE, LR, WIDTH) if final[c].isna().all()]
+        if missing:
+            raise AnalysisError(f"the runs lack {', '.join(missing)} (is config.yaml missing?)")
+        grid = lr_grid(final, metric)
+        optima = lr_optima(grid, metric)
+        if optima.empty:
+            raise AnalysisError(f"no completed run has a {metric} value")
+    except AnalysisError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    out = args.out or results[0] / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    plots.apply_style()
+    plots.save_figure(plots.lr_transfer_panels(grid, optima, metric), out / "lr_transfer.png")
+    plots.save_figure(plots.divergence_heatmaps(grid), out / "lr_divergence.png")
+    grid.to_csv(out / "lr_grid.csv", index=False)
+    optima.to_csv(out / "lr_optima.csv", index=False)
+    (out / "lr_optima.md").write_text(markdown(optima))
+    print(markdown(optima), end="")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,218 @@
+"""Scaling report of a study: ``python -m analysis.plot_scaling [RESULTS_DIR ...] [--table CSV]``.
+
+Writes into ``--out``: ``scaling_<x>.png`` (final metric vs size, fit and r), ``compute.png``
+(learning curves over training compute, frontier and its fit band), ``learning_curves.png``,
+``residuals.png``, ``fit.json`` (fits with bootstrap CIs, exclusions and why), ``results.csv``
+and ``results.parquet`` (the tidy table) and ``report.md``. Only completed runs enter a fit;
+diverged, failed and unfinished runs are listed in ``fit.json`` and drawn with their own marker.
+Errors in the input print one line and exit with status 2.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only: no display on cluster nodes
+
+import pandas as pd  # noqa: E402
+
+from analysis import fit as fitting  # noqa: E402
+from analysis import plots  # noqa: E402
+from analysis.load import (  # noqa: E402
+    AnalysisError, default_metric, final_rows, load_results, load_table, save_table,
+)
+
+X_CHOICES = ("gflops", "params", "train_flops")
+
+
+@dataclass
+class Study:
+    """What the report is made of: the table, the final row per run, and the split."""
+
+    table: pd.DataFrame
+    metric: str
+    x: str
+    used: pd.DataFrame  # final rows that enter the fit
+    excluded: pd.DataFrame  # final rows that do not, with a "why" column
+
+
+def split_runs(final: pd.DataFrame, metric: str, x: str) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(runs fitted, runs excluded with a ``why``): a fit takes completed runs that have a
+    positive metric and x; everything else is excluded, never dropped silently."""
+    why = pd.Series([_why(row, metric, x) for row in final.to_dict(orient="records")], index=final.index)
+    return final[why == ""], final[why != ""].assign(why=why[why != ""])
+
+
+def _why(run: dict[str, Any], metric: str, x: str) -> str:
+    """Why a run's final row cannot enter the fit ("" when it can)."""
+    state = run.get("status") if isinstance(run.get("status"), str) else "unknown"
+    if state == "diverged":
+        step = run.get("diverged_step")
+        return f"diverged at step {int(step)}" if pd.notna(step) else "diverged"
+    if state == "failed":
+        return f"failed: {run.get('reason')}"
+    if state != "completed":
+        return f"not finished (state {state})"
+    if not run[metric] > 0:  # NaN compares False
+        return f"no {metric} value"
+    if not run[x] > 0:
+        return f"no {x} value"
+    return ""
+
+
+def exclusion_records(excluded: pd.DataFrame, metric: str) -> list[dict[str, Any]]:
+    """fit.json's list of excluded runs."""
+    columns = ["run_id", "status", "step", metric, "why"]
+    records = excluded[[c for c in columns if c in excluded]].to_dict(orient="records")
+    return fitting.to_jsonable(records)
+
+
+def analyse(study: Study, out: Path, n_resamples: int, seed: int, irreducible: bool = False) -> dict[str, Any]:
+    """Fit, plot and write the report files; returns the content of fit.json."""
+    used, excluded, metric, x = study.used, study.excluded, study.metric, study.x
+    needed = 3 if irreducible else 2  # free parameters of the law
+    if used[x].nunique() < needed:
+        raise AnalysisError(
+            f"need completed runs at {needed} or more distinct {x} values with a {metric} value to fit, "
+            f"got {used[x].nunique()} ({len(excluded)} run(s) excluded)"
+        )
+    plots.apply_style()
+    final_fit = fitting.bootstrap_power_law(used[x], used[metric], used["run_id"], n_resamples=n_resamples, seed=seed,
+                                            irreducible=irreducible)
+    result: dict[str, Any] = {
+        "metric": metric, "x": x, "n_runs": int(study.table["run_id"].nunique()),
+        "final": {**final_fit.to_dict(),
+                  "r_semilog": fitting.log_pearson(used[x], used[metric], log_y=False),
+                  "residuals": fitting.residuals(final_fit.fit, used[x], used[metric]).to_dict()},
+        "excluded": exclusion_records(excluded, metric),
+    }
+    if used[x].nunique() >= (4 if irreducible else 3):
+        result["final"]["holdout"] = fitting.holdout(used[x], used[metric], irreducible=irreducible).to_dict()
+    r_text = f"r = {final_fit.fit.r:.3f} (log-log)"
+    figures = {"scaling": plots.save_figure(plots.metric_vs_size(used, excluded, x, metric, final_fit, r_text),
+                                            out / f"scaling_{x}.png")}
+    resid = result["final"]["residuals"]
+    figures["residuals"] = plots.save_figure(plots.residual_panels(resid["x"], resid["residuals"], x),
+                                             out / "residuals.png")
+
+    curves, gone = _curves(study)
+    frontier_fit = None
+    if curves["step"].notna().any():
+        figures["learning_curves"] = plots.save_figure(plots.learning_curves(curves, gone, metric),
+                                                       out / "learning_curves.png")
+    if "train_flops" in curves and curves["train_flops"].notna().any():
+        front = fitting.frontier(curves, "train_flops", metric)
+        if front["train_flops"].nunique() >= (3 if irreducible else 2):
+            frontier_fit = fitting.bootstrap_power_law(
+                curves["train_flops"], curves[metric], curves["run_id"], n_resamples=n_resamples, seed=seed,
+                reduce=fitting.frontier_arrays, irreducible=irreducible,
+            )
+            result["frontier"] = {**frontier_fit.to_dict(), "points": fitting.to_jsonable(
+                front[["run_id", "step", "train_flops", metric]].to_dict(orient="records"))}
+        figures["compute"] = plots.save_figure(plots.metric_vs_compute(curves, gone, front, metric, frontier_fit),
+                                               out / "compute.png")
+
+    (out / "fit.json").write_text(json.dumps(result, indent=2))
+    save_table(study.table, out / "results.csv")
+    save_table(study.table, out / "results.parquet")
+    (out / "report.md").write_text(report(study, result, final_fit, frontier_fit, figures, out))
+    return result
+
+
+def report(study: Study, result: dict[str, Any], final_fit: fitting.BootstrapFit,
+           frontier_fit: fitting.BootstrapFit | None, figures: dict[str, Path], out: Path) -> str:
+    """report.md: a one-paragraph summary, then the figures."""
+    metric_name = plots.axis_label(study.metric).split(" (")[0]
+    f, (lo, hi) = final_fit.fit, final_fit.ci["b"]
+    level = int(round(final_fit.level * 100))
+    summary = (
+        f"Over {len(study.used)} completed runs, {metric_name} ∝ {study.x}^−b with b = {f.b:.3f} "
+        f"({level}% CI {lo:.3f}–{hi:.3f}, {final_fit.n_resamples} bootstrap resamples of runs), "
+        f"a = {f.a:.4g}; Pearson r in log-log space = {f.r:.3f}"
+        f" (semi-log r, {metric_name} vs log {study.x}: {result['final']['r_semilog']:.3f})."
+    )
+    if frontier_fit is not None:
+        ff, (flo, fhi) = frontier_fit.fit, frontier_fit.ci["b"]
+        summary += (f" On the compute-efficient frontier, {metric_name} ∝ C^−{ff.b:.3f} "
+                    f"({level}% CI {flo:.3f}–{fhi:.3f}), C in training FLOPs.")
+    if "holdout" in result["final"]:
+        held = result["final"]["holdout"]
+        summary += (f" Fitted without the largest size, the law predicts it within "
+                    f"{100 * held['mean_abs_log_error']:.1f}% (mean |log error|).")
+    if len(study.excluded):
+        summary += f" {len(study.excluded)} run(s) excluded from the fits (listed in fit.json, drawn with ✕)."
+    body = [f"# Scaling report: {metric_name} vs {study.x}", "", summary, ""]
+    body += [f"![{name}]({path.relative_to(out)})" for name, path in figures.items()]
+    return "\n".join(body) + "\n"
+
+
+def _curves(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """All eval rows of the fitted runs and of the excluded runs, with size labels."""
+    table = plots.with_size_labels(study.table)
+    fitted = table[table["run_id"].isin(study.used["run_id"]) & table[study.metric].notna()]
+    gone = table[table["run_id"].isin(study.excluded["run_id"])]
+    if gone.empty:
+        return fitted, gone
+    # A run with no metric value still has its last row: that is what gets drawn for it.
+    gone = gone[gone[study.metric].notna() | ~gone["run_id"].duplicated(keep="last")]
+    return fitted, gone
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = argparse.ArgumentParser(prog="python -m analysis.plot_scaling", description=__doc__.split("\n")[0])
+    parser.add_argument("results", nargs="*", type=Path, help="sweep/run folders or parents (default: results/)")
+    parser.add_argument("--table", type=Path, help="a CSV of the tidy shape instead of run folders")
+    parser.add_argument("--x", choices=X_CHOICES, default="gflops", help="size axis of the final-metric fit")
+    parser.add_argument("--metric", help="metric column (default: fid, then fd_fmnist, then the first found)")
+    parser.add_argument("--out", type=Path, help="output folder (default: <first results dir>/analysis)")
+    parser.add_argument("--bootstrap", type=int, default=fitting.DEFAULT_RESAMPLES, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--irreducible", action="store_true", help="fit y = a·x^−b + c (c ≥ 0) instead of a·x^−b")
+    return parser.parse_args(argv)
+
+
+def load_study(args: argparse.Namespace) -> Study:
+    """The table, the metric, and the fitted/excluded split the arguments ask for."""
+    if args.table is not None:
+        required = [args.x] + ([args.metric] if args.metric else [])
+        table = load_table(args.table, required=required)
+    else:
+        table = load_results(args.results or [Path("results")])
+    metric = args.metric or default_metric(table)
+    for column in (metric, args.x):
+        if column not in table or table[column].isna().all():
+            raise AnalysisError(f"no values of {column!r} in the results (columns: {', '.join(map(str, table.columns))})")
+    final = plots.with_size_labels(final_rows(table, metric))
+    used, excluded = split_runs(final, metric, args.x)
+    return Study(table, metric, args.x, used, excluded)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for unusable input)."""
+    args = parse_args(argv)
+    try:
+        study = load_study(args)
+        out = args.out or ((args.results[0] if args.results else Path("results")) / "analysis"
+                           if args.table is None else Path("results") / "analysis" / args.table.stem)
+        out.mkdir(parents=True, exist_ok=True)
+        result = analyse(study, out, args.bootstrap, args.seed, args.irreducible)
+    except AnalysisError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    final = result["final"]
+    print(f"{study.metric} vs {study.x}: b = {final['fit']['b']:.4f} CI {final['ci']['b']}, "
+          f"r(log-log) = {final['fit']['r']:.4f}, r(semi-log) = {final['r_semilog']:.4f}, "
+          f"n = {final['fit']['n']}, excluded = {len(result['excluded'])}")
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

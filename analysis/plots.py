@@ -1,0 +1,281 @@
+"""The look of every gatscale figure, and the figure builders the CLIs compose.
+
+One style: seaborn's whitegrid with the colour-blind-safe "colorblind" palette, log axes where
+the field uses them (DiT's FID vs GFLOPs, Kaplan/Chinchilla's metric vs compute, μP's metric vs
+log LR), units in the axis labels, sizes named as in the paper (S/B/L/XL by width), 150 dpi PNGs
+with a tight layout. Runs excluded from a fit (diverged, failed, unfinished) are always drawn,
+hollow, with one marker per state (``STATUS_MARKERS``); a run without any metric value sits on
+the top edge of its panel.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import matplotlib.pyplot as plt
+import numpy as np
+import pandas as pd
+import seaborn as sns
+from matplotlib import ticker
+from scipy import stats
+
+from analysis.fit import BootstrapFit
+
+DPI = 150
+SIZE_NAMES = {384: "S", 768: "B", 1024: "L", 1152: "XL"}  # DiT/GAT widths
+AXIS_LABELS = {
+    "gflops": "GFLOPs (G forward, DiT convention)",
+    "params": "G parameters",
+    "train_flops": "training FLOPs (G+D, penalties included)",
+    "step": "training step",
+    "images_seen": "images seen",
+    "train.base_lr": "base learning rate",
+}
+METRIC_LABELS = {"fid": "FID", "fd_fmnist": "FD (Fashion-MNIST features)"}
+EXCLUDED = {"marker": "X", "s": 70, "facecolor": "white", "edgecolor": "black", "linewidths": 1.2, "zorder": 5}
+STATUS_MARKERS = {"diverged": "X", "failed": "P", "running": "o", "pending": "s", "unknown": "o"}
+
+
+def apply_style() -> None:
+    """Set the house style (call once before drawing)."""
+    sns.set_theme(style="whitegrid", palette="colorblind", context="notebook")
+    plt.rcParams.update({
+        "savefig.dpi": DPI, "savefig.bbox": "tight", "figure.dpi": 100,
+        "axes.titlesize": "medium", "legend.fontsize": "small", "legend.frameon": True,
+    })
+
+
+def axis_label(column: str) -> str:
+    """The labelled unit of a column (metrics by their display name)."""
+    return AXIS_LABELS.get(column) or METRIC_LABELS.get(column) or column
+
+
+def size_label(width: float | None, patch: float | None = None, model: str | None = None) -> str:
+    """A legend name: S/B/L/XL when the width is a DiT width, else ``w<width>``; ``/patch``
+    appended when known. Without a width, ``model`` (e.g. a published table's "S/4")."""
+    if width is None or pd.isna(width):
+        return str(model) if model is not None and not pd.isna(model) else "?"
+    width = int(width)
+    name = SIZE_NAMES.get(width, f"w{width}")
+    return f"{name}/{int(patch)}" if patch is not None and not pd.isna(patch) else name
+
+
+def with_size_labels(table: pd.DataFrame) -> pd.DataFrame:
+    """A copy with a ``size`` column: the legend name of each row's size (see ``size_label``)."""
+    out = table.copy()
+    width = out["model.width"] if "model.width" in out else out.get("width", pd.Series(np.nan, index=out.index))
+    patch = out["model.patch"] if "model.patch" in out else out.get("patch", pd.Series(np.nan, index=out.index))
+    model = out["model"] if "model" in out else pd.Series(None, index=out.index)
+    out["size"] = [size_label(w, p, m) for w, p, m in zip(width, patch, model)]
+    return out
+
+
+def size_palette(table: pd.DataFrame) -> dict[str, tuple[float, float, float]]:
+    """One colour per size, in order of increasing cost (GFLOPs, else width, else name)."""
+    keys = [c for c in ("gflops", "model.width", "width") if c in table and table[c].notna().any()]
+    order = (table.groupby("size")[keys[0]].median().sort_values().index.tolist() if keys
+             else sorted(table["size"].unique()))
+    colours = sns.color_palette("colorblind", n_colors=max(len(order), 1))
+    return {size: colours[i % len(colours)] for i, size in enumerate(order)}
+
+
+def save_figure(fig: plt.Figure, path: Path) -> Path:
+    """Write a PNG (tight, 150 dpi) and close the figure."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def draw_fit(ax: plt.Axes, fit: BootstrapFit, x_range: tuple[float, float], label: str) -> None:
+    """The fitted curve over ``x_range`` (log-spaced) with its bootstrap band."""
+    grid = np.geomspace(*x_range, 200)
+    ax.plot(grid, fit.fit.predict(grid), color="black", lw=1.5, ls="--", label=label, zorder=4)
+    if len(fit.samples):
+        low, high = fit.band(grid)
+        ax.fill_between(grid, low, high, color="black", alpha=0.12, lw=0,
+                        label=f"{int(round(fit.level * 100))}% bootstrap band", zorder=1)
+
+
+def draw_excluded(ax: plt.Axes, rows: pd.DataFrame, x: str, y: str) -> None:
+    """Excluded runs: at their last value, or on the panel's top edge when they have none.
+    A run without a positive x (failed at step 0 on a compute axis) has no place on a log axis."""
+    if ax.get_xscale() == "log":
+        rows = rows[rows[x] > 0]
+    if rows.empty:
+        return
+    for state, group in rows.groupby(rows["status"].fillna("unknown")):
+        marker = STATUS_MARKERS.get(state, "X")
+        style = {**EXCLUDED, "marker": marker}
+        valued = group[group[y].notna()]
+        label = f"{state} (excluded from fit)"
+        if not valued.empty:
+            ax.scatter(valued[x], valued[y], label=label, gid="excluded", **style)
+            label = None
+        missing = group[group[y].isna() & group[x].notna()]
+        if not missing.empty:
+            # x in data units, y in axes units: the top edge, whatever the metric range.
+            ax.scatter(missing[x], np.full(len(missing), 0.97), transform=ax.get_xaxis_transform(),
+                       clip_on=False, label=label or "_nolegend_", gid="excluded", **style)
+            ax.annotate("no eval", (missing[x].iloc[0], 0.97), xycoords=ax.get_xaxis_transform(),
+                        xytext=(6, -3), textcoords="offset points", fontsize="x-small")
+
+
+def metric_vs_size(final: pd.DataFrame, excluded: pd.DataFrame, x: str, metric: str,
+                   fit: BootstrapFit, r_text: str) -> plt.Figure:
+    """DiT-style: the final metric of each run vs its size (log-log), fit line and band, the
+    exponent's CI and ``r_text`` in the title."""
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    _log_axes(ax, x, metric)
+    palette = size_palette(pd.concat([final, excluded]))
+    sns.scatterplot(data=final, x=x, y=metric, hue="size", hue_order=[s for s in palette if s in set(final["size"])],
+                    palette=palette, s=60, ax=ax, zorder=3, edgecolor="black", linewidth=0.4)
+    lo, hi = final[x].min(), final[x].max()
+    draw_fit(ax, fit, (lo / 1.3, hi * 1.3), "power-law fit")
+    ax.set_title(f"{fit_label(fit, metric, x)}, {r_text}")
+    draw_excluded(ax, excluded, x, metric)
+    _finish(fig, legend=ax)
+    return fig
+
+
+def metric_vs_compute(curves: pd.DataFrame, excluded: pd.DataFrame, front: pd.DataFrame, metric: str,
+                      fit: BootstrapFit | None) -> plt.Figure:
+    """Learning curves over training compute coloured by size, the frontier and its fit."""
+    fig, ax = plt.subplots(figsize=(7.0, 4.8))
+    _log_axes(ax, "train_flops", metric)
+    palette = size_palette(pd.concat([curves, excluded]))
+    for (size, _), run in curves.groupby(["size", "run_id"], sort=False):
+        ax.plot(run["train_flops"], run[metric], color=palette[size], lw=1.0, alpha=0.8)
+    for size, colour in palette.items():
+        ax.plot([], [], color=colour, label=size)  # one legend entry per size, not per run
+    for _, run in excluded.groupby("run_id", sort=False):
+        ax.plot(run["train_flops"], run[metric], color="grey", lw=0.8, ls=":", alpha=0.8)
+    draw_excluded(ax, excluded.groupby("run_id", sort=False).tail(1), "train_flops", metric)
+    if not front.empty:
+        ax.scatter(front["train_flops"], front[metric], color="black", s=14, zorder=4, label="frontier")
+    if fit is not None:
+        draw_fit(ax, fit, (front["train_flops"].min(), front["train_flops"].max() * 1.5), "frontier fit")
+        ax.set_title(f"frontier: {fit_label(fit, metric, 'train_flops')}")
+    _finish(fig, legend=ax)
+    return fig
+
+
+def learning_curves(curves: pd.DataFrame, excluded: pd.DataFrame, metric: str, x: str = "step") -> plt.Figure:
+    """The metric over training, one panel per size, one line per run (seeds overlaid)."""
+    palette = size_palette(pd.concat([curves, excluded]))
+    sizes = list(palette)
+    ncols = min(len(sizes), 3)
+    nrows = int(np.ceil(len(sizes) / ncols))
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.2 * ncols, 3.3 * nrows), sharey=True, squeeze=False)
+    for k, (ax, size) in enumerate(zip(axes.flat, sizes)):
+        ax.set_yscale("log")
+        _plain_ticks(ax.yaxis)
+        for _, run in curves[curves["size"] == size].groupby("run_id", sort=False):
+            ax.plot(run[x], run[metric], color=palette[size], lw=1.2, marker=".", ms=3)
+        gone = excluded[excluded["size"] == size]
+        for _, run in gone.groupby("run_id", sort=False):
+            ax.plot(run[x], run[metric], color="grey", lw=0.8, ls=":")
+        draw_excluded(ax, gone.groupby("run_id", sort=False).tail(1), x, metric)
+        ax.set_title(size)
+        ax.set_xlabel(axis_label(x))
+        if k % ncols == 0:
+            ax.set_ylabel(axis_label(metric))
+    for ax in axes.flat[len(sizes):]:
+        ax.set_visible(False)
+    _finish(fig)
+    return fig
+
+
+def residual_panels(x: Sequence[float], residuals: Sequence[float], x_column: str) -> plt.Figure:
+    """Log-space residuals vs x, and their normal QQ plot."""
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.4, 3.4))
+    left.axhline(0, color="black", lw=0.8)
+    left.scatter(x, residuals, s=30, edgecolor="black", linewidth=0.4)
+    left.set_xscale("log")
+    left.set_xlabel(axis_label(x_column))
+    left.set_ylabel("log residual (log y − log ŷ)")
+    stats.probplot(residuals, dist="norm", plot=right)
+    right.set_title("normal QQ of residuals")
+    _finish(fig)
+    return fig
+
+
+def fit_label(fit: BootstrapFit, metric: str, x: str) -> str:
+    """The law with its exponent's CI, e.g. "FID ∝ GFLOPs^−0.493 [0.437, 0.549]" (+ c if fitted)."""
+    low, high = fit.ci["b"]
+    x_name = {"gflops": "GFLOPs", "params": "N", "train_flops": "C"}.get(x, x)
+    tail = f" + {fit.fit.c:.3g}" if fit.fit.irreducible else ""
+    return f"{axis_label(metric).split(' (')[0]} ∝ {x_name}^−{fit.fit.b:.3f} [{low:.3f}, {high:.3f}]{tail}"
+
+
+def _log_axes(ax: plt.Axes, x: str, metric: str) -> None:
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    _plain_ticks(ax.yaxis)
+    ax.set_xlabel(axis_label(x))
+    ax.set_ylabel(axis_label(metric))
+
+
+def _plain_ticks(axis: plt.Axes) -> None:
+    """'4', '20' instead of '4×10⁰', '2×10¹' on a log metric axis; minor ticks are labelled
+    when the axis spans few decades (a metric axis rarely spans more than two)."""
+    axis.set_major_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+    axis.set_minor_formatter(ticker.LogFormatter(labelOnlyBase=False, minor_thresholds=(2, 0.5)))
+
+
+def _finish(fig: plt.Figure, legend: plt.Axes | None = None) -> None:
+    """Tight layout, then the legend outside the axes on the right (data never hides behind
+    it). The legend comes after the layout so that it does not squeeze the axes; the saved
+    PNG's tight bounding box takes it in."""
+    fig.tight_layout()
+    if legend is not None:
+        legend.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
+
+
+def lr_transfer_panels(grid: pd.DataFrame, optima: pd.DataFrame, metric: str) -> plt.Figure:
+    """Tensor Programs V Fig. 1 style: metric vs base LR (log x), one curve per width, the
+    minimum of each curve starred, one panel per LR rule side by side (shared y).
+
+    ``grid`` has one row per (rule, width, LR) with ``metric`` (the mean over seeds);
+    ``optima`` one row per (rule, width) with ``best_lr`` and ``best_metric``.
+    """
+    rules = sorted(grid["train.lr_rule"].unique())
+    widths = sorted(grid["model.width"].unique())
+    colours = dict(zip(widths, sns.color_palette("colorblind", n_colors=len(widths))))
+    fig, axes = plt.subplots(1, len(rules), figsize=(4.6 * len(rules), 3.8), sharey=True, squeeze=False)
+    for ax, rule in zip(axes.flat, rules):
+        for width in widths:
+            curve = grid[(grid["train.lr_rule"] == rule) & (grid["model.width"] == width)].sort_values("train.base_lr")
+            if curve.empty:
+                continue
+            ax.plot(curve["train.base_lr"], curve[metric], marker="o", ms=4, color=colours[width],
+                    label=size_label(width))
+            best = optima[(optima["train.lr_rule"] == rule) & (optima["model.width"] == width)]
+            ax.scatter(best["best_lr"], best["best_metric"], marker="*", s=180, color=colours[width],
+                       edgecolor="black", linewidth=0.6, zorder=5)
+        ax.set_xscale("log", base=2)  # μP's convention: log2 LR, metric on a linear axis
+        ax.set_title(f"LR rule: {rule}")
+        ax.set_xlabel(axis_label("train.base_lr"))
+    axes.flat[0].set_ylabel(axis_label(metric))
+    axes.flat[-1].scatter([], [], marker="*", s=120, color="grey", edgecolor="black", label="minimum")
+    _finish(fig, legend=axes.flat[-1])
+    return fig
+
+
+def divergence_heatmaps(grid: pd.DataFrame) -> plt.Figure:
+    """Fraction of seeds diverged on the width × base-LR grid, one heatmap per LR rule."""
+    rules = sorted(grid["train.lr_rule"].unique())
+    fig, axes = plt.subplots(1, len(rules), figsize=(4.6 * len(rules), 3.6), squeeze=False)
+    for ax, rule in zip(axes.flat, rules):
+        cells = grid[grid["train.lr_rule"] == rule].pivot(index="model.width", columns="train.base_lr",
+                                                           values="frac_diverged")
+        cells.index = [size_label(w) for w in cells.index]
+        cells.columns = [f"{lr:.2g}" for lr in cells.columns]
+        sns.heatmap(cells, ax=ax, vmin=0, vmax=1, cmap="mako_r", annot=True, fmt=".2g", cbar=ax is axes.flat[-1],
+                    cbar_kws={"label": "fraction of seeds diverged"}, linewidths=0.5, linecolor="white")
+        ax.tick_params(axis="x", labelrotation=45)
+        ax.set_title(f"LR rule: {rule}")
+        ax.set_xlabel(axis_label("train.base_lr"))
+        ax.set_ylabel("width")
+    _finish(fig)
+    return fig

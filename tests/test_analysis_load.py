@@ -1,0 +1,227 @@
+"""analysis.load / analysis.flops against synthetic run and sweep folders (docs/run_folder.md).
+
+``write_run`` and ``write_sweep`` are also used by the other analysis tests and the benchmark.
+"""
+from __future__ import annotations
+
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import pytest
+import yaml
+
+from analysis import load
+from analysis.flops import forward_passes, training_flops_per_image
+from analysis.load import AnalysisError, default_metric, final_rows, load_results, load_table, save_table
+
+PUBLISHED = Path(__file__).parent / "data" / "published_gat_v1.csv"
+
+
+def size_gflops(width: int, depth: int, patch: int) -> float:
+    """A stand-in for model.json's G GFLOPs: 12·d²·tokens MACs per block, DiT-like."""
+    return 12 * depth * width**2 * (32 // patch) ** 2 / 1e9
+
+
+def write_run(
+    run_dir: Path, *, width: int = 384, depth: int = 12, heads: int = 6, patch: int = 2,
+    lr_rule: str = "width_aware", base_lr: float = 2e-4, seed: int = 0, batch: int = 32,
+    penalty: str = "approx", state: str = "completed", evals: Sequence[tuple[int, dict[str, float]]] = (),
+    last_step: int | None = None, log_every: int = 0, model_json: bool = True, reason: str | None = None,
+) -> Path:
+    """A run folder as the trainer writes it: config.yaml, model.json, status.json and
+    stats.jsonl (eval lines carry ``metrics``/``diagnostics``; ``log_every`` adds log lines)."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    config = {
+        "seed": seed,
+        "model": {"name": None, "width": width, "depth": depth, "heads": heads, "patch": patch,
+                  "d_width": None, "d_depth": None},
+        "mng": {"mode": "exp", "levels": 4},
+        "loss": {"penalty": penalty, "gamma": 0.1},
+        "train": {"batch": batch, "lr_rule": lr_rule, "base_lr": base_lr, "base_width": 768, "log_every": log_every},
+    }
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    if model_json:
+        gflops = size_gflops(width, depth, patch)
+        (run_dir / "model.json").write_text(json.dumps({
+            "generator_params": 12 * depth * width**2, "discriminator_params": 10 * depth * width**2,
+            "generator_gflops": gflops, "discriminator_gflops": 0.8 * gflops,
+            "g_width": width, "d_width": width, "g_depth": depth, "d_depth": depth, "patch": patch,
+        }))
+    steps = [s for s, _ in evals]
+    final_step = last_step if last_step is not None else (max(steps) if steps else 0)
+    lines = []
+    eval_at = dict(evals)
+    grid = sorted(set(range(log_every, final_step + 1, log_every) if log_every else []) | set(steps))
+    for step in grid:
+        line: dict[str, Any] = {"step": step, "images_seen": step * batch, "wall_s": 0.05 * step,
+                                "loss_d": 0.6, "loss_g": 0.8, "r1": 0.02, "repa": None}
+        if step in eval_at:
+            line["metrics"] = eval_at[step]
+            line["diagnostics"] = {"g_output_change": 0.01, "g_block_ablation": [0.01, 0.05, 0.2, 0.4]}
+        lines.append(json.dumps(line))
+    (run_dir / "stats.jsonl").write_text("".join(line + "\n" for line in lines))
+    (run_dir / "status.json").write_text(json.dumps({
+        "state": state, "step": final_step, "reason": reason, "updated": "2026-01-01T00:00:00Z",
+    }))
+    return run_dir
+
+
+def write_sweep(sweep_dir: Path, runs: Sequence[dict[str, Any]], pending: Sequence[str] = ()) -> Path:
+    """A sweep folder: manifest.json plus runs/<name>/. Each entry: ``name``, ``coords`` and
+    the ``write_run`` keywords in ``run``; ``pending`` names planned runs with no folder yet."""
+    entries = []
+    for spec in runs:
+        write_run(sweep_dir / "runs" / spec["name"], **spec.get("run", {}))
+        entries.append({"run_id": f"id-{spec['name']}", "name": spec["name"], "dir": f"runs/{spec['name']}",
+                        "coords": spec.get("coords", {}), "overrides": {}})
+    for name in pending:
+        entries.append({"run_id": f"id-{name}", "name": name, "dir": f"runs/{name}", "coords": {}, "overrides": {}})
+    (sweep_dir / "manifest.json").write_text(json.dumps({
+        "grid_file": "grid.yaml", "grid": "", "git_commit": "abc", "created": "2026-01-01T00:00:00Z",
+        "runs": entries, "jobs": [],
+    }))
+    return sweep_dir
+
+
+def curve(steps: Sequence[int], start: float, end: float, metric: str = "fid") -> list[tuple[int, dict[str, float]]]:
+    """A geometric learning curve from ``start`` to ``end`` over ``steps``."""
+    values = np.geomspace(start, end, len(steps))
+    return [(int(s), {metric: float(v)}) for s, v in zip(steps, values)]
+
+
+@pytest.fixture
+def sweep(tmp_path: Path) -> Path:
+    return write_sweep(tmp_path / "scaling", [
+        {"name": "s", "coords": {"size": "S/2", "seed": 0},
+         "run": {"width": 384, "evals": curve([100, 200, 300], 80, 40), "log_every": 50}},
+        {"name": "b", "coords": {"size": "B/2", "seed": 0},
+         "run": {"width": 768, "heads": 12, "evals": curve([100, 200], 70, 30), "state": "diverged",
+                 "last_step": 250}},
+        {"name": "early", "coords": {"size": "L/2", "seed": 0},
+         "run": {"width": 1024, "depth": 24, "heads": 16, "state": "diverged", "last_step": 60, "log_every": 20}},
+        {"name": "boom", "coords": {"size": "S/2", "seed": 1},
+         "run": {"state": "failed", "reason": "CUDA OOM", "last_step": 0}},
+    ], pending=["later"])
+
+
+def test_sweep_rows_coords_and_statuses(sweep: Path) -> None:
+    table = load_results([sweep])
+    per_run = table.groupby("run_id").size().to_dict()
+    assert per_run == {"id-s": 3, "id-b": 2, "id-early": 1, "id-boom": 1, "id-later": 1}
+    status = table.groupby("run_id")["status"].first().to_dict()
+    assert status == {"id-s": "completed", "id-b": "diverged", "id-early": "diverged", "id-boom": "failed",
+                      "id-later": "pending"}
+    early = table[table["run_id"] == "id-early"].iloc[0]
+    assert math.isnan(early["fid"]) and early["diverged_step"] == 60 and early["step"] == 60
+    assert table[table["run_id"] == "id-boom"]["reason"].iloc[0] == "CUDA OOM"
+    assert table[table["run_id"] == "id-s"]["size"].tolist() == ["S/2"] * 3  # grid coordinate
+    assert table.attrs["coords"] == ["size", "seed"]
+    assert table.attrs["metrics"] == ["fid"]
+    assert set(table["sweep"]) == {"scaling"}
+    s = table[table["run_id"] == "id-s"]
+    assert s["step"].tolist() == [100, 200, 300]  # the log-only lines are not rows
+    assert s["model.width"].iloc[0] == 384 and s["train.lr_rule"].iloc[0] == "width_aware"
+
+
+def test_parent_folder_with_bare_runs_and_sweeps(tmp_path: Path, sweep: Path) -> None:
+    write_run(tmp_path / "adhoc" / "one", width=1152, depth=28, heads=16, evals=curve([10, 20], 50, 20), seed=3)
+    table = load_results([tmp_path])
+    assert set(table["run_id"]) == {"id-s", "id-b", "id-early", "id-boom", "id-later", "one"}
+    one = table[table["run_id"] == "one"].iloc[0]
+    assert one["sweep"] == "" and one["model"] == "w1152-d28-h16-p2" and one["seed"] == 3
+    # A run named twice (its sweep and itself) is read once.
+    assert len(load_results([sweep, sweep / "runs" / "s"])) == len(load_results([sweep]))
+
+
+def test_training_flops_formula(sweep: Path) -> None:
+    assert forward_passes("approx") == (4.0, 16.0)
+    assert forward_passes("none") == (4.0, 10.0)
+    row = load_results([sweep]).query("run_id == 'id-s'").iloc[-1]
+    g = size_gflops(384, 12, 2)
+    expected = 300 * 32 * 2e9 * (4 * g + 16 * 0.8 * g)
+    assert row["train_flops"] == pytest.approx(expected)
+    assert row["train_flops"] == pytest.approx(row["images_seen"] * training_flops_per_image(g, 0.8 * g))
+    assert row["gflops"] == pytest.approx(g) and row["gpu_hours"] == pytest.approx(0.05 * 300 / 3600)
+    with pytest.raises(ValueError, match="penalty"):
+        forward_passes("bogus")
+
+
+def test_torn_line_is_skipped(tmp_path: Path) -> None:
+    run = write_run(tmp_path / "r", evals=curve([10, 20], 9, 5), log_every=5)
+    with (run / "stats.jsonl").open("a") as handle:
+        handle.write('{"step": 25, "metrics": {"fid": 4')  # crash mid-write
+    table = load_results([run])
+    assert table["step"].tolist() == [10, 20] and table["fid"].tolist() == pytest.approx([9, 5])
+
+
+def test_missing_model_json_without_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "gat.models.registry", None)  # import fails: the guard's case
+    load._describe_cached.cache_clear()
+    run = write_run(tmp_path / "r", evals=curve([10, 20], 9, 5), model_json=False)
+    table = load_results([run])
+    load._describe_cached.cache_clear()
+    assert len(table) == 2 and table["g_params"].isna().all() and table["train_flops"].isna().all()
+
+
+@pytest.mark.slow
+def test_missing_model_json_filled_from_registry(tmp_path: Path) -> None:
+    pytest.importorskip("gat.models.registry")
+    run = write_run(tmp_path / "r", evals=curve([10, 20], 9, 5), model_json=False)
+    row = load_results([run]).iloc[0]
+    assert row["g_gflops"] == pytest.approx(6.0, rel=0.05)  # GAT-S/2, gat_paper.md §1.2
+    assert row["g_params"] == pytest.approx(29.4e6, rel=0.05)
+
+
+def test_final_rows_and_default_metric(sweep: Path) -> None:
+    table = load_results([sweep])
+    assert default_metric(table) == "fid"
+    final = final_rows(table, "fid").set_index("run_id")
+    assert final.loc["id-s", "step"] == 300 and final.loc["id-s", "fid"] == pytest.approx(40)
+    assert final.loc["id-b", "step"] == 200  # its last eval, before it diverged
+    assert math.isnan(final.loc["id-early", "fid"])
+    assert len(final) == 5
+
+
+def test_no_metric_anywhere(tmp_path: Path) -> None:
+    write_run(tmp_path / "r", state="diverged", last_step=40, log_every=10)
+    table = load_results([tmp_path])
+    with pytest.raises(AnalysisError, match="no metric"):
+        default_metric(table)
+
+
+def test_empty_and_missing_folders(tmp_path: Path) -> None:
+    with pytest.raises(AnalysisError, match="no runs found"):
+        load_results([tmp_path])
+    with pytest.raises(AnalysisError, match="no such folder"):
+        load_results([tmp_path / "nope"])
+    (tmp_path / "bad").mkdir()
+    (tmp_path / "bad" / "manifest.json").write_text("{}")
+    with pytest.raises(AnalysisError, match="not a sweep manifest"):
+        load_results([tmp_path / "bad"])
+
+
+def test_load_table_published_and_malformed(tmp_path: Path) -> None:
+    table = load_table(PUBLISHED, required=["gflops", "fid"])
+    assert len(table) == 6 and table["run_id"].tolist()[0] == "S/4"
+    assert set(table["status"]) == {"completed"}
+    bad = tmp_path / "bad.csv"
+    bad.write_text("name,flops\nS,1\n")
+    with pytest.raises(AnalysisError, match=r"missing column\(s\) model \(or run_id\), gflops, fid"):
+        load_table(bad, required=["gflops", "fid"])
+    with pytest.raises(AnalysisError, match="no such file"):
+        load_table(tmp_path / "none.csv")
+
+
+def test_save_csv_and_parquet_round_trip(tmp_path: Path, sweep: Path) -> None:
+    table = load_results([sweep])
+    table["mixed"] = ["a", 1, 2.5, None, [1, 2], 3, 4, 5][: len(table)]  # a grid axis mixing types
+    back_csv = pd.read_csv(save_table(table, tmp_path / "t.csv"))
+    back_pq = pd.read_parquet(save_table(table, tmp_path / "t.parquet"))
+    assert len(back_csv) == len(back_pq) == len(table)
+    assert back_pq["fid"].equals(table["fid"]) and back_pq["mixed"].iloc[1] == "1"

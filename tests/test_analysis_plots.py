@@ -1,0 +1,163 @@
+"""The CLIs end to end (plot_scaling, plot_lr_transfer) and the house style of analysis.plots."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from analysis import plot_lr_transfer, plot_scaling, plots
+from tests.test_analysis_load import PUBLISHED, curve, write_run, write_sweep
+
+SIZES = [(384, 12, 6), (768, 12, 12), (1024, 24, 16), (1152, 28, 16)]
+
+
+def scaling_sweep(root: Path) -> Path:
+    """4 sizes × 2 seeds completed (final FID ∝ size^−0.5), plus a diverged run with evals,
+    one diverged before its first eval, and one failed."""
+    rng = np.random.default_rng(0)
+    runs = []
+    for width, depth, heads in SIZES:
+        for seed in range(2):
+            end = 200 * (width**2 * depth) ** -0.25 * np.exp(rng.normal(0, 0.03))
+            runs.append({"name": f"w{width}-s{seed}", "coords": {"model.width": width, "seed": seed},
+                         "run": {"width": width, "depth": depth, "heads": heads, "seed": seed,
+                                 "evals": curve([100, 200, 400, 800], 5 * end, end)}})
+    runs += [
+        {"name": "diverged", "coords": {"model.width": 1152, "seed": 2},
+         "run": {"width": 1152, "depth": 28, "heads": 16, "state": "diverged", "last_step": 350,
+                 "evals": curve([100, 200], 20, 15)}},
+        {"name": "early", "coords": {"model.width": 768, "seed": 2},
+         "run": {"width": 768, "heads": 12, "state": "diverged", "last_step": 40, "log_every": 20}},
+        {"name": "oom", "coords": {"model.width": 1024, "seed": 2},
+         "run": {"width": 1024, "depth": 24, "heads": 16, "state": "failed", "reason": "CUDA OOM", "last_step": 0}},
+    ]
+    return write_sweep(root / "scaling", runs)
+
+
+def test_scaling_report(tmp_path: Path) -> None:
+    sweep = scaling_sweep(tmp_path)
+    out = tmp_path / "out"
+    assert plot_scaling.main([str(sweep), "--out", str(out), "--bootstrap", "100", "--seed", "3"]) == 0
+    for name in ("scaling_gflops.png", "compute.png", "learning_curves.png", "residuals.png", "fit.json",
+                 "results.csv", "results.parquet", "report.md"):
+        assert (out / name).stat().st_size > 0, name
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["metric"] == "fid" and fit["x"] == "gflops" and fit["final"]["fit"]["n"] == 8
+    assert fit["final"]["n_resamples"] == 100 and fit["final"]["seed"] == 3
+    why = {e["run_id"]: e["why"] for e in fit["excluded"]}
+    assert why == {"id-diverged": "diverged at step 350", "id-early": "diverged at step 40",
+                   "id-oom": "failed: CUDA OOM"}
+    lo, hi = fit["final"]["ci"]["b"]
+    assert lo <= fit["final"]["fit"]["b"] <= hi
+    assert fit["frontier"]["fit"]["n"] == len(fit["frontier"]["points"]) >= 2
+    assert not {p["run_id"] for p in fit["frontier"]["points"]} & set(why)  # excluded: not in the fit
+    report = (out / "report.md").read_text()
+    assert "FID ∝ gflops^−b" in report and "![compute](compute.png)" in report and "3 run(s) excluded" in report
+
+
+def test_excluded_runs_are_drawn(tmp_path: Path) -> None:
+    args = plot_scaling.parse_args([str(scaling_sweep(tmp_path))])
+    study = plot_scaling.load_study(args)
+    boot = plot_scaling.fitting.bootstrap_power_law(study.used["gflops"], study.used["fid"],
+                                                    study.used["run_id"], n_resamples=10)
+    plots.apply_style()
+    fig = plots.metric_vs_size(study.used, study.excluded, "gflops", "fid", boot, "r")
+    labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
+    assert "diverged (excluded from fit)" in labels and "failed (excluded from fit)" in labels
+    # The diverged run without an eval sits on the top edge: 3 excluded points drawn in all.
+    drawn = sum(len(c.get_offsets()) for c in fig.axes[0].collections if c.get_gid() == "excluded")
+    assert drawn == 3
+
+
+def test_published_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "pub"
+    code = plot_scaling.main(["--table", str(PUBLISHED), "--x", "gflops", "--metric", "fid", "--out", str(out),
+                              "--bootstrap", "200"])
+    assert code == 0
+    fit = json.loads((out / "fit.json").read_text())
+    # The paper's −0.95 is the semi-log r of its log-x plot; in log-log space r is −0.994.
+    assert fit["final"]["r_semilog"] == pytest.approx(-0.95, abs=0.005)
+    assert fit["final"]["fit"]["r"] == pytest.approx(-0.994, abs=0.002)
+    assert "r(log-log) = -0.994" in capsys.readouterr().out
+    assert not (out / "compute.png").exists()  # no training compute in a published table
+    assert plot_scaling.main(["--table", str(PUBLISHED), "--irreducible", "--bootstrap", "20", "--out", str(out)]) == 0
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["final"]["fit"]["irreducible"] and fit["final"]["fit"]["c"] >= 0
+
+
+@pytest.mark.parametrize("case, message", [
+    ("empty", "no runs found"),
+    ("no_metric", "no metric values"),
+    ("bad_csv", "missing column(s) gflops, fid"),
+    ("one_size", "need completed runs at 2 or more distinct gflops"),
+    ("unknown_metric", "no values of 'is'"),
+])
+def test_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: str, message: str) -> None:
+    if case == "empty":
+        argv = [str(tmp_path)]
+    elif case == "no_metric":
+        write_run(tmp_path / "r", state="diverged", last_step=30, log_every=10)
+        argv = [str(tmp_path)]
+    elif case == "bad_csv":
+        (tmp_path / "t.csv").write_text("model,flops\nS/2,1\n")
+        argv = ["--table", str(tmp_path / "t.csv"), "--metric", "fid"]
+    elif case == "one_size":
+        write_run(tmp_path / "r", evals=curve([10, 20], 9, 5))
+        argv = [str(tmp_path)]
+    else:
+        write_run(tmp_path / "r", evals=curve([10, 20], 9, 5))
+        argv = [str(tmp_path), "--metric", "is"]
+    assert plot_scaling.main(argv + ["--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+def lr_sweep(root: Path) -> Path:
+    """2 rules × 3 widths × 5 LRs × 2 seeds. Under "mup" the optimum stays at 2^-10; under
+    "constant" it halves per width doubling; the largest LR diverges at the widest width."""
+    runs = []
+    for rule in ("constant", "mup"):
+        for width in (256, 512, 1024):
+            doublings = np.log2(width / 256)
+            best = -10 - (doublings if rule == "constant" else 0)
+            for log_lr in range(-13, -8):
+                for seed in range(2):
+                    diverged = rule == "constant" and width == 1024 and log_lr == -9 and seed == 0
+                    fid = 10 + (log_lr - best) ** 2 + 0.1 * seed
+                    runs.append({"name": f"{rule}-{width}-{log_lr}-{seed}", "run": {
+                        "width": width, "heads": 4, "lr_rule": rule, "base_lr": 2.0**log_lr, "seed": seed,
+                        "state": "diverged" if diverged else "completed",
+                        "evals": [] if diverged else [(100, {"fd_fmnist": fid})], "last_step": 100}})
+    return write_sweep(root / "lr", runs)
+
+
+def test_lr_transfer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    assert plot_lr_transfer.main([str(lr_sweep(tmp_path)), "--out", str(out)]) == 0
+    for name in ("lr_transfer.png", "lr_divergence.png", "lr_optima.md", "lr_optima.csv", "lr_grid.csv"):
+        assert (out / name).stat().st_size > 0, name
+    optima = plot_lr_transfer.pd.read_csv(out / "lr_optima.csv")
+    mup = optima[optima["train.lr_rule"] == "mup"]
+    constant = optima[optima["train.lr_rule"] == "constant"]
+    assert np.log2(mup["best_lr"]).tolist() == [-10, -10, -10]
+    assert mup["slope_per_doubling"].iloc[0] == pytest.approx(0.0)
+    assert constant["drift_per_doubling"].dropna().tolist() == pytest.approx([-1.0, -1.0])
+    assert constant["slope_per_doubling"].iloc[0] == pytest.approx(-1.0)
+    assert constant["at_grid_edge"].tolist() == [False, False, False]
+    grid = plot_lr_transfer.pd.read_csv(out / "lr_grid.csv")
+    cell = grid[(grid["train.lr_rule"] == "constant") & (grid["model.width"] == 1024) & (grid["train.base_lr"] == 2.0**-9)]
+    assert cell["frac_diverged"].item() == 0.5 and cell["n_completed"].item() == 1
+    assert "| train.lr_rule |" in (out / "lr_optima.md").read_text()
+
+
+def test_lr_transfer_needs_a_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert plot_lr_transfer.main([str(tmp_path)]) == 2
+    assert "no runs found" in capsys.readouterr().err
+
+
+def test_size_labels() -> None:
+    assert plots.size_label(384, 2) == "S/2" and plots.size_label(1152, 4) == "XL/4"
+    assert plots.size_label(512) == "w512" and plots.size_label(None, None, "B/4") == "B/4"
+    assert plots.axis_label("gflops") == "GFLOPs (G forward, DiT convention)"
