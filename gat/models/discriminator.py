@@ -6,6 +6,8 @@ score <phi(cls), e_y>; class information enters only there, never inside the blo
 """
 from __future__ import annotations
 
+import contextlib
+
 import torch
 from torch import Tensor, nn
 
@@ -90,8 +92,12 @@ class Discriminator(nn.Module):
         tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
         for block in self.blocks:
             tokens = run_block(block, self.grad_checkpointing, tokens, self.rope)
-        class_code = self.class_mapping(self.class_embed(y))
-        logits = (self.head(tokens[:, 0]) * class_code).sum(-1)
+        # The head runs in fp32 even under bf16 autocast: aR1/aR2 divide logit differences by
+        # sigma=0.01, and bf16 logits would turn that difference into rounding noise.
+        can_autocast = torch.amp.is_autocast_available(x.device.type)
+        with torch.autocast(x.device.type, enabled=False) if can_autocast else contextlib.nullcontext():
+            class_code = self.class_mapping(self.class_embed(y).float())
+            logits = (self.head(tokens[:, 0].float()) * class_code).sum(-1)
         return logits, tokens
 
     def project(self, tokens: Tensor) -> Tensor:
