@@ -1,0 +1,125 @@
+"""Fréchet distance between Gaussians fitted to features, reference statistics, caching."""
+from __future__ import annotations
+
+import hashlib
+import os
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import scipy.linalg
+import torch
+
+from gat.data.dataset import LatentDataset, cache_root
+from gat.eval.features import FeatureExtractor
+
+
+def feature_stats(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(mu [D], sigma [D,D]) in float64 of features [N, D] (N >= 2; unbiased covariance)."""
+    x = features.detach().cpu().double().numpy() if isinstance(features, torch.Tensor) else np.asarray(features, np.float64)
+    if x.ndim != 2 or x.shape[0] < 2:
+        raise ValueError(f"need features [N>=2, D], got shape {x.shape}")
+    return x.mean(axis=0), np.cov(x, rowvar=False)
+
+
+def frechet_distance(
+    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
+) -> float:
+    """||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)).
+
+    As in pytorch-fid: if the product is singular (sqrtm not finite), both covariances get
+    `eps` on the diagonal; imaginary parts from round-off are dropped unless they are large,
+    which signals a real problem (e.g. non-PSD inputs).
+    """
+    mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
+    sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
+        raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
+    diff = mu1 - mu2
+    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
+    if not np.isfinite(covmean).all():
+        offset = np.eye(sigma1.shape[0]) * eps
+        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
+    if np.iscomplexobj(covmean):
+        largest = np.max(np.abs(covmean.imag))
+        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
+            raise ValueError(f"sqrtm of the covariance product has a large imaginary part ({largest:.3g})")
+        covmean = covmean.real
+    distance = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean)
+    # Round-off can push identical statistics a hair below zero.
+    return float(max(distance, 0.0))
+
+
+def extract_features(extractor: FeatureExtractor, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
+    """Features [N, dim] of images [N,3,H,W] in [0,1], `batch` at a time."""
+    return torch.cat([extractor(part) for part in images.split(batch)])
+
+
+def load_ref_stats(
+    path: str | os.PathLike, extractor: FeatureExtractor | None = None, batch: int = 250
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) from an .npz: `mu`/`sigma` keys (ours, pytorch-fid's, ADM's reference batches),
+    or ADM-style images `arr_0` uint8 [N,H,W,3], whose features `extractor` then computes.
+
+    Note ADM's stored mu/sigma come from its TF Inception, so they only pair with `inception`.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"reference statistics not found: {path}")
+    with np.load(path) as data:
+        if "mu" in data and "sigma" in data:
+            return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+        if "arr_0" not in data:
+            raise ValueError(f"{path}: expected keys mu/sigma or arr_0 (images), found {sorted(data.keys())}")
+        images = data["arr_0"]
+    if extractor is None:
+        raise ValueError(f"{path} holds images (arr_0); pass a feature extractor to compute their statistics")
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
+        raise ValueError(f"{path}: arr_0 must be uint8 [N,H,W,C], got {images.dtype} {images.shape}")
+    feats = []
+    for start in range(0, len(images), batch):
+        chunk = torch.from_numpy(images[start : start + batch]).permute(0, 3, 1, 2).float() / 255.0
+        feats.append(extractor(chunk))
+    return feature_stats(torch.cat(feats))
+
+
+def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> None:
+    """Write mu/sigma as .npz atomically (readers never see half a file)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp.npz", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            np.savez(handle, mu=mu, sigma=sigma)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def dataset_stats(
+    dataset: LatentDataset,
+    extractor: FeatureExtractor,
+    num: int,
+    seed: int = 0,
+    *,
+    cache: bool = True,
+    batch: int = 250,
+) -> tuple[np.ndarray, np.ndarray]:
+    """(mu, sigma) of `extractor` features of `num` real images drawn without replacement
+    (seeded). Cached under `$GATSCALE_CACHE/stats/`, keyed by the dataset's fingerprint, the
+    extractor, `num` and `seed`, so every run of a sweep shares one computation.
+    """
+    if not dataset.has_images:
+        raise ValueError("the dataset stores no images; give eval.ref_stats instead")
+    num = min(int(num), len(dataset))
+    key = hashlib.sha256(f"{dataset.fingerprint}|{extractor.name}|{num}|{seed}".encode()).hexdigest()[:20]
+    path = cache_root() / "stats" / f"{extractor.name}-{key}.npz"
+    if cache and path.is_file():
+        return load_ref_stats(path)
+    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num]
+    feats = torch.cat([extractor(dataset.images(idx)) for idx in order.split(batch)])
+    mu, sigma = feature_stats(feats)
+    if cache:
+        save_stats(path, mu, sigma)
+    return mu, sigma
