@@ -1,0 +1,105 @@
+"""Time full GAT training steps (D step + G step, as gat.train runs them) on random latents.
+
+    python -m gat.bench NAME --batch B --steps N [--device cpu|cuda] [--latent-size 32]
+                        [--config YAML] [--set k=v ...]
+
+NAME is a registry name (GAT-B/2) or wWIDTH-dDEPTH-hHEADS-pPATCH. Prints ms per step, images/s
+and peak memory; on CUDA also the achieved TFLOP/s and MFU. FLOPs per step are estimated from
+the registry's forward multiply-add counts (per sample) as
+
+    D step: G forward (no grad) + n_D D passes with backward          = G + 3·n_D·D
+            (n_D = 2 for reals and fakes, 4 with the approximate R1/R2)
+    G step: G forward+backward, D on fakes with input grads, D on reals = 3·G + 2·D + D
+    FLOPs/step = 2 · batch · (4·G + (3·n_D + 3)·D)       (2 FLOPs per multiply-add)
+
+ignoring activation-checkpoint recompute, REPA, EMA and the optimiser. The peak is the dense
+bf16 tensor-core figure of the detected GPU (table below; override with --peak-tflops).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+
+import torch
+
+from gat import train
+from gat.config import load_config, parse_set
+from gat.models import registry
+
+# Dense (non-sparse) bf16 peak TFLOP/s by device-name substring, from the vendors' datasheets.
+PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "4090": 165.0}
+
+
+def step_flops(summary: dict, batch: int, penalty: str) -> float:
+    """The FLOP estimate of the module docstring for one training iteration."""
+    g, d = summary["generator_gflops"] * 1e9, summary["discriminator_gflops"] * 1e9
+    d_passes = 4 if penalty == "approx" else 2
+    return 2.0 * batch * (4 * g + (3 * d_passes + 3) * d)
+
+
+def peak_tflops(device: torch.device, override: float | None) -> float | None:
+    if override is not None:
+        return override
+    if device.type != "cuda":
+        return None
+    name = torch.cuda.get_device_name(device)
+    return next((peak for key, peak in PEAK_BF16_TFLOPS.items() if key in name), None)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; prints one line of results."""
+    parser = argparse.ArgumentParser(prog="python -m gat.bench", description=__doc__.split("\n\n")[0])
+    parser.add_argument("name", help="registry name (GAT-B/2) or w384-d12-h6-p2")
+    parser.add_argument("--batch", type=int, required=True)
+    parser.add_argument("--steps", type=int, required=True)
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, kernels, compile)")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--latent-size", type=int, default=32, help="latent side (32 for 256² SD-VAE latents)")
+    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU")
+    parser.add_argument("--config", default=None, help="a trainer YAML to start from (default: the paper's recipe)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    args = parser.parse_args(argv)
+
+    overrides = {"model.name": args.name, "train.batch": args.batch, "device": args.device, **parse_set(args.overrides)}
+    config = load_config(args.config, overrides)
+    device = train.resolve_device(config)
+    dims = {"latent_channels": 4, "latent_size": args.latent_size, "num_classes": args.num_classes}
+    nets = train.build_nets(config, dims, device)
+    amp = train.autocast(config, device)
+    generator = torch.Generator(device=device).manual_seed(0)
+    size = args.latent_size
+    batch = train.Batch(
+        reals=torch.randn(args.batch, 4, size, size, device=device),
+        labels=torch.randint(args.num_classes, (args.batch,), device=device),
+        images=torch.rand(args.batch, 3, 8 * size, 8 * size, device=device) if nets.encoder is not None else None,
+        z=torch.randn(args.batch, nets.G.z_dim, device=device),
+    )
+    sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
+    for _ in range(args.warmup):
+        train.train_step(nets, batch, config, generator, amp)
+    sync()
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    started = time.perf_counter()
+    for _ in range(args.steps):
+        train.train_step(nets, batch, config, generator, amp)
+    sync()
+    seconds = (time.perf_counter() - started) / args.steps
+
+    summary = registry.describe(config, **dims, repa_dim=nets.encoder.dim if nets.encoder is not None else None)
+    line = (f"{args.name} batch {args.batch} on {train.device_name(device)}: {seconds * 1e3:.1f} ms/step, "
+            f"{args.batch / seconds:.1f} images/s, peak memory {train.peak_memory_mb(device):.0f} MiB")
+    flops = step_flops(summary, args.batch, config.loss.penalty)
+    achieved = flops / seconds / 1e12
+    line += f", {flops / 1e12:.3g} TFLOP/step (estimate), {achieved:.3g} TFLOP/s"
+    peak = peak_tflops(device, args.peak_tflops)
+    if peak:
+        line += f", MFU {100 * achieved / peak:.1f}% of {peak:g} TFLOP/s bf16 peak"
+    print(line)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,122 @@
+"""Atomic checkpoints with one previous copy to fall back on, and the RNG state for exact resume.
+
+Layout under RUN_DIR/checkpoints/: `latest.pt`, `previous.pt`, and periodic `step-XXXXXXX.pt`
+snapshots (hard links to the same bytes where the file system allows). A save writes a temp
+file, fsyncs it, demotes `latest` to `previous` and renames the temp file into place, so a kill
+at any instant leaves at least one complete checkpoint behind.
+"""
+from __future__ import annotations
+
+import os
+import random
+import shutil
+import warnings
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+LATEST = "latest.pt"
+PREVIOUS = "previous.pt"
+REQUIRED_KEYS = ("step", "G", "D", "G_ema", "opt_g", "opt_d", "rng")
+
+
+def snapshot_name(step: int) -> str:
+    return f"step-{step:07d}.pt"
+
+
+def rng_state() -> dict[str, Any]:
+    """Every global RNG a step may draw from: python, numpy, torch CPU and all CUDA devices."""
+    return {
+        "python": random.getstate(),
+        "numpy": np.random.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+    }
+
+
+def set_rng_state(state: dict[str, Any]) -> None:
+    """Restore what `rng_state` captured (CUDA states only when the device count matches)."""
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available() and len(state["cuda"]) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save(directory: Path, state: dict[str, Any], *, snapshot: bool = False) -> Path:
+    """Write `state` as the new latest checkpoint (and a step snapshot when asked)."""
+    directory.mkdir(parents=True, exist_ok=True)
+    latest, previous = directory / LATEST, directory / PREVIOUS
+    tmp = directory / f".{LATEST}.tmp"
+    with open(tmp, "wb") as handle:
+        torch.save(state, handle)
+        handle.flush()
+        os.fsync(handle.fileno())
+    if latest.exists():
+        os.replace(latest, previous)
+    os.replace(tmp, latest)
+    _fsync_dir(directory)
+    if snapshot:
+        target = directory / snapshot_name(int(state["step"]))
+        target.unlink(missing_ok=True)
+        try:
+            os.link(latest, target)
+        except OSError:
+            shutil.copy2(latest, target)
+    return latest
+
+
+def _fsync_dir(directory: Path) -> None:
+    # Makes the renames themselves durable across a power loss, not just the file contents.
+    try:
+        fd = os.open(directory, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    # weights_only=False: the state holds numpy/python RNG tuples, and we wrote the file ourselves.
+    state = torch.load(path, map_location="cpu", weights_only=False)
+    if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
+        raise ValueError(f"{path.name} is not a gatscale checkpoint (missing keys)")
+    return state
+
+
+def load_latest(directory: Path) -> dict[str, Any] | None:
+    """The newest readable checkpoint: latest, else previous (with a warning), else None.
+
+    A truncated or corrupt file is skipped, never fatal: losing `ckpt_every` steps beats losing
+    the run.
+    """
+    for name in (LATEST, PREVIOUS):
+        path = directory / name
+        if not path.is_file():
+            continue
+        try:
+            state = _read(path)
+        except Exception as err:  # torch raises several types for a torn zip archive
+            warnings.warn(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); trying an older one")
+            continue
+        if name != LATEST:
+            warnings.warn(f"resuming from {path} (step {state['step']}) because {LATEST} was missing or corrupt")
+        return state
+    return None
+
+
+def load_for_inference(run_dir: Path, step: int | None = None) -> dict[str, Any]:
+    """A run's checkpoint for sampling: the step snapshot if `step` is given, else the newest."""
+    directory = Path(run_dir) / "checkpoints"
+    if step is not None:
+        return _read(directory / snapshot_name(step))
+    state = load_latest(directory)
+    if state is None:
+        raise FileNotFoundError(f"no readable checkpoint in {directory}")
+    return state

@@ -1,0 +1,160 @@
+"""Writers for the run folder (docs/run_folder.md): status, stats lines, provenance, model card.
+
+Readers (the sweep engine, the analysis layer) may look at any moment, so whole-file writes go
+through `write_json_atomic` and stats lines are appended and flushed one at a time.
+"""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import subprocess
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+STATES = ("running", "completed", "diverged", "failed")
+FINAL_STATES = ("completed", "diverged")
+PACKAGES = ("torch", "numpy", "diffusers", "wandb", "scipy", "pyyaml", "safetensors", "submitit", "tqdm")
+
+CONFIG = "config.yaml"
+MODEL = "model.json"
+PROVENANCE = "provenance.json"
+STATUS = "status.json"
+STATS = "stats.jsonl"
+WANDB_ID = "wandb_id"
+SAMPLES = "samples"
+
+
+def utc_now() -> str:
+    """The current time as ISO-8601 UTC with seconds (what every timestamp here uses)."""
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON so that a reader sees the old file or the new one, never half of one."""
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as handle:
+        json.dump(data, handle, indent=2)
+        handle.write("\n")
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(tmp, path)
+
+
+def read_json(path: Path) -> Any | None:
+    """A JSON file's content, or None when it is missing or unreadable."""
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
+
+
+def write_status(run_dir: Path, state: str, step: int, reason: str | None = None) -> None:
+    """Record the run's state (`running|completed|diverged|failed`) at `step`."""
+    if state not in STATES:
+        raise ValueError(f"unknown state {state!r}")
+    write_json_atomic(run_dir / STATUS, {"state": state, "step": step, "reason": reason, "updated": utc_now()})
+
+
+def read_status(run_dir: Path) -> dict[str, Any] | None:
+    """The run's status.json, or None when the run never started."""
+    return read_json(run_dir / STATUS)
+
+
+def append_stats(run_dir: Path, record: dict[str, Any]) -> None:
+    """Append one stats line (NaN/inf are written as null: JSON has no spelling for them)."""
+    line = json.dumps(_finite(record), allow_nan=False)
+    with open(run_dir / STATS, "a") as handle:
+        handle.write(line + "\n")
+        handle.flush()
+
+
+def read_stats(run_dir: Path) -> list[dict[str, Any]]:
+    """All complete stats lines (a torn last line from a killed process is skipped)."""
+    path = run_dir / STATS
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
+def truncate_stats(run_dir: Path, step: int) -> None:
+    """Drop stats lines after `step`: on resume they are recomputed from the checkpoint at `step`."""
+    path = run_dir / STATS
+    if not path.is_file():
+        return
+    kept = [json.dumps(r, allow_nan=False) for r in read_stats(run_dir) if r.get("step", 0) <= step]
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text("".join(line + "\n" for line in kept))
+    os.replace(tmp, path)
+
+
+def _finite(value: Any) -> Any:
+    if isinstance(value, float):
+        return value if value == value and abs(value) != float("inf") else None
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value
+
+
+def git_state(repo: Path | None = None) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of the checkout holding the code, or (None, None) outside git."""
+    repo = repo or Path(__file__).resolve().parent.parent
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True
+        ).stdout.strip()
+        porcelain = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"],
+            cwd=repo, capture_output=True, text=True, timeout=10, check=True,
+        ).stdout
+    except (OSError, subprocess.SubprocessError):
+        return None, None
+    return commit, bool(porcelain.strip())
+
+
+def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
+    """Installed versions of the packages a result depends on (None: not installed)."""
+    versions: dict[str, str | None] = {"python": platform.python_version()}
+    for name in names:
+        try:
+            versions[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            versions[name] = None
+    return versions
+
+
+def record_attempt(run_dir: Path, device: str, resumed_from_step: int) -> dict[str, Any]:
+    """Update provenance.json for this attempt (code and host as of now, attempts appended)."""
+    path = run_dir / PROVENANCE
+    previous = read_json(path) or {}
+    commit, dirty = git_state()
+    host = socket.gethostname()
+    attempt = {
+        "started": utc_now(),
+        "host": host,
+        "slurm_job_id": os.environ.get("SLURM_JOB_ID"),
+        "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
+        "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
+        "resumed_from_step": resumed_from_step,
+    }
+    provenance = {
+        "git_commit": commit,
+        "git_dirty": dirty,
+        "packages": package_versions(),
+        "host": host,
+        "device": device,
+        "attempts": list(previous.get("attempts", [])) + [attempt],
+    }
+    write_json_atomic(path, provenance)
+    return provenance

@@ -1,0 +1,373 @@
+"""The trainer end to end: run folder contract, exact resume, kill -9, corrupt checkpoints,
+divergence, failures, config errors, dry runs, sampling and the benchmark.
+
+Most tests run in-process on a small synthetic latent dataset (8x8 latents, 10 classes) so
+they take seconds; the smoke and kill tests go through the real CLI and Fashion-MNIST.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import gat.sample
+import gat.train
+from gat import checkpoint, rundir
+from gat.config import load_config
+from gat.data.dataset import LatentDataset
+
+ROOT = Path(__file__).resolve().parent.parent
+SMOKE = ROOT / "gat" / "configs" / "fmnist_smoke.yaml"
+TIMING_KEYS = ("wall_s", "sec_per_step", "images_per_s", "peak_mem_mb")
+CHILD_ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
+
+
+class SyntheticLatents(LatentDataset):
+    """A fixed random latent 'dataset' with real posterior noise (std `noise`)."""
+
+    latent_channels, latent_size, num_classes = 4, 8, 10
+    scaling_factor, has_images, fingerprint = 1.0, False, "synthetic"
+
+    def __init__(self, size: int = 64, noise: float = 0.1, seed: int = 0):
+        generator = torch.Generator().manual_seed(seed)
+        self.mean = torch.randn(size, 4, 8, 8, generator=generator).numpy()
+        self.std = np.full_like(self.mean, noise)
+        self.labels = np.arange(size) % self.num_classes
+
+    def __len__(self) -> int:
+        return len(self.mean)
+
+    def _moments(self, indices):
+        return self.mean[indices], self.std[indices]
+
+    def _labels(self, indices):
+        return self.labels[indices]
+
+
+class FakeDecoder(torch.nn.Module):
+    """Latents [B,4,8,8] -> 'images' [B,3,32,32] in [0,1], no VAE weights needed."""
+
+    def forward(self, latents):
+        return torch.sigmoid(latents[:, :3]).repeat_interleave(4, -1).repeat_interleave(4, -2)
+
+
+def tiny_config(**overrides):
+    """The smoke config shrunk to a few steps with frequent log/eval/checkpoint ticks."""
+    base = {
+        "train.steps": 6, "train.batch": 8, "train.log_every": 2, "train.ckpt_every": 2,
+        "train.snapshot_every": 4, "eval.every": 3, "eval.extractor": "none", "eval.probe_batch": 4,
+        "logging.wandb": "off", "logging.progress": "lines",
+    }
+    base.update(overrides)
+    return load_config(SMOKE, base)
+
+
+@pytest.fixture
+def synthetic(monkeypatch):
+    """Train on SyntheticLatents and decode with FakeDecoder (no Fashion-MNIST, no VAE)."""
+    monkeypatch.setattr(gat.train, "load_dataset", lambda cfg: SyntheticLatents())
+    monkeypatch.setattr(gat.train, "load_decoder", lambda cfg: FakeDecoder())
+    monkeypatch.setattr(gat.sample, "load_decoder", lambda cfg: FakeDecoder())
+
+
+class Interrupt(BaseException):
+    """Stands in for a kill: not an Exception, so the run is left `running`, not `failed`."""
+
+
+def run_until_checkpoint(monkeypatch, config, run_dir, stop_step):
+    """Run and stop right after the checkpoint at `stop_step` is written."""
+    real_save = checkpoint.save
+
+    def save_then_stop(directory, state, **kwargs):
+        real_save(directory, state, **kwargs)
+        if state["step"] == stop_step:
+            raise Interrupt
+
+    monkeypatch.setattr(checkpoint, "save", save_then_stop)
+    with pytest.raises(Interrupt):
+        gat.train.run(config, run_dir)
+    monkeypatch.setattr(checkpoint, "save", real_save)
+    assert rundir.read_status(run_dir)["state"] == "running"
+
+
+def stats_without_timing(run_dir):
+    return [{k: v for k, v in record.items() if k not in TIMING_KEYS} for record in rundir.read_stats(run_dir)]
+
+
+def assert_same_training_state(dir_a, dir_b):
+    a = torch.load(dir_a / "checkpoints" / "latest.pt", weights_only=False)
+    b = torch.load(dir_b / "checkpoints" / "latest.pt", weights_only=False)
+    assert a["step"] == b["step"]
+    for net in ("G", "D", "G_ema"):
+        for name, tensor in a[net].items():
+            assert torch.equal(tensor, b[net][name]), f"{net}.{name} differs"
+    for opt in ("opt_g", "opt_d"):
+        for index, slot in a[opt]["state"].items():
+            for key, value in slot.items():
+                assert torch.equal(value, b[opt]["state"][index][key]), f"{opt} state {index}.{key} differs"
+    assert stats_without_timing(dir_a) == stats_without_timing(dir_b)
+
+
+# --------------------------------------------------------------------------------------------
+# The run folder
+
+
+def test_run_folder_follows_the_contract(synthetic, tmp_path):
+    run_dir = tmp_path / "run"
+    assert gat.train.run(tiny_config(), run_dir) == "completed"
+
+    status = json.loads((run_dir / "status.json").read_text())
+    assert status["state"] == "completed" and status["step"] == 6 and status["reason"] is None
+    assert status["updated"].endswith("+00:00")
+    assert load_config(run_dir / "config.yaml") == tiny_config()
+
+    model = json.loads((run_dir / "model.json").read_text())
+    for key in ("generator_params", "discriminator_params", "discriminator_projector_params", "generator_gflops",
+                "discriminator_gflops", "mng_noise_levels", "g_width", "d_width", "g_depth", "d_depth", "patch", "tokens"):
+        assert key in model
+
+    provenance = json.loads((run_dir / "provenance.json").read_text())
+    assert {"git_commit", "git_dirty", "packages", "host", "device", "attempts"} <= set(provenance)
+    assert provenance["packages"]["torch"] == torch.__version__.split("+")[0] or provenance["packages"]["torch"]
+    assert provenance["attempts"][0]["resumed_from_step"] == 0
+    assert {"started", "host", "slurm_job_id", "slurm_array_task_id"} <= set(provenance["attempts"][0])
+
+    records = rundir.read_stats(run_dir)
+    assert [r["step"] for r in records] == [2, 3, 4, 6]  # log every 2 plus the eval tick at 3
+    first = records[0]
+    for key in ("step", "images_seen", "wall_s", "loss_d", "loss_g", "r1", "r2", "repa", "grad_norm_g",
+                "grad_norm_d", "lr_g", "lr_d", "sec_per_step", "images_per_s", "peak_mem_mb"):
+        assert key in first
+    assert first["images_seen"] == 16 and first["repa"] is None and "metrics" not in first
+    assert first["lr_g"] == pytest.approx(2e-4 * 768 / 32)
+    eval_line = records[1]
+    diag = eval_line["diagnostics"]
+    assert set(diag) == {"g_output_change", "d_logit_change", "g_block_update_ratio", "g_block_ablation",
+                         "g_act_std", "d_act_std"}
+    assert len(diag["g_block_update_ratio"]) == len(diag["g_block_ablation"]) == 4
+    assert diag["g_output_change"] > 0 and diag["d_logit_change"] > 0
+
+    assert sorted(p.name for p in (run_dir / "samples").iterdir()) == [
+        "step-0000003-psi0.3.png", "step-0000003.png", "step-0000006-psi0.3.png", "step-0000006.png"]
+    assert sorted(p.name for p in (run_dir / "checkpoints").iterdir()) == [
+        "latest.pt", "previous.pt", "step-0000004.pt"]
+
+
+def test_resume_is_bitwise_identical_to_an_uninterrupted_run(synthetic, monkeypatch, tmp_path):
+    config = tiny_config()
+    gat.train.run(config, tmp_path / "straight")
+    run_until_checkpoint(monkeypatch, config, tmp_path / "resumed", stop_step=4)
+    assert gat.train.run(config, tmp_path / "resumed") == "completed"
+    assert_same_training_state(tmp_path / "straight", tmp_path / "resumed")
+    attempts = json.loads((tmp_path / "resumed" / "provenance.json").read_text())["attempts"]
+    assert [a["resumed_from_step"] for a in attempts] == [0, 4]
+
+
+def test_corrupt_latest_checkpoint_falls_back_to_previous(synthetic, monkeypatch, tmp_path):
+    config = tiny_config()
+    gat.train.run(config, tmp_path / "straight")
+    run_dir = tmp_path / "resumed"
+    run_until_checkpoint(monkeypatch, config, run_dir, stop_step=4)
+    latest = run_dir / "checkpoints" / "latest.pt"
+    latest.write_bytes(latest.read_bytes()[: latest.stat().st_size // 2])
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert gat.train.run(config, run_dir) == "completed"
+    # Resumed from step 2: the stats lines written after it were redone, not duplicated.
+    assert_same_training_state(tmp_path / "straight", run_dir)
+
+
+def test_divergence_is_recorded_and_final(synthetic, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    config_path = tmp_path / "cfg.yaml"
+    config_path.write_text(SMOKE.read_text())
+    args = [str(config_path), "--out", str(run_dir), "--set", "train.base_lr=1e6", "--set", "train.steps=30",
+            "--set", "eval.extractor=none", "--set", "logging.wandb=off", "--set", "train.batch=8",
+            "--set", "logging.progress=lines"]
+    assert gat.train.main(args) == 0
+    status = rundir.read_status(run_dir)
+    assert status["state"] == "diverged" and "non-finite" in status["reason"]
+    assert rundir.read_stats(run_dir)[-1]["step"] == status["step"]
+    # A diverged run is a result: running it again does not retrain.
+    assert gat.train.main(args) == 0
+    assert "already diverged" in capsys.readouterr().out
+
+
+def test_injected_nan_marks_the_step_it_happened(synthetic, monkeypatch, tmp_path):
+    real_step = gat.train.train_step
+    calls = []
+
+    def poisoned(*args, **kwargs):
+        terms = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 3:
+            terms["grad_norm_g"] = torch.tensor(float("nan"))
+        return terms
+
+    monkeypatch.setattr(gat.train, "train_step", poisoned)
+    assert gat.train.run(tiny_config(), tmp_path / "run") == "diverged"
+    status = rundir.read_status(tmp_path / "run")
+    assert status["step"] == 3 and "grad_norm_g" in status["reason"]
+    assert rundir.read_stats(tmp_path / "run")[-1]["grad_norm_g"] is None  # NaN is written as null
+
+
+def test_exception_marks_failed_with_reason_and_nonzero_exit(synthetic, monkeypatch, tmp_path):
+    def broken(*args, **kwargs):
+        raise RuntimeError("boom")
+
+    monkeypatch.setattr(gat.train, "train_step", broken)
+    run_dir = tmp_path / "run"
+    code = gat.train.main([str(SMOKE), "--out", str(run_dir), "--set", "logging.wandb=off",
+                           "--set", "eval.extractor=none"])
+    assert code == 1
+    status = rundir.read_status(run_dir)
+    assert status["state"] == "failed" and status["reason"] == "RuntimeError: boom"
+
+
+def test_completed_run_is_not_retrained(synthetic, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    gat.train.run(tiny_config(), run_dir)
+    before = (run_dir / "stats.jsonl").read_text()
+    assert gat.train.run(tiny_config(), run_dir) == "completed"
+    assert (run_dir / "stats.jsonl").read_text() == before
+    assert "already completed" in capsys.readouterr().out
+
+
+def test_a_folder_with_another_config_is_refused(synthetic, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    gat.train.run(tiny_config(), run_dir)
+    code = gat.train.main([str(SMOKE), "--out", str(run_dir), "--set", "train.base_lr=1e-3"])
+    assert code == 2
+    assert "train.base_lr" in capsys.readouterr().err
+    assert rundir.read_status(run_dir)["state"] == "completed"
+
+
+def test_wandb_offline_keeps_one_run_id_across_resumes(synthetic, monkeypatch, tmp_path):
+    config = tiny_config(**{"logging.wandb": "offline"})
+    run_dir = tmp_path / "run"
+    run_until_checkpoint(monkeypatch, config, run_dir, stop_step=2)
+    run_id = (run_dir / "wandb_id").read_text().strip()
+    assert gat.train.run(config, run_dir) == "completed"
+    assert (run_dir / "wandb_id").read_text().strip() == run_id
+    assert len(list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # one per attempt, one id
+
+
+# --------------------------------------------------------------------------------------------
+# CLI
+
+
+@pytest.mark.parametrize("override, key", [("train.bogus=1", "train.bogus"), ("train.batch=abc", "train.batch"),
+                                           ("model.width=-3", "model.width"), ("mng.mode=cubic", "mng.mode")])
+def test_config_errors_name_the_key(tmp_path, capsys, override, key):
+    code = gat.train.main([str(SMOKE), "--out", str(tmp_path / "run"), "--set", override])
+    assert code == 2
+    assert key in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
+
+def test_dry_run_prints_the_summary_and_writes_nothing(synthetic, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    assert gat.train.main([str(SMOKE), "--out", str(run_dir), "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    assert "generator_params" in out and "train:" in out
+    assert not run_dir.exists()
+
+
+def test_stream_seeds_are_distinct_and_stable():
+    seeds = {gat.train.stream_seed(0, stream, step, rank) for stream in ("z", "data") for step in range(3) for rank in range(2)}
+    assert len(seeds) == 12
+    assert gat.train.stream_seed(0, "z", 5) == gat.train.stream_seed(0, "z", 5)
+
+
+def test_data_order_is_a_function_of_the_step():
+    order = gat.train.DataOrder(size=10, batch=3, seed=0)
+    epoch0 = torch.cat([order.indices(s) for s in range(3)])
+    assert len(set(epoch0.tolist())) == 9  # a permutation, ragged tail dropped
+    again = gat.train.DataOrder(size=10, batch=3, seed=0)
+    assert torch.equal(again.indices(4), order.indices(4))
+    assert not torch.equal(order.indices(3), order.indices(0))  # a new epoch reshuffles
+
+
+# --------------------------------------------------------------------------------------------
+# Sampling and benchmark
+
+
+def test_sample_writes_adm_style_archives(synthetic, tmp_path):
+    sample = gat.sample
+    run_dir = tmp_path / "run"
+    gat.train.run(tiny_config(), run_dir)
+    out = tmp_path / "samples.npz"
+    assert sample.main([str(run_dir), "--num", "10", "--out", str(out), "--psi", "0.3", "--seed", "1"]) == 0
+    with np.load(out) as archive:
+        images, labels = archive["arr_0"], archive["arr_1"]
+    assert images.dtype == np.uint8 and images.shape == (10, 32, 32, 3)
+    assert labels.shape == (10,) and labels.max() < 10
+    again = tmp_path / "again.npz"
+    sample.main([str(run_dir), "--num", "10", "--out", str(again), "--psi", "0.3", "--seed", "1"])
+    with np.load(again) as archive:
+        assert np.array_equal(archive["arr_0"], images)
+
+
+def test_bench_reports_step_time(capsys):
+    from gat import bench
+
+    assert bench.main(["w32-d4-h2-p2", "--batch", "4", "--steps", "2", "--device", "cpu", "--latent-size", "8"]) == 0
+    out = capsys.readouterr().out
+    assert "ms/step" in out and "images/s" in out
+
+
+# --------------------------------------------------------------------------------------------
+# Through the real CLI on Fashion-MNIST
+
+
+def _cli(run_dir: Path, *overrides: str) -> list[str]:
+    args = [sys.executable, "-m", "gat.train", str(SMOKE), "--out", str(run_dir)]
+    for item in overrides:
+        args += ["--set", item]
+    return args
+
+
+@pytest.mark.slow
+def test_smoke_config_trains_end_to_end(tmp_path):
+    run_dir = tmp_path / "smoke"
+    started = time.time()
+    result = subprocess.run(_cli(run_dir), env=CHILD_ENV, cwd=ROOT, capture_output=True, text=True, timeout=900)
+    assert result.returncode == 0, result.stderr[-3000:]
+    status = rundir.read_status(run_dir)
+    assert status["state"] == "completed"
+    records = rundir.read_stats(run_dir)
+    metrics = [r["metrics"] for r in records if "metrics" in r]
+    assert metrics and all(np.isfinite(m["fd_fmnist"]) for m in metrics)
+    assert list((run_dir / "samples").glob("*.png"))
+    print(f"smoke run wall time {time.time() - started:.1f} s")
+
+
+@pytest.mark.slow
+def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path):
+    overrides = ("train.steps=16", "train.ckpt_every=4", "train.log_every=2", "eval.every=8",
+                 "eval.extractor=none", "train.batch=8", "logging.wandb=off")
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    subprocess.run(_cli(straight, *overrides), env=CHILD_ENV, cwd=ROOT, check=True, capture_output=True, timeout=900)
+
+    process = subprocess.Popen(_cli(killed, *overrides), env=CHILD_ENV, cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if any(r["step"] >= 6 for r in rundir.read_stats(killed)):
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before it could be killed"
+    os.kill(process.pid, signal.SIGKILL)
+    process.wait()
+    assert rundir.read_status(killed)["state"] == "running"
+
+    subprocess.run(_cli(killed, *overrides), env=CHILD_ENV, cwd=ROOT, check=True, capture_output=True, timeout=900)
+    assert rundir.read_status(killed)["state"] == "completed"
+    assert_same_training_state(straight, killed)
