@@ -1,0 +1,286 @@
+"""`python -m sweeps.launch GRID.yaml`: plan a grid, check it, and submit what is left to run.
+
+Relaunching is safe: run folders are the source of truth. Completed and diverged runs are
+skipped, interrupted ones resume from their checkpoint, failed ones rerun only with
+`--rerun-failed`, and runs that a live job holds or has queued are left alone. Two launches at
+once cannot train one point twice: each job takes the run's lease before training.
+
+    python -m sweeps.launch scaling_grid.yaml                 # bundled grid, results/scaling_grid/
+    python -m sweeps.launch my_grid.yaml --dry-run            # table with FLOPs and GPU-hours
+    python -m sweeps.launch my_grid.yaml --only 'w384' --wait # a subset, then watch it
+    python -m sweeps.launch my_grid.yaml --executor local --set train.steps=200
+
+The launcher returns once jobs are submitted (`--wait` watches until every run is final; the
+debug executor always runs the jobs here, in this process). `GATSCALE_TRAINER` names the module
+jobs run with `python -m` (default `gat.train`; tests use a stub).
+"""
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import re
+import subprocess
+import sys
+import time
+import uuid
+from pathlib import Path
+from typing import Any
+
+from gat import config as gat_config
+from sweeps import costs, executors, manifest, resources
+from sweeps.job import RunJob, RunTask
+from sweeps.plan import Plan, PlannedRun, RunStatus, flatten, make_plan, read_statuses
+from sweeps.spec import REPO_ROOT, GridError, GridSpec, Point, load_grid, validate_points
+
+
+def default_sweep_dir(spec: GridSpec) -> Path:
+    """`results/<grid name>/` under the current directory."""
+    return Path("results") / spec.name
+
+
+def select(plan: Plan, only: str | None) -> list[PlannedRun]:
+    """Runs whose name or ID matches `only` (a regular expression), or all."""
+    if not only:
+        return list(plan.runs)
+    pattern = re.compile(only)
+    return [r for r in plan.runs if pattern.search(r.name) or pattern.search(r.run_id)]
+
+
+def queued_runs(sweep_dir: Path) -> dict[str, str]:
+    """Run id -> job id for runs a recorded job still has queued or running."""
+    data = manifest.read(sweep_dir) or {}
+    by_kind: dict[str, list[dict[str, Any]]] = {}
+    for job in data.get("jobs", []):
+        by_kind.setdefault(job.get("executor", "slurm"), []).append(job)
+    out: dict[str, str] = {}
+    for kind, jobs in by_kind.items():
+        live = executors.active_jobs(kind, [j["job_id"] for j in jobs])
+        for job in jobs:
+            if job["job_id"] in live:
+                out.update({rid: job["job_id"] for rid in job["run_ids"]})
+    return out
+
+
+def decide(state: str, queued: bool, rerun_failed: bool) -> str:
+    """What the launcher does with a run: `submit`, or why it skips."""
+    if state in ("completed", "diverged"):
+        return f"skip ({state})"
+    if state == "running":
+        return "skip (running)"
+    if queued:
+        return "skip (queued)"
+    if state == "failed" and not rerun_failed:
+        return "skip (failed; --rerun-failed reruns it)"
+    return "submit"
+
+
+def validate_plan(plan: Plan) -> None:
+    """Every run through gat.config.from_dict, then each distinct model shape through
+    gat.models.describe (which catches what only building the nets can, e.g. more MNG levels
+    than blocks); also checks the fast normalisation agrees with the trainer's."""
+    points = [Point(r.coords, r.overrides) for r in plan.runs]
+    for run, cfg in zip(plan.runs, validate_points(plan.spec, points)):
+        resolved = flatten(gat_config.to_dict(cfg))
+        if resolved != run.flat:
+            diff = sorted(k for k in set(resolved) | set(run.flat) if resolved.get(k) != run.flat.get(k))
+            raise GridError(f"{run.name}: internal error, plan and trainer config disagree on {diff}")
+        try:
+            costs.model_stats(run.flat)
+        except gat_config.ConfigError as err:
+            coords = ", ".join(f"axis {k}={v!r}" for k, v in run.coords.items())
+            raise GridError(f"{coords}: {err}") from err
+
+
+def snapshot_code(dest: Path) -> Path:
+    """Copy the repo's tracked and untracked-but-not-ignored files to `dest` (queued jobs then
+    run the code as it was at submission)."""
+    listing = subprocess.run(
+        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
+        cwd=REPO_ROOT, capture_output=True, timeout=60,
+    )
+    if listing.returncode != 0:
+        raise GridError(f"executor.snapshot_code needs a git checkout at {REPO_ROOT}")
+    for rel in filter(None, listing.stdout.decode().split("\0")):
+        source = REPO_ROOT / rel
+        if source.is_file():
+            target = dest / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(source.read_bytes())
+    return dest
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "?" if value is None else format(value, spec)
+
+
+def dry_run_table(plan: Plan, rows: list[tuple[PlannedRun, RunStatus, str, resources.Resources]],
+                  estimate: resources.Estimate) -> str:
+    """The --dry-run report: one line per selected run, then totals."""
+    header = f"{'run':<52} {'state':<12} {'params':>9} {'GFLOPs':>8} {'train FLOPs':>11} {'GPUs':>4} {'GPU-h':>8}  action"
+    lines = [header, "-" * len(header)]
+    total_flops = total_hours = 0.0
+    submit_hours = 0.0
+    unknown = False
+    for run, status, action, res in rows:
+        stats = costs.model_stats(run.flat)
+        flops = costs.training_flops(run.flat, stats)
+        hours = costs.device_hours(flops, estimate)
+        unknown |= hours is None
+        total_flops += flops or 0.0
+        total_hours += hours or 0.0
+        if action == "submit":
+            submit_hours += hours or 0.0
+        params = None if stats is None else stats["params"] / 1e6
+        lines.append(
+            f"{run.name[:52]:<52} {status.state:<12} {_fmt(params, '8.2f') + 'M':>9} "
+            f"{_fmt(None if stats is None else stats['gflops'], '8.2f'):>8} {_fmt(flops, '11.2e'):>11} "
+            f"{res.gpus * res.nodes:>4} {_fmt(hours, '8.2f'):>8}  {action}"
+        )
+    n_submit = sum(1 for _, _, a, _ in rows if a == "submit")
+    groups = len({res for _, _, a, res in rows if a == "submit"})
+    lines.append("-" * len(header))
+    lines.append(
+        f"{len(rows)} runs ({plan.merged} duplicate points merged); would submit {n_submit} in {groups} "
+        f"array job(s); total {total_flops:.2e} training FLOPs, {total_hours:.1f} GPU-hours "
+        f"({submit_hours:.1f} to submit) at {estimate.device_tflops:g} TFLOP/s x {estimate.mfu:g} MFU"
+        + ("; '?' = gat.models.describe unavailable" if unknown else "")
+    )
+    return "\n".join(lines)
+
+
+def build_jobs(kind: str, runs: list[PlannedRun], spec: GridSpec, common: dict[str, Any]) -> list[RunJob]:
+    """SLURM: one job (array task) per run. Local: `array_parallelism` workers sharing the list
+    (each starts at a different offset and claims runs by lease). Debug: one job for all."""
+    tasks = [RunTask(r.run_id, r.name, str(r.dir.resolve()), r.config()) for r in runs]
+    if kind == "slurm":
+        return [RunJob([t], **common) for t in tasks]
+    workers = 1 if kind == "debug" else min(spec.executor.array_parallelism, len(tasks))
+    return [RunJob(tasks[i:] + tasks[:i], **common) for i in range(workers)]
+
+
+def launch(args: argparse.Namespace) -> int:
+    """The CLI's work; returns the exit status."""
+    spec = load_grid(args.grid, gat_config.parse_set(args.set) if args.set else None)
+    if args.executor:
+        spec.executor.kind = args.executor
+    if args.parallelism:
+        spec.executor.array_parallelism = args.parallelism
+    sweep_dir = Path(args.out) if args.out else default_sweep_dir(spec)
+    defaults, rules, estimate = resources.parse(spec.resources)
+    plan = make_plan(spec, sweep_dir)
+    validate_plan(plan)
+    chosen = select(plan, args.only)
+    if not chosen:
+        raise GridError(f"--only {args.only!r} matches none of the {len(plan.runs)} runs")
+    statuses = read_statuses(plan, spec.executor.lease_stale_s)
+    queued = queued_runs(sweep_dir) if (sweep_dir / manifest.MANIFEST).exists() else {}
+    rows = []
+    for run in chosen:
+        status = statuses[run.run_id]
+        res = resources.resolve(run.flat, defaults, rules, stats=lambda r=run: costs.model_stats(r.flat) or {})
+        rows.append((run, status, decide(status.state, run.run_id in queued, args.rerun_failed), res))
+    if args.dry_run:
+        print(dry_run_table(plan, rows, estimate))
+        return 0
+
+    kind = executors.resolve_kind(spec.executor.kind)
+    launch_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    to_submit = [(run, res) for run, _, action, res in rows if action == "submit"]
+    _record_plan(plan, sweep_dir)
+    skipped = _count(action for _, _, action, _ in rows if action != "submit")
+    print(f"{sweep_dir}: {len(rows)} runs selected; {len(to_submit)} to submit"
+          + (f"; {', '.join(f'{n} {a}' for a, n in skipped.items())}" if skipped else ""))
+    if not to_submit:
+        return _watch(plan, chosen, sweep_dir, launch_id, set()) if args.wait else 0
+
+    code_root = str(REPO_ROOT)
+    if spec.executor.snapshot_code:
+        code_root = str(snapshot_code(sweep_dir.resolve() / "code" / launch_id))
+    common = dict(code_root=code_root, retries=spec.executor.retries, rerun_failed=args.rerun_failed,
+                  stale_s=spec.executor.lease_stale_s, heartbeat_s=spec.executor.lease_heartbeat_s,
+                  launch_id=launch_id, trainer=os.environ.get("GATSCALE_TRAINER", "gat.train"))
+    groups: dict[resources.Resources, list[PlannedRun]] = {}
+    for run, res in to_submit:
+        groups.setdefault(res, []).append(run)
+    submitted = []
+    for res, runs in groups.items():
+        fns = build_jobs(kind, runs, spec, common)
+        # a local worker drains its share of the list one run after another
+        timeout = res.timeout_min * math.ceil(len(runs) / len(fns))
+        ex = executors.make_executor(kind, sweep_dir.resolve() / ".submitit", spec.executor, res,
+                                     name=f"gatscale-{spec.name}", code_root=code_root, timeout_min=timeout)
+        jobs = executors.submit(kind, ex, fns, code_root)
+        entries = [{"job_id": job.job_id, "run_ids": [t.run_id for t in fn.tasks], "executor": kind,
+                    "launch": launch_id, "submitted": manifest.utc_now(), "resources": vars(res)}
+                   for job, fn in zip(jobs, fns)]
+        manifest.update(sweep_dir, lambda data, e=entries: data.setdefault("jobs", []).extend(e))
+        submitted.extend(jobs)
+        print(f"submitted {len(runs)} run(s) as {len(jobs)} {kind} job(s) "
+              f"[{res.gpus} GPU(s), {res.timeout_min} min]: {', '.join(j.job_id for j in jobs[:8])}"
+              + (" ..." if len(jobs) > 8 else ""))
+    if kind == "debug":
+        for job in submitted:
+            job.exception()  # runs the job here; failures are in the run folders (and not raised)
+    if args.wait or kind == "debug":
+        return _watch(plan, chosen, sweep_dir, launch_id, {run.run_id for run, _ in to_submit})
+    return 0
+
+
+def _record_plan(plan: Plan, sweep_dir: Path) -> None:
+    commit = manifest.git_commit(REPO_ROOT)
+    entries = [{"run_id": r.run_id, "name": r.name, "dir": f"runs/{r.name}", "coords": r.coords,
+                "overrides": r.overrides} for r in plan.runs]
+
+    def change(data: dict[str, Any]) -> None:
+        data.setdefault("created", manifest.utc_now())
+        data.update(grid_file=str(plan.spec.path.resolve()) if plan.spec.path else None,
+                    grid=plan.spec.text, git_commit=commit, updated=manifest.utc_now())
+        manifest.merge_runs(data, entries)
+
+    manifest.update(sweep_dir, change)
+
+
+def _count(items: Any) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for item in items:
+        out[item] = out.get(item, 0) + 1
+    return out
+
+
+def _watch(plan: Plan, runs: list[PlannedRun], sweep_dir: Path, launch_id: str, submitted: set[str]) -> int:
+    """Watch until every run is final (or nothing is left queued); 1 if any failed."""
+    from sweeps.status import watch
+
+    states = watch(sweep_dir, [r.run_id for r in runs], plan.spec.executor.lease_stale_s,
+                   launch_id=launch_id, submitted=submitted)
+    return 1 if any(s == "failed" for s in states.values()) else 0
+
+
+def parser() -> argparse.ArgumentParser:
+    """The launcher's command line."""
+    p = argparse.ArgumentParser(prog="python -m sweeps.launch", description=__doc__.split("\n\n")[0])
+    p.add_argument("grid", help="grid YAML (a bare name is looked up in sweeps/configs/)")
+    p.add_argument("--out", help="sweep folder (default results/<grid name>/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every point (repeatable)")
+    p.add_argument("--only", metavar="REGEX", help="only runs whose name or id matches")
+    p.add_argument("--dry-run", action="store_true", help="print the plan with costs; submit and write nothing")
+    p.add_argument("--rerun-failed", action="store_true", help="also rerun runs whose state is failed")
+    p.add_argument("--executor", choices=("auto", "slurm", "local", "debug"), help="override executor.kind")
+    p.add_argument("--parallelism", type=int, help="override executor.array_parallelism")
+    p.add_argument("--wait", action="store_true", help="watch with a progress bar until every run is final")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; grid and config errors print one line and return 2 (nothing is written)."""
+    args = parser().parse_args(argv)
+    try:
+        return launch(args)
+    except (GridError, gat_config.ConfigError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""Grid files: parse, check and expand a sweep's YAML into points (dotted-key overrides).
+
+A grid file (see `sweeps/configs/*.yaml`) has these sections; only `axes` or `zip` is needed:
+
+```yaml
+base: gat/configs/fmnist.yaml   # trainer config: a path (relative to this file, then the repo) or a mapping
+set: {train.steps: 2000}        # overrides applied to every point
+axes:                           # product over these dotted config keys
+  model.width: [32, 64]
+  seed: [0, 1]
+zip:                            # each group is zipped, then crossed with the other axes
+  - {model.width: [384, 768], model.heads: [6, 12]}
+include: [{model.width: [32, 64]}]   # keep only points matching one entry (optional)
+exclude: [{model.width: 64, seed: 1}] # drop points matching any entry
+resources: {...}                # see sweeps.resources
+executor: {...}                 # see ExecutorSpec
+```
+
+A filter entry maps keys to a value, a list of allowed values, or a comparison string
+(">=512", "<1e-3"). Checking here is structural (sections, keys, empty axes, zip lengths); each
+point's values are checked by `gat.config.from_dict` in `validate_points`, and every error names
+the axis and the value.
+"""
+from __future__ import annotations
+
+import itertools
+import re
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from gat import config as gat_config
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED = Path(__file__).resolve().parent / "configs"
+SECTIONS = ("name", "base", "set", "axes", "zip", "include", "exclude", "resources", "executor")
+EXECUTOR_KINDS = ("auto", "slurm", "local", "debug")
+_COMPARISON = re.compile(r"^\s*(<=|>=|<|>|==|!=)\s*(\S+)\s*$")
+
+
+class GridError(ValueError):
+    """A grid file is malformed or one of its points is not a valid trainer config."""
+
+
+@dataclass
+class ExecutorSpec:
+    """Where and how jobs run. `kind`: auto (slurm where a cluster answers, else local) | slurm |
+    local | debug (in this process). `retries`: extra attempts of a run that failed with an
+    error, inside its job. `max_requeues`: timeouts requeued per job (preemptions always are)."""
+
+    kind: str = "auto"
+    partition: str | None = None
+    account: str | None = None
+    qos: str | None = None
+    constraint: str | None = None
+    array_parallelism: int = 64
+    setup: list[str] = field(default_factory=list)
+    signal_delay_s: int = 120
+    retries: int = 1
+    max_requeues: int = 3
+    snapshot_code: bool = False
+    additional_parameters: dict[str, Any] = field(default_factory=dict)
+    lease_heartbeat_s: float = 30.0
+    lease_stale_s: float = 120.0
+
+
+@dataclass
+class GridSpec:
+    """A parsed grid file. `base` is the trainer config as plain nested data; `fixed` holds the
+    `set:` overrides; `groups` are the product factors, each a list of {dotted key: value}."""
+
+    name: str
+    path: Path | None
+    text: str
+    base: dict[str, Any]
+    base_source: str
+    fixed: dict[str, Any]
+    groups: list[list[dict[str, Any]]]
+    axes: list[str]
+    include: list[dict[str, Any]]
+    exclude: list[dict[str, Any]]
+    resources: dict[str, Any]
+    executor: ExecutorSpec
+
+
+@dataclass(frozen=True)
+class Point:
+    """One grid point: `coords` are its axis values, `overrides` = `set:` plus coords."""
+
+    coords: dict[str, Any]
+    overrides: dict[str, Any]
+
+
+def resolve_grid_path(name: str | Path) -> Path:
+    """A grid path as given, or a bare file name looked up in `sweeps/configs/`."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    for candidate in (BUNDLED / path.name, BUNDLED / f"{path.name}.yaml"):
+        if path.parent == Path(".") and candidate.is_file():
+            return candidate
+    bundled = ", ".join(sorted(p.name for p in BUNDLED.glob("*.yaml")))
+    raise GridError(f"grid file not found: {name} (bundled grids: {bundled})")
+
+
+def load_grid(source: str | Path, overrides: dict[str, Any] | None = None) -> GridSpec:
+    """Read and structurally check a grid file; `overrides` (from `--set`) join its `set:`."""
+    path = resolve_grid_path(source)
+    text = path.read_text()
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as err:
+        raise GridError(f"{path}: not valid YAML: {err}") from err
+    return parse_grid(data, path=path, text=text, overrides=overrides)
+
+
+def parse_grid(
+    data: dict[str, Any], *, path: Path | None = None, text: str | None = None,
+    overrides: dict[str, Any] | None = None,
+) -> GridSpec:
+    """Build a GridSpec from already-loaded YAML data (what `load_grid` and tests use)."""
+    if not isinstance(data, dict):
+        raise GridError("a grid file must be a mapping of sections")
+    unknown = sorted(set(data) - set(SECTIONS))
+    if unknown:
+        hint = " (a search file: run it with python -m sweeps.tune)" if unknown[0] == "search" else ""
+        raise GridError(f"unknown grid section {unknown[0]!r} (allowed: {', '.join(SECTIONS)}){hint}")
+    base, base_source = _load_base(data.get("base"), path)
+    fixed = {**_mapping(data.get("set"), "set"), **(overrides or {})}
+    for key in fixed:
+        _check_key(key, f"set: {key}")
+    groups: list[list[dict[str, Any]]] = []
+    axes: list[str] = []
+    for key, values in _mapping(data.get("axes"), "axes").items():
+        _check_key(key, f"axis {key}")
+        values = _values(values, f"axis {key}")
+        groups.append([{key: v} for v in values])
+        axes.append(key)
+    for index, group in enumerate(data.get("zip") or []):
+        group = _mapping(group, f"zip[{index}]")
+        lengths = {}
+        for key, values in group.items():
+            _check_key(key, f"zip axis {key}")
+            lengths[key] = len(_values(values, f"zip axis {key}"))
+        if len(set(lengths.values())) > 1:
+            detail = ", ".join(f"{k}: {n}" for k, n in lengths.items())
+            raise GridError(f"zip[{index}]: axes have different lengths ({detail})")
+        groups.append([dict(zip(group, combo)) for combo in zip(*group.values())])
+        axes.extend(group)
+    duplicated = sorted({a for a in axes if axes.count(a) > 1} | (set(axes) & set(fixed)))
+    if duplicated:
+        raise GridError(f"axis {duplicated[0]} is given more than once (axes, zip or set)")
+    if not groups:
+        raise GridError("a grid needs at least one axis under `axes:` or `zip:`")
+    include = _filters(data.get("include"), "include")
+    exclude = _filters(data.get("exclude"), "exclude")
+    name = str(data.get("name") or (path.stem if path else "grid"))
+    return GridSpec(
+        name=name, path=path, text=text if text is not None else yaml.safe_dump(data, sort_keys=False),
+        base=base, base_source=base_source, fixed=fixed, groups=groups, axes=axes,
+        include=include, exclude=exclude, resources=_mapping(data.get("resources"), "resources"),
+        executor=_executor(data.get("executor")),
+    )
+
+
+def expand(spec: GridSpec) -> list[Point]:
+    """All points of the grid in a stable order (product of groups, then include/exclude)."""
+    points = []
+    for combo in itertools.product(*spec.groups):
+        coords: dict[str, Any] = {}
+        for part in combo:
+            coords.update(part)
+        if spec.include and not any(matches(coords, f) for f in spec.include):
+            continue
+        if any(matches(coords, f) for f in spec.exclude):
+            continue
+        points.append(Point(coords=coords, overrides={**spec.fixed, **coords}))
+    if not points:
+        raise GridError("the grid has no points left after include/exclude")
+    return points
+
+
+def matches(values: dict[str, Any], condition: dict[str, Any]) -> bool:
+    """Whether `values` satisfies every key of a filter entry (missing keys never match)."""
+    for key, wanted in condition.items():
+        if key not in values or not value_matches(values[key], wanted):
+            return False
+    return True
+
+
+def value_matches(value: Any, wanted: Any) -> bool:
+    """One filter test: equality, membership in a list, or a comparison string like ">=512"."""
+    if isinstance(wanted, list):
+        return value in wanted
+    if isinstance(wanted, str):
+        found = _COMPARISON.match(wanted)
+        if found and isinstance(value, (int, float)) and not isinstance(value, bool):
+            op, bound = found.group(1), float(found.group(2))
+            return {
+                "<": value < bound, "<=": value <= bound, ">": value > bound,
+                ">=": value >= bound, "==": value == bound, "!=": value != bound,
+            }[op]
+    return value == wanted
+
+
+def point_config(spec: GridSpec, point: Point) -> dict[str, Any]:
+    """The point's trainer config as nested data (base + overrides), before validation."""
+    return gat_config.apply_overrides(spec.base, point.overrides)
+
+
+def validate_points(spec: GridSpec, points: list[Point]) -> list[gat_config.RunConfig]:
+    """Every point through `gat.config.from_dict`; the first error names its axis and value.
+
+    Single axis values are checked first (over the base config) so that a bad value is blamed on
+    its own axis rather than on whichever combination happened to be expanded first.
+    """
+    try:
+        gat_config.from_dict(gat_config.apply_overrides(spec.base, spec.fixed))
+    except gat_config.ConfigError as err:
+        raise GridError(f"base config ({spec.base_source}) with set: {err}") from err
+    for group in spec.groups:
+        for part in group:
+            try:
+                gat_config.from_dict(gat_config.apply_overrides(spec.base, {**spec.fixed, **part}))
+            except gat_config.ConfigError as err:
+                raise GridError(f"{_describe(part, str(err))}: {err}") from err
+    configs = []
+    for point in points:
+        try:
+            configs.append(gat_config.from_dict(point_config(spec, point)))
+        except gat_config.ConfigError as err:
+            raise GridError(f"{_describe(point.coords, str(err))}: {err}") from err
+    return configs
+
+
+def _describe(coords: dict[str, Any], message: str) -> str:
+    """Name the axes an error is about: those whose key the message mentions, else all."""
+    named = {k: v for k, v in coords.items() if k in message} or coords
+    return ", ".join(f"axis {k}={v!r}" for k, v in named.items())
+
+
+def _check_key(key: str, where: str) -> None:
+    try:
+        gat_config.get_value(gat_config.RunConfig(), key)
+    except gat_config.ConfigError as err:
+        raise GridError(f"{where}: unknown config key {key!r} ({err})") from err
+
+
+def _values(values: Any, where: str) -> list[Any]:
+    if not isinstance(values, list):
+        raise GridError(f"{where}: expected a list of values, got {values!r}")
+    if not values:
+        raise GridError(f"{where}: empty axis (give at least one value)")
+    return values
+
+
+def _mapping(value: Any, where: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise GridError(f"{where}: expected a mapping, got {value!r}")
+    return value
+
+
+def _filters(value: Any, where: str) -> list[dict[str, Any]]:
+    if value is None:
+        return []
+    if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
+        raise GridError(f"{where}: expected a list of mappings, got {value!r}")
+    return value
+
+
+def _load_base(base: Any, grid_path: Path | None) -> tuple[dict[str, Any], str]:
+    """The base trainer config as nested data, and where it came from (for messages)."""
+    if base is None:
+        return {}, "defaults"
+    if isinstance(base, dict):
+        return base, "inline"
+    if not isinstance(base, str):
+        raise GridError(f"base: expected a path or a mapping, got {base!r}")
+    candidates = [Path(base)] if Path(base).is_absolute() else []
+    if grid_path is not None:
+        candidates.append(grid_path.parent / base)
+    candidates += [REPO_ROOT / base, Path.cwd() / base]
+    for candidate in candidates:
+        if candidate.is_file():
+            try:
+                return yaml.safe_load(candidate.read_text()) or {}, str(candidate)
+            except yaml.YAMLError as err:
+                raise GridError(f"base {candidate}: not valid YAML: {err}") from err
+    raise GridError(f"base config not found: {base} (looked in {', '.join(str(c.parent) for c in candidates)})")
+
+
+def _executor(value: Any) -> ExecutorSpec:
+    data = _mapping(value, "executor")
+    allowed = {f.name for f in fields(ExecutorSpec)}
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise GridError(f"executor: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
+    spec = ExecutorSpec(**data)
+    if spec.kind not in EXECUTOR_KINDS:
+        raise GridError(f"executor.kind={spec.kind!r} is not one of: {', '.join(EXECUTOR_KINDS)}")
+    if spec.array_parallelism < 1:
+        raise GridError(f"executor.array_parallelism must be >= 1, got {spec.array_parallelism}")
+    if spec.retries < 0 or spec.max_requeues < 0:
+        raise GridError("executor.retries and executor.max_requeues must be >= 0")
+    return spec

@@ -1,0 +1,232 @@
+"""`python -m sweeps.status SWEEP_DIR|GRID.yaml`: where every run of a sweep stands.
+
+Run folders are read first (status.json, the lease, the sweep's events, the last stats line), so
+this works with no scheduler at all. When SLURM answers, squeue marks runs whose job is still
+queued, and sacct (when accounting is on) names how a vanished job ended (TIMEOUT, CANCELLED...).
+
+    python -m sweeps.status results/scaling_grid
+    python -m sweeps.status scaling_grid.yaml --only w64
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from sweeps import executors, manifest
+from sweeps.job import read_events
+from sweeps.plan import STATES, read_status
+from sweeps.spec import ExecutorSpec, GridError, load_grid
+
+FINAL_OR_FAILED = ("completed", "diverged", "failed")
+_DEFAULT_STALE_S = ExecutorSpec().lease_stale_s
+
+
+@dataclass
+class RunRow:
+    """One line of the status table."""
+
+    run_id: str
+    name: str
+    dir: str
+    state: str
+    step: int | None
+    metric: str
+    attempts: int
+    job: str
+    reason: str
+
+
+def last_metric(run_dir: Path) -> str:
+    """The newest eval metric in stats.jsonl ("fd_fmnist=35.1"), else the newest loss_g."""
+    try:
+        with open(run_dir / "stats.jsonl", "rb") as handle:
+            end = handle.seek(0, os.SEEK_END)
+            handle.seek(max(0, end - 65536))
+            lines = handle.read().decode(errors="replace").splitlines()
+    except OSError:
+        return ""
+    fallback = ""
+    for line in reversed(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if record.get("metrics"):
+            return ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items() if isinstance(v, (int, float)))
+        if not fallback and isinstance(record.get("loss_g"), (int, float)):
+            fallback = f"loss_g={record['loss_g']:.4g}"
+    return fallback
+
+
+def sacct_states(job_ids: list[str]) -> dict[str, str]:
+    """Final scheduler states from sacct (empty when accounting is off or sacct is missing)."""
+    if not job_ids:
+        return {}
+    try:
+        out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", ",".join(sorted(set(job_ids)))],
+                             capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return {}
+    if out.returncode != 0:
+        return {}
+    return dict(line.split("|", 1) for line in out.stdout.splitlines() if "|" in line)
+
+
+def collect(sweep_dir: Path, *, only: str | None = None, stale_s: float = _DEFAULT_STALE_S,
+            enrich: bool = True) -> list[RunRow]:
+    """The rows of a sweep, from its manifest and run folders (plus scheduler enrichment)."""
+    data = manifest.read(sweep_dir)
+    if data is None:
+        raise GridError(f"{sweep_dir} has no {manifest.MANIFEST} (launch the grid first)")
+    pattern = re.compile(only) if only else None
+    runs = [r for r in data.get("runs", []) if not pattern or pattern.search(r["name"]) or pattern.search(r["run_id"])]
+    job_of: dict[str, tuple[str, str]] = {}
+    for job in data.get("jobs", []):
+        for rid in job["run_ids"]:
+            job_of[rid] = (job["job_id"], job.get("executor", "slurm"))
+    live: dict[str, str] = {}
+    ended: dict[str, str] = {}
+    if enrich:
+        slurm_ids = [j for j, kind in set(job_of.values()) if kind == "slurm"]
+        if slurm_ids and executors.slurm_available():
+            live = executors.slurm_states(slurm_ids)
+            ended = sacct_states([j for j in slurm_ids if j not in live])
+        local_ids = [j for j, kind in set(job_of.values()) if kind == "local"]
+        live.update({j: "RUNNING" for j in executors.active_jobs("local", local_ids)})
+    rows = []
+    now = time.time()
+    for entry in runs:
+        run_dir = Path(sweep_dir) / entry["dir"]
+        status = read_status(run_dir, stale_s, now)
+        events = read_events(run_dir)
+        job_id, _ = job_of.get(entry["run_id"], ("", ""))
+        state, reason = status.state, status.reason or ""
+        if state in ("pending", "interrupted") and job_id in live:
+            state = "queued" if live[job_id] == "PENDING" or state == "pending" else state
+        elif state == "interrupted" and job_id in ended:
+            reason = reason or f"job {job_id} ended {ended[job_id]}"
+        last_job = next((e.get("job_id") for e in reversed(events) if e.get("job_id")), None)
+        rows.append(RunRow(
+            run_id=entry["run_id"], name=entry["name"], dir=entry["dir"], state=state, step=status.step,
+            metric=last_metric(run_dir), attempts=sum(1 for e in events if e.get("event") == "start"),
+            job=str(last_job or job_id), reason=reason,
+        ))
+    return rows
+
+
+def render(rows: list[RunRow]) -> str:
+    """Counts by state, then one line per run."""
+    counts = {s: sum(1 for r in rows if r.state == s) for s in (*STATES, "queued")}
+    head = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no runs"
+    lines = [f"{len(rows)} runs: {head}", "",
+             f"{'run':<52} {'state':<11} {'step':>7} {'attempts':>8} {'job':<12} {'last metric':<22} reason"]
+    for r in rows:
+        reason = r.reason.replace("\n", " ")[:80]
+        lines.append(f"{r.name[:52]:<52} {r.state:<11} {'' if r.step is None else r.step:>7} "
+                     f"{r.attempts:>8} {r.job[:12]:<12} {r.metric[:22]:<22} {reason}")
+    return "\n".join(lines)
+
+
+def watch(sweep_dir: Path, run_ids: list[str], stale_s: float, *, launch_id: str | None = None,
+          submitted: set[str] | None = None, poll_s: float = 1.0) -> dict[str, str]:
+    """Show a tqdm bar until every run in `run_ids` is final or failed, or no job is left that
+    could move it; returns the final state of each run. A run in `submitted` only counts once a
+    job of `launch_id` has dealt with it (a rerun of a failed run starts out `failed`)."""
+    from tqdm import tqdm
+
+    wanted = set(run_ids)
+    submitted = submitted or set()
+    touched: set[str] = set()
+    bar = tqdm(total=len(wanted), unit="run", desc="runs final", leave=True)
+    idle_polls = 0
+    try:
+        while True:
+            rows = [r for r in collect(sweep_dir, stale_s=stale_s) if r.run_id in wanted]
+            states = {r.run_id: r.state for r in rows}
+            for row in rows:
+                if row.run_id in submitted and row.run_id not in touched and any(
+                        e.get("launch") == launch_id for e in read_events(Path(sweep_dir) / row.dir)):
+                    touched.add(row.run_id)
+            settled = {rid for rid, s in states.items() if s in FINAL_OR_FAILED
+                       and (rid not in submitted or rid in touched)}
+            done = len(settled)
+            bar.update(done - bar.n)
+            counts = {s: list(states.values()).count(s) for s in set(states.values())}
+            bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+            if done == len(wanted):
+                break
+            # nothing running or queued for the rest: stop after a short grace (jobs just
+            # submitted may not show in squeue yet)
+            moving = any(s in ("running", "queued") for s in states.values()) or bool(
+                executors.active_jobs("local", _local_jobs(sweep_dir, launch_id)))
+            idle_polls = 0 if moving else idle_polls + 1
+            if idle_polls * poll_s >= 30:
+                break
+            time.sleep(poll_s)
+    finally:
+        bar.close()
+    print(render(rows))
+    return states
+
+
+def _local_jobs(sweep_dir: Path, launch_id: str | None) -> list[str]:
+    """Local job ids of one launch (a live worker may not have claimed its runs yet)."""
+    data = manifest.read(sweep_dir) or {}
+    return [j["job_id"] for j in data.get("jobs", [])
+            if j.get("launch") == launch_id and j.get("executor") == "local"]
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI: print the status table (or JSON with --json)."""
+    p = argparse.ArgumentParser(prog="python -m sweeps.status", description=__doc__.split("\n\n")[0])
+    p.add_argument("target", help="sweep folder, or a grid YAML (its default sweep folder)")
+    p.add_argument("--out", help="sweep folder when TARGET is a grid")
+    p.add_argument("--only", metavar="REGEX", help="only runs whose name or id matches")
+    p.add_argument("--json", action="store_true", help="print rows as JSON lines")
+    args = p.parse_args(argv)
+    try:
+        sweep_dir, stale_s = resolve_target(args.target, args.out)
+        rows = collect(sweep_dir, only=args.only, stale_s=stale_s)
+    except GridError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    if args.json:
+        for row in rows:
+            print(json.dumps(vars(row)))
+    else:
+        print(render(rows))
+    return 0
+
+
+def resolve_target(target: str, out: str | None) -> tuple[Path, float]:
+    """A sweep folder and its lease staleness from a folder or grid argument."""
+    path = Path(target)
+    if path.is_dir():
+        return path, _stale_from_manifest(path)
+    spec = load_grid(target)
+    from sweeps.launch import default_sweep_dir
+
+    return (Path(out) if out else default_sweep_dir(spec)), spec.executor.lease_stale_s
+
+
+def _stale_from_manifest(sweep_dir: Path) -> float:
+    data: dict[str, Any] = manifest.read(sweep_dir) or {}
+    try:
+        grid = yaml.safe_load(data.get("grid") or "") or {}
+        return float((grid.get("executor") or {}).get("lease_stale_s", _DEFAULT_STALE_S))
+    except (yaml.YAMLError, ValueError, AttributeError):
+        return _DEFAULT_STALE_S
+
+
+if __name__ == "__main__":
+    sys.exit(main())

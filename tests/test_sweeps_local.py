@@ -1,0 +1,254 @@
+"""Sweep semantics on the `local` and `debug` executors (no SLURM needed).
+
+Jobs run a stub trainer (same CLI and run-folder files as `gat.train`, no torch, deterministic
+"stats", checkpoint/resume) so the scheduling semantics are tested in seconds; the SLURM tests
+run the real trainer end to end.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweeps import launch, manifest, status
+from sweeps.cancel import cancel_sweep
+from sweeps.job import read_events
+
+STUB = textwrap.dedent('''
+    """Stub of gat.train for sweep tests: CLI, status.json, stats.jsonl, checkpoint + resume."""
+    import json, os, sys, time
+    from pathlib import Path
+    import yaml
+
+    def write(path, data):
+        tmp = path.with_name(path.name + ".tmp")
+        tmp.write_text(json.dumps(data))
+        os.replace(tmp, path)
+
+    def main():
+        cfg = yaml.safe_load(open(sys.argv[1]))
+        run = Path(sys.argv[sys.argv.index("--out") + 1])
+        run.mkdir(parents=True, exist_ok=True)
+        steps, every = cfg["train"]["steps"], cfg["train"]["ckpt_every"]
+        delay = float(os.environ.get("STUB_STEP_S", "0.02"))
+        status = lambda state, step, reason=None: write(run / "status.json", {
+            "state": state, "step": step, "reason": reason, "updated": time.time()})
+        with open(run / "stub_runs.jsonl", "a") as log:
+            log.write(json.dumps({"start": time.time(), "pid": os.getpid()}) + "\\n")
+        ckpt = run / "ckpt.json"
+        step = json.loads(ckpt.read_text())["step"] if ckpt.exists() else 0
+        path = cfg["data"]["path"]
+        if path and not os.path.exists(path):
+            status("failed", step, f"FileNotFoundError: no dataset at {path}")
+            sys.exit(1)
+        stats = run / "stats.jsonl"
+        kept = [l for l in (stats.read_text().splitlines() if stats.exists() else [])
+                if json.loads(l)["step"] <= step]
+        stats.write_text("".join(l + "\\n" for l in kept))
+        status("running", step)
+        while step < steps:
+            time.sleep(delay)
+            step += 1
+            with open(stats, "a") as out:
+                out.write(json.dumps({"step": step, "loss_g": (cfg["seed"] + 1) / step}) + "\\n")
+            if step % every == 0 or step == steps:
+                write(ckpt, {"step": step})
+        status("completed", step)
+        with open(run / "stub_runs.jsonl", "a") as log:
+            log.write(json.dumps({"end": time.time(), "pid": os.getpid()}) + "\\n")
+
+    main()
+''')
+
+
+@pytest.fixture
+def stub_trainer(tmp_path_factory, monkeypatch):
+    """Make jobs run the stub (importable through PYTHONPATH, which jobs inherit)."""
+    folder = tmp_path_factory.mktemp("stub")
+    (folder / "stubtrainer.py").write_text(STUB)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("GATSCALE_TRAINER", "stubtrainer")
+    monkeypatch.setenv("STUB_STEP_S", "0.02")
+    return folder
+
+
+def write_grid(path: Path, *, steps: int = 20, ckpt_every: int = 5, zip_axes: dict | None = None,
+               executor: dict | None = None, **axes) -> Path:
+    """A 3-run grid (seeds 0..2 unless axes say otherwise) on a tiny config."""
+    grid = {
+        "base": {"model": {"width": 32, "depth": 4, "heads": 2}, "data": {"kind": "fashion_mnist"},
+                 "train": {"steps": steps, "ckpt_every": ckpt_every, "batch": 16}},
+        "axes": axes or {"seed": [0, 1, 2]},
+        "resources": {"gpus": 0, "cpus_per_task": 1, "timeout_min": 10},
+        "executor": {"array_parallelism": 2, "retries": 1, "lease_heartbeat_s": 1, "lease_stale_s": 6,
+                     **(executor or {})},
+    }
+    if zip_axes:
+        grid["zip"] = [zip_axes]
+        if not axes:
+            del grid["axes"]
+    path.write_text(yaml.safe_dump(grid))
+    return path
+
+
+def run_rows(sweep: Path) -> dict[str, status.RunRow]:
+    return {r.name: r for r in status.collect(sweep)}
+
+
+def stub_intervals(sweep: Path) -> list[tuple[float, float]]:
+    out = []
+    for path in sorted(sweep.glob("runs/*/stub_runs.jsonl")):
+        records = [json.loads(l) for l in path.read_text().splitlines()]
+        starts = [r["start"] for r in records if "start" in r]
+        ends = [r["end"] for r in records if "end" in r]
+        out.extend(zip(starts, ends))
+    return out
+
+
+def starts_per_run(sweep: Path) -> dict[str, int]:
+    return {p.parent.name: sum("start" in l for l in p.read_text().splitlines())
+            for p in sweep.glob("runs/*/stub_runs.jsonl")}
+
+
+@pytest.mark.parametrize("executor", ["local", "debug"])
+def test_grid_completes_then_relaunch_submits_nothing(tmp_path, stub_trainer, executor, capsys):
+    grid = write_grid(tmp_path / "g.yaml")
+    sweep = tmp_path / "sweep"
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", executor, "--wait"]) == 0
+    rows = run_rows(sweep)
+    assert [r.state for r in rows.values()] == ["completed"] * 3
+    assert all(r.step == 20 and r.attempts == 1 for r in rows.values())
+    data = manifest.read(sweep)
+    assert len(data["runs"]) == 3 and data["grid"] == grid.read_text() and data["jobs"]
+    jobs_before = len(data["jobs"])
+    capsys.readouterr()
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", executor]) == 0
+    assert "0 to submit; 3 skip (completed)" in capsys.readouterr().out
+    assert len(manifest.read(sweep)["jobs"]) == jobs_before
+    assert set(starts_per_run(sweep).values()) == {1}
+
+
+@pytest.mark.parametrize("executor", ["local", "debug"])
+def test_failing_run_is_marked_failed_others_complete(tmp_path, stub_trainer, executor, capsys):
+    grid = write_grid(tmp_path / "g.yaml", zip_axes={"seed": [0, 1, 2], "data.path": [None, "/nonexistent", None]})
+    sweep = tmp_path / "sweep"
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", executor, "--wait"]) == 1
+    rows = list(status.collect(sweep))
+    failed = [r for r in rows if r.state == "failed"]
+    assert len(failed) == 1 and "/nonexistent" in failed[0].reason and failed[0].attempts == 2  # retries: 1
+    assert sorted(r.state for r in rows) == ["completed", "completed", "failed"]
+    capsys.readouterr()
+    launch.main([str(grid), "--out", str(sweep), "--executor", executor])
+    assert "0 to submit" in capsys.readouterr().out
+    launch.main([str(grid), "--out", str(sweep), "--executor", executor, "--rerun-failed", "--wait"])
+    assert [r.attempts for r in status.collect(sweep) if r.state == "failed"] == [4]
+
+
+def test_parallelism_one_never_runs_two_at_once(tmp_path, stub_trainer):
+    grid = write_grid(tmp_path / "g.yaml", executor={"array_parallelism": 1})
+    sweep = tmp_path / "sweep"
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "local", "--wait"]) == 0
+    intervals = sorted(stub_intervals(sweep))
+    assert len(intervals) == 3
+    assert all(end <= nxt for (_, end), (nxt, _) in zip(intervals, intervals[1:]))
+
+
+def test_two_concurrent_launches_run_each_point_once(tmp_path, stub_trainer):
+    grid = write_grid(tmp_path / "g.yaml", executor={"array_parallelism": 3})
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "sweeps.launch", str(grid), "--out", str(sweep), "--executor", "local", "--wait"]
+    procs = [subprocess.Popen(cmd, cwd=Path(__file__).parent.parent, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+             for _ in range(2)]
+    outs = [p.communicate(timeout=300)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert starts_per_run(sweep) and set(starts_per_run(sweep).values()) == {1}
+    assert [r.state for r in status.collect(sweep)] == ["completed"] * 3
+
+
+def wait_for(predicate, timeout=60.0, poll=0.1):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(poll)
+    raise AssertionError("timed out waiting")
+
+
+def lease_pid(run_dir: Path) -> int | None:
+    try:
+        return json.loads((run_dir / ".sweep" / "lease").read_text())["pid"]
+    except (OSError, ValueError, KeyError):
+        return None
+
+
+def stats_lines(run_dir: Path) -> int:
+    try:
+        return len((run_dir / "stats.jsonl").read_text().splitlines())
+    except OSError:
+        return 0
+
+
+def step_of(run_dir: Path) -> int:
+    try:
+        return json.loads((run_dir / "status.json").read_text())["step"]
+    except (OSError, ValueError):
+        return 0
+
+
+def test_preempted_local_job_resumes_with_same_result(tmp_path, stub_trainer, monkeypatch):
+    monkeypatch.setenv("STUB_STEP_S", "0.05")
+    grid = write_grid(tmp_path / "g.yaml", steps=60, ckpt_every=10, seed=[3])
+    reference, sweep = tmp_path / "reference", tmp_path / "sweep"
+    assert launch.main([str(grid), "--out", str(reference), "--executor", "local", "--wait"]) == 0
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "local"]) == 0
+    run_dir = wait_for(lambda: next((sweep / "runs").glob("*"), None))
+    wait_for(lambda: stats_lines(run_dir) >= 25)
+    os.kill(lease_pid(run_dir), signal.SIGUSR2)  # what SLURM sends before preemption/time limit
+    wait_for(lambda: (run_rows(sweep)[run_dir.name].state == "completed"), timeout=120, poll=0.5)
+    events = [e["event"] for e in read_events(run_dir)]
+    assert events.count("interrupted") == 1 and events.count("start") == 2, events
+    ref_dir = next((reference / "runs").iterdir())
+    assert run_dir.name == ref_dir.name
+    assert (run_dir / "stats.jsonl").read_text() == (ref_dir / "stats.jsonl").read_text()
+    assert step_of(run_dir) == step_of(ref_dir) == 60
+
+
+def test_cancel_then_relaunch_resumes(tmp_path, stub_trainer, monkeypatch, capsys):
+    monkeypatch.setenv("STUB_STEP_S", "0.1")
+    grid = write_grid(tmp_path / "g.yaml", steps=200, ckpt_every=10, seed=[0])
+    sweep = tmp_path / "sweep"
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "local"]) == 0
+    run_dir = wait_for(lambda: next((sweep / "runs").glob("*"), None))
+    wait_for(lambda: stats_lines(run_dir) >= 15)
+    assert cancel_sweep(sweep)
+    wait_for(lambda: run_rows(sweep)[run_dir.name].state == "interrupted", timeout=30)
+    monkeypatch.setenv("STUB_STEP_S", "0.0")
+    capsys.readouterr()
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "local", "--wait"]) == 0
+    row = run_rows(sweep)[run_dir.name]
+    assert (row.state, row.step, row.attempts) == ("completed", 200, 2)
+    first_resume = [json.loads(l) for l in (run_dir / "stub_runs.jsonl").read_text().splitlines()]
+    assert len([r for r in first_resume if "start" in r]) == 2
+
+
+def test_only_and_status_cli(tmp_path, stub_trainer, capsys):
+    grid = write_grid(tmp_path / "g.yaml")
+    sweep = tmp_path / "sweep"
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "debug", "--only", "s1-"]) == 0
+    capsys.readouterr()
+    assert status.main([str(sweep)]) == 0
+    out = capsys.readouterr().out
+    assert out.startswith("3 runs: 2 pending, 1 completed") and "loss_g=0.1" in out
+    assert launch.main([str(grid), "--out", str(sweep), "--dry-run"]) == 0
+    table = capsys.readouterr().out
+    assert table.count("skip (completed)") == 1 and table.count("submit") >= 2
+    assert launch.main([str(grid), "--out", str(sweep), "--only", "nomatch"]) == 2

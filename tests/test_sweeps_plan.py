@@ -1,0 +1,170 @@
+"""Run identity, status derivation, leases, the manifest, and the golden sbatch script."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+from gat import config as gat_config
+from sweeps import executors, lease, manifest
+from sweeps.plan import flatten, make_plan, read_status, read_statuses, run_id
+from sweeps.resources import Resources, parse, resolve
+from sweeps.spec import ExecutorSpec, expand, load_grid, parse_grid, point_config
+
+GOLDEN = Path(__file__).parent / "golden"
+BASE = {"model": {"width": 32, "depth": 4, "heads": 2}, "train": {"steps": 10, "base_lr": 1e-4}}
+
+
+def spec_of(**sections):
+    return parse_grid({"base": BASE, **sections})
+
+
+def test_fast_normalisation_equals_from_dict():
+    spec = spec_of(axes={"model.width": [32, 64], "train.base_lr": [1, 2e-4], "mng.mode": ["exp", "off"]})
+    plan = make_plan(spec, Path("/tmp/none"))
+    for run, point in zip(plan.runs, expand(spec)):
+        assert run.flat == flatten(gat_config.to_dict(gat_config.from_dict(point_config(spec, point))))
+
+
+def test_model_name_resolves_like_the_trainer():
+    spec = parse_grid({"axes": {"model.name": ["GAT-S/2"]}})
+    (run,) = make_plan(spec, Path("/tmp/none")).runs
+    assert run.flat == flatten(gat_config.to_dict(gat_config.from_dict(run.config())))
+
+
+def test_id_ignores_cosmetic_keys_but_not_results():
+    a = make_plan(spec_of(axes={"seed": [0]}), Path("/s")).runs[0]
+    cosmetic = make_plan(spec_of(axes={"seed": [0]}, set={"logging.wandb": "online", "data.num_workers": 8,
+                                                         "train.ckpt_every": 7}), Path("/s")).runs[0]
+    other = make_plan(spec_of(axes={"seed": [0]}, set={"eval.every": 7}), Path("/s")).runs[0]
+    assert a.run_id == cosmetic.run_id != other.run_id
+    assert run_id(a.flat) == a.run_id and re.fullmatch(r"[0-9a-f]{8}", a.run_id)
+
+
+def test_names_are_descriptive_and_duplicates_merge():
+    spec = spec_of(axes={"train.lr_rule": ["width_aware"], "mng.mode": ["exp"], "seed": [0],
+                         "logging.progress": ["bar", "lines"]})
+    plan = make_plan(spec, Path("/s"))
+    assert len(plan.runs) == 1 and plan.merged == 1
+    assert re.fullmatch(r"w32-d4-p2-lr_width_aware-mng_exp-s0-progress_bar-[0-9a-f]{8}", plan.runs[0].name)
+
+
+def test_status_derivation(tmp_path):
+    run = tmp_path / "r"
+    assert read_status(run, 60).state == "pending"
+    run.mkdir()
+    (run / "status.json").write_text(json.dumps({"state": "running", "step": 3, "reason": None}))
+    assert read_status(run, 60).state == "interrupted"  # nobody holds the lease
+    held = lease.acquire(run / ".sweep" / "lease", "job1", stale_s=60, heartbeat_s=1)
+    assert read_status(run, 60).state == "running"
+    held.release()
+    (run / "status.json").write_text(json.dumps({"state": "failed", "step": 0, "reason": "boom"}))
+    assert (read_status(run, 60).state, read_status(run, 60).reason) == ("failed", "boom")
+
+
+def test_lease_exclusive_stale_takeover_and_adoption(tmp_path):
+    path = tmp_path / "lease"
+    first = lease.acquire(path, "10_1", stale_s=0.5, heartbeat_s=0.1)
+    assert first is not None
+    assert lease.acquire(path, "11_0", stale_s=0.5, heartbeat_s=0.1) is None
+    adopted = lease.acquire(path, "10_1", stale_s=0.5, heartbeat_s=0.1)  # same job, requeued
+    assert adopted is not None and not first.owned()
+    first.start_heartbeat()
+    time.sleep(0.3)
+    assert first.lost.is_set()  # its heartbeat notices the lease is no longer its own
+    time.sleep(0.6)  # adopted never beats: stale now
+    taker = lease.acquire(path, "12_0", stale_s=0.5, heartbeat_s=0.1)
+    assert taker is not None and taker.owned()
+    taker.release()
+    assert not path.exists()
+
+
+def test_lease_heartbeat_keeps_it_alive(tmp_path):
+    path = tmp_path / "lease"
+    held = lease.acquire(path, "a", stale_s=0.5, heartbeat_s=0.1)
+    held.start_heartbeat()
+    time.sleep(1.0)
+    assert lease.acquire(path, "b", stale_s=0.5, heartbeat_s=0.1) is None
+    held.release()
+
+
+def test_lease_race_has_one_winner(tmp_path):
+    path = tmp_path / "lease"
+    (tmp_path / "lease").write_text(json.dumps({"token": "dead", "job_id": "0"}))
+    os.utime(path, (time.time() - 100, time.time() - 100))  # a stale lease everyone wants
+    winners = []
+    barrier = threading.Barrier(8)
+
+    def take(i):
+        barrier.wait()
+        got = lease.acquire(path, f"job{i}", stale_s=5, heartbeat_s=1)
+        if got is not None:
+            winners.append(got)
+
+    threads = [threading.Thread(target=take, args=(i,)) for i in range(8)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert len(winners) == 1 and winners[0].owned()
+
+
+def test_manifest_updates_do_not_lose_writes(tmp_path):
+    def add(i):
+        manifest.update(tmp_path, lambda d: d["jobs"].append({"job_id": str(i), "run_ids": []}))
+
+    threads = [threading.Thread(target=add, args=(i,)) for i in range(10)]
+    [t.start() for t in threads]
+    [t.join() for t in threads]
+    assert sorted(int(j["job_id"]) for j in manifest.read(tmp_path)["jobs"]) == list(range(10))
+
+
+def test_resource_rules_first_match():
+    defaults, rules, _ = parse({"gpus": 1, "timeout_min": 60, "rules": [
+        {"when": {"model.width": ">=1024", "model.patch": 2}, "gpus": 8},
+        {"when": {"params": ">=1e8"}, "gpus": 4},
+        {"when": {"model.width": [384, 512]}, "timeout_min": 30},
+    ]})
+    flat = {"model.width": 384, "model.patch": 2}
+    assert resolve(flat, defaults, rules, stats=lambda: {"params": 5e7}) == Resources(gpus=1, timeout_min=30)
+    assert resolve(flat, defaults, rules, stats=lambda: {"params": 2e8}).gpus == 4
+    assert resolve({"model.width": 1152, "model.patch": 2}, defaults, rules).gpus == 8
+
+
+def test_read_statuses_lists_runs_once(tmp_path):
+    spec = spec_of(axes={"seed": list(range(5))})
+    plan = make_plan(spec, tmp_path)
+    done = plan.runs[2].dir
+    done.mkdir(parents=True)
+    (done / "status.json").write_text(json.dumps({"state": "completed", "step": 10}))
+    states = read_statuses(plan, 60)
+    assert [states[r.run_id].state for r in plan.runs] == ["pending", "pending", "completed", "pending", "pending"]
+
+
+def test_golden_sbatch_multi_gpu(tmp_path):
+    """The sbatch script of a 4-GPU run: one task per GPU, USR2 ahead of the limit, requeue.
+    Regenerate with GATSCALE_REGEN_GOLDEN=1."""
+    spec = load_grid("imagenet256_scaling.yaml")
+    spec.executor.partition, spec.executor.account = "gpu", "scaling"
+    spec.executor.setup = ["module load cuda/12.4"]
+    res = Resources(gpus=4, nodes=1, cpus_per_task=8, mem_gb=240, timeout_min=1440)
+    folder = tmp_path / "sweep" / ".submitit"
+    params = executors.slurm_parameters(spec.executor, res, name="gatscale-imagenet256_scaling",
+                                        code_root=str(tmp_path / "sweep" / "code" / "L"))
+    text = executors.sbatch_text(params, folder, array_size=3)
+    text = text.replace(str(tmp_path), "<TMP>").replace(sys.executable, "<PYTHON>")
+    golden = GOLDEN / "imagenet256_4gpu.sbatch"
+    if os.environ.get("GATSCALE_REGEN_GOLDEN") == "1":
+        golden.parent.mkdir(exist_ok=True)
+        golden.write_text(text)
+    assert text == golden.read_text()
+    for line in ("--ntasks-per-node=4", "--gpus-per-node=4", "--signal=USR2@180", "--array=0-2%3", "--requeue"):
+        assert line in text
+
+
+def test_executor_spec_defaults_keep_signal_well_before_limit():
+    # the early-USR2 flake: keep timeout*60 - signal_delay well above 60 s for real jobs
+    assert ExecutorSpec().signal_delay_s < 60 * Resources().timeout_min - 90

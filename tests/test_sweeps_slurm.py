@@ -1,0 +1,157 @@
+"""Sweeps on a real SLURM cluster (`WITH_DBD=1 bash scripts/slurm_up.sh`).
+
+Skipped where `sinfo` does not answer, failed instead when GATSCALE_REQUIRE_SLURM=1. Most tests
+use the stub trainer of test_sweeps_local (scheduling semantics in seconds); the last one runs the
+real trainer end to end on a fmnist_smoke-sized grid.
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from sweeps import launch, manifest, status
+from sweeps.executors import slurm_available
+from sweeps.job import read_events
+from test_sweeps_local import (  # noqa: F401  (stub_trainer is a fixture)
+    starts_per_run, stats_lines, stub_intervals, stub_trainer, wait_for, write_grid,
+)
+
+pytestmark = pytest.mark.slurm
+REPO = Path(__file__).resolve().parent.parent
+
+
+@pytest.fixture
+def slurm_cluster():
+    """The local cluster must answer; GATSCALE_REQUIRE_SLURM=1 turns a skip into a failure."""
+    if not slurm_available():
+        message = "no SLURM cluster answers (start one: WITH_DBD=1 bash scripts/slurm_up.sh)"
+        if os.environ.get("GATSCALE_REQUIRE_SLURM") == "1":
+            pytest.fail(message)
+        pytest.skip(message)
+
+
+def slurm_job_ids(sweep: Path) -> list[str]:
+    return [j["job_id"] for j in manifest.read(sweep)["jobs"]]
+
+
+def test_grid_completes_and_relaunch_submits_nothing(slurm_cluster, stub_trainer, tmp_path, capsys):
+    grid = write_grid(tmp_path / "g.yaml")
+    sweep = tmp_path / "sweep"  # jobs run on this host: pytest's tmp is shared
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "slurm", "--wait"]) == 0
+    assert [r.state for r in status.collect(sweep)] == ["completed"] * 3
+    ids = slurm_job_ids(sweep)
+    assert len(ids) == 3 and len({i.split("_")[0] for i in ids}) == 1  # one array job
+    capsys.readouterr()
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "slurm"]) == 0
+    assert "0 to submit" in capsys.readouterr().out
+    assert slurm_job_ids(sweep) == ids
+    assert set(starts_per_run(sweep).values()) == {1}
+
+
+def test_failing_run_marked_failed_others_complete(slurm_cluster, stub_trainer, tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", zip_axes={"seed": [0, 1, 2], "data.path": [None, "/nonexistent", None]})
+    sweep = tmp_path / "sweep"
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "slurm", "--wait"]) == 1
+    rows = status.collect(sweep)
+    assert sorted(r.state for r in rows) == ["completed", "completed", "failed"]
+    (failed,) = [r for r in rows if r.state == "failed"]
+    assert "/nonexistent" in failed.reason
+    # the array task of the failed run ends FAILED in the scheduler too (sacct needs slurmdbd)
+    out = subprocess.run(["sacct", "-n", "-X", "-P", "-o", "JobID,State", "-j", failed.job],
+                         capture_output=True, text=True).stdout
+    assert "FAILED" in out or out == ""
+
+
+def test_parallelism_one_is_honoured(slurm_cluster, stub_trainer, tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", executor={"array_parallelism": 1})
+    sweep = tmp_path / "sweep"
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "slurm", "--wait"]) == 0
+    intervals = sorted(stub_intervals(sweep))
+    assert len(intervals) == 3
+    assert all(end <= nxt for (_, end), (nxt, _) in zip(intervals, intervals[1:]))
+
+
+def test_two_concurrent_launches_run_each_point_once(slurm_cluster, stub_trainer, tmp_path):
+    grid = write_grid(tmp_path / "g.yaml", executor={"array_parallelism": 3})
+    sweep = tmp_path / "sweep"
+    cmd = [sys.executable, "-m", "sweeps.launch", str(grid), "--out", str(sweep), "--executor", "slurm", "--wait"]
+    procs = [subprocess.Popen(cmd, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in range(2)]
+    outs = [p.communicate(timeout=600)[0].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outs
+    assert [r.state for r in status.collect(sweep)] == ["completed"] * 3
+    assert set(starts_per_run(sweep).values()) == {1}
+
+
+def preempt(job_id: str) -> None:
+    """What a preempting scheduler does: USR2 now; then lift SLURM's 120 s requeue hold."""
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    wait_for(lambda: "Reason=BeginTime" in subprocess.run(["scontrol", "show", "job", job_id],
+                                                          capture_output=True, text=True).stdout, timeout=60)
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
+
+
+def test_preempted_job_resumes_with_same_result(slurm_cluster, stub_trainer, tmp_path, monkeypatch):
+    monkeypatch.setenv("STUB_STEP_S", "0.05")
+    grid = write_grid(tmp_path / "g.yaml", steps=80, ckpt_every=10, seed=[5])
+    reference, sweep = tmp_path / "reference", tmp_path / "sweep"
+    assert launch.main([str(grid), "--out", str(reference), "--executor", "debug"]) == 0
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "slurm"]) == 0
+    run_dir = wait_for(lambda: next((sweep / "runs").glob("*"), None), timeout=60)
+    wait_for(lambda: stats_lines(run_dir) >= 25, timeout=60)
+    preempt(slurm_job_ids(sweep)[0])
+    wait_for(lambda: status.collect(sweep)[0].state == "completed", timeout=180, poll=0.5)
+    events = read_events(run_dir)
+    assert [e["event"] for e in events].count("interrupted") == 1
+    assert [e["restart"] for e in events if e["event"] == "start"] == [0, 1]
+    ref_dir = next((reference / "runs").iterdir())
+    assert (run_dir / "stats.jsonl").read_text() == (ref_dir / "stats.jsonl").read_text()
+
+
+def test_real_trainer_end_to_end(slurm_cluster, tmp_path, monkeypatch):
+    """Three fmnist_smoke-sized runs through gat.train: one fails at start (missing data path),
+    two complete; one of those is preempted mid-run and ends with the same stats as the other
+    launch of the same config run without interruption."""
+    monkeypatch.delenv("GATSCALE_TRAINER", raising=False)
+    fixed = {"train.steps": 20, "train.log_every": 5, "train.ckpt_every": 5, "eval.every": 10,
+             "eval.num_samples": 64}
+    if os.environ.get("GATSCALE_TEST_FMNIST_VAE"):  # a stand-in VAE where the committed one is absent
+        fixed["data.vae"] = os.environ["GATSCALE_TEST_FMNIST_VAE"]
+    grid = tmp_path / "smoke.yaml"
+    grid.write_text(yaml.safe_dump({
+        "base": "gat/configs/fmnist_smoke.yaml",
+        "set": fixed,
+        "zip": [{"seed": [0, 1, 2], "data.path": [None, None, "/nonexistent/fmnist"]}],
+        "resources": {"gpus": 0, "cpus_per_task": 1, "timeout_min": 20},
+        "executor": {"array_parallelism": 2, "retries": 0, "lease_heartbeat_s": 2, "lease_stale_s": 20},
+    }))
+    sweep = tmp_path / "sweep"
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "slurm"]) == 0
+    by_seed = {r["coords"]["seed"]: r for r in manifest.read(sweep)["runs"]}
+    target = sweep / by_seed[0]["dir"]
+    # past the first checkpoint (or failed at start: then say why at once)
+    wait_for(lambda: stats_lines(target) >= 2 or status.collect(sweep)[0].state == "failed", timeout=300, poll=1)
+    first = {r.run_id: r for r in status.collect(sweep)}[by_seed[0]["run_id"]]
+    assert first.state != "failed", f"the trainer failed: {first.reason}"
+    job = next(j["job_id"] for j in manifest.read(sweep)["jobs"] if by_seed[0]["run_id"] in j["run_ids"])
+    preempt(job)
+    states = status.watch(sweep, [r["run_id"] for r in by_seed.values()], 20)
+    assert (states[by_seed[0]["run_id"]], states[by_seed[1]["run_id"]], states[by_seed[2]["run_id"]]) == (
+        "completed", "completed", "failed")
+    rows = {r.run_id: r for r in status.collect(sweep)}
+    assert "/nonexistent/fmnist" in rows[by_seed[2]["run_id"]].reason
+    assert rows[by_seed[0]["run_id"]].attempts == 2 and rows[by_seed[0]["run_id"]].step == 20
+    # an uninterrupted run of the same config, for comparison
+    reference = tmp_path / "reference"
+    assert launch.main([str(grid), "--out", str(reference), "--executor", "slurm", "--only", "s0-", "--wait"]) == 0
+    ref = reference / by_seed[0]["dir"]
+
+    def losses(run: Path) -> list[tuple]:
+        return [(r["step"], r["loss_d"], r["loss_g"]) for r in map(json.loads, (run / "stats.jsonl").read_text().splitlines())]
+
+    assert losses(target) == losses(ref)
