@@ -150,8 +150,10 @@ class RunJob(submitit.helpers.Checkpointable):
     def __init__(
         self, tasks: list[RunTask], *, code_root: str, retries: int, rerun_failed: bool,
         stale_s: float, heartbeat_s: float, launch_id: str, trainer: str = "gat.train",
+        cpus_per_task: int = 1,
     ) -> None:
         self.tasks = tasks
+        self.cpus_per_task = cpus_per_task
         self.code_root = code_root
         self.retries = retries
         self.rerun_failed = rerun_failed
@@ -257,6 +259,10 @@ class RunJob(submitit.helpers.Checkpointable):
             os.replace(tmp, request)
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (self.code_root, env.get("PYTHONPATH")) if p)
+        # torch starts one thread per core it sees, and SLURM without task/cgroup (or the local
+        # executor) shows every core to every job: runs sharing a box then spin against each
+        # other (measured: 0.45 -> 3 s a step for two CPU runs on 2 cores). Use the allotment.
+        env.setdefault("OMP_NUM_THREADS", str(self.cpus_per_task))
         with open(folder / "trainer.log", "ab") as log:
             self._child = subprocess.Popen(
                 [sys.executable, "-m", self.trainer, str(request), "--out", str(run_dir)],

@@ -151,7 +151,8 @@ def dry_run_table(plan: Plan, rows: list[tuple[PlannedRun, RunStatus, str, resou
 
 def build_jobs(kind: str, runs: list[PlannedRun], spec: GridSpec, common: dict[str, Any]) -> list[RunJob]:
     """SLURM: one job (array task) per run. Local: `array_parallelism` workers sharing the list
-    (each starts at a different offset and claims runs by lease). Debug: one job for all."""
+    (each starts at a different offset and claims runs by lease). Debug: one job for all.
+    `common` holds RunJob's keyword arguments."""
     tasks = [RunTask(r.run_id, r.name, str(r.dir.resolve()), r.config()) for r in runs]
     if kind == "slurm":
         return [RunJob([t], **common) for t in tasks]
@@ -205,7 +206,7 @@ def launch(args: argparse.Namespace) -> int:
         groups.setdefault(res, []).append(run)
     submitted = []
     for res, runs in groups.items():
-        fns = build_jobs(kind, runs, spec, common)
+        fns = build_jobs(kind, runs, spec, {**common, "cpus_per_task": res.cpus_per_task})
         # a local worker drains its share of the list one run after another
         timeout = res.timeout_min * math.ceil(len(runs) / len(fns))
         ex = executors.make_executor(kind, sweep_dir.resolve() / ".submitit", spec.executor, res,
@@ -254,6 +255,8 @@ def _watch(plan: Plan, runs: list[PlannedRun], sweep_dir: Path, launch_id: str, 
 
     states = watch(sweep_dir, [r.run_id for r in runs], plan.spec.executor.lease_stale_s,
                    launch_id=launch_id, submitted=submitted)
+    # The analysis is its own step (data flows one way); say exactly how to take it.
+    print(f"next: python -m analysis.plot_scaling {sweep_dir}   # tables, fits and plots in {sweep_dir / 'analysis'}")
     return 1 if any(s == "failed" for s in states.values()) else 0
 
 

@@ -216,7 +216,8 @@ class Tuner:
         res = resources.resolve(flat, self.defaults, self.rules, stats=lambda: costs.model_stats(flat) or {})
         job_fn = RunJob([task], code_root=self.code_root, retries=self.grid.executor.retries, rerun_failed=True,
                         stale_s=self.grid.executor.lease_stale_s, heartbeat_s=self.grid.executor.lease_heartbeat_s,
-                        launch_id=self.launch_id, trainer=os.environ.get("GATSCALE_TRAINER", "gat.train"))
+                        launch_id=self.launch_id, trainer=os.environ.get("GATSCALE_TRAINER", "gat.train"),
+                        cpus_per_task=res.cpus_per_task)
         ex = executors.make_executor(self.kind, self.study_dir.resolve() / ".submitit", self.grid.executor, res,
                                      name=f"gatscale-tune-{self.grid.name}", code_root=self.code_root)
         manifest.update(self.study_dir, lambda data: manifest.merge_runs(data, [entry]))
