@@ -12,7 +12,6 @@ under a private name and renamed into place at the end, so it is either complete
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import sys
 import tempfile

@@ -68,10 +68,13 @@ def decide(state: str, queued: bool, rerun_failed: bool) -> str:
         return f"skip ({state})"
     if state == "running":
         return "skip (running)"
+    if state == "failed":
+        # A live job that already failed this run will not try it again (its worker may still
+        # be draining others), so being listed in one does not block --rerun-failed; the run
+        # lease keeps it from ever training twice at once.
+        return "submit" if rerun_failed else "skip (failed; --rerun-failed reruns it)"
     if queued:
         return "skip (queued)"
-    if state == "failed" and not rerun_failed:
-        return "skip (failed; --rerun-failed reruns it)"
     return "submit"
 
 
@@ -202,7 +205,8 @@ def launch(args: argparse.Namespace) -> int:
                   stale_s=spec.executor.lease_stale_s, heartbeat_s=spec.executor.lease_heartbeat_s,
                   launch_id=launch_id, trainer=os.environ.get("GATSCALE_TRAINER", "gat.train"))
     groups: dict[resources.Resources, list[PlannedRun]] = {}
-    for run, res in to_submit:
+    # Longest first: with limited parallelism, a big run started last sets the sweep's end.
+    for run, res in sorted(to_submit, key=lambda item: -_estimated_flops(item[0])):
         groups.setdefault(res, []).append(run)
     submitted = []
     for res, runs in groups.items():
@@ -226,6 +230,10 @@ def launch(args: argparse.Namespace) -> int:
     if args.wait or kind == "debug":
         return _watch(plan, chosen, sweep_dir, launch_id, {run.run_id for run, _ in to_submit})
     return 0
+
+
+def _estimated_flops(run: PlannedRun) -> float:
+    return costs.training_flops(run.flat, costs.model_stats(run.flat)) or 0.0
 
 
 def _record_plan(plan: Plan, sweep_dir: Path) -> None:

@@ -105,14 +105,19 @@ def resolve_grid_path(name: str | Path) -> Path:
     raise GridError(f"grid file not found: {name} (bundled grids: {bundled})")
 
 
-def load_grid(source: str | Path, overrides: dict[str, Any] | None = None) -> GridSpec:
-    """Read and structurally check a grid file; `overrides` (from `--set`) join its `set:`."""
+def read_grid_file(source: str | Path) -> tuple[Path, str, Any]:
+    """(path, text, parsed YAML) of a grid or search file; a bare name resolves to the bundle."""
     path = resolve_grid_path(source)
     text = path.read_text()
     try:
-        data = yaml.safe_load(text) or {}
+        return path, text, yaml.safe_load(text) or {}
     except yaml.YAMLError as err:
         raise GridError(f"{path}: not valid YAML: {err}") from err
+
+
+def load_grid(source: str | Path, overrides: dict[str, Any] | None = None) -> GridSpec:
+    """Read and structurally check a grid file; `overrides` (from `--set`) join its `set:`."""
+    path, text, data = read_grid_file(source)
     return parse_grid(data, path=path, text=text, overrides=overrides)
 
 

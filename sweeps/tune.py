@@ -39,7 +39,6 @@ from pathlib import Path
 from typing import Any
 
 import optuna
-import yaml
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
@@ -51,7 +50,7 @@ from sweeps import lease as leases
 from sweeps.job import RunJob, RunTask
 from sweeps.launch import snapshot_code
 from sweeps.plan import FINAL, base_flat, normalise, read_status, run_id, run_name, unflatten
-from sweeps.spec import REPO_ROOT, GridError, GridSpec, Point, expand, parse_grid, resolve_grid_path, validate_points
+from sweeps.spec import REPO_ROOT, GridError, GridSpec, Point, expand, parse_grid, read_grid_file, validate_points
 
 PARAM = "train.base_lr"
 JOURNAL, SQLITE, DRIVER_LEASE = "optuna.journal", "optuna.db", "driver.lease"
@@ -117,12 +116,7 @@ def parse_search(data: Any) -> SearchSpec:
 
 def load_search(source: str | Path, overrides: dict[str, Any] | None = None) -> tuple[GridSpec, SearchSpec]:
     """Read a search file: the grid part through `sweeps.spec`, the `search:` part here."""
-    path = resolve_grid_path(source)
-    text = path.read_text()
-    try:
-        data = yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise GridError(f"{path}: not valid YAML: {err}") from err
+    path, text, data = read_grid_file(source)
     if not isinstance(data, dict):
         raise GridError(f"{path}: a search file must be a mapping of sections")
     search = parse_search(data.pop("search", None))

@@ -1,4 +1,4 @@
-"""Suite-wide rules: SLURM tests skip without a cluster but are required where CI says so."""
+"""Suite-wide rules: SLURM and Fashion-MNIST tests skip without them, but are required in CI."""
 from __future__ import annotations
 
 import os
@@ -6,6 +6,8 @@ import shutil
 import subprocess
 
 import pytest
+
+from gat.data.fashion_mnist import DatasetMissingError, resolve_root
 
 os.environ.setdefault("WANDB_MODE", "offline")
 os.environ.setdefault("WANDB_SILENT", "true")
@@ -29,3 +31,14 @@ def pytest_runtest_setup(item: pytest.Item) -> None:
         pytest.fail("SLURM is required here (GATSCALE_REQUIRE_SLURM=1) but `sinfo` does not answer; "
                     "start it with `WITH_DBD=1 bash scripts/slurm_up.sh`")
     pytest.skip("no SLURM cluster on this machine (start one with `WITH_DBD=1 bash scripts/slurm_up.sh`)")
+
+
+@pytest.fixture
+def fashion_mnist_installed() -> None:
+    """Skip without Debian's dataset-fashion-mnist, except in CI (`.ci/run` installs it)."""
+    try:
+        resolve_root(None)
+    except DatasetMissingError as err:
+        if os.environ.get("CI"):
+            pytest.fail(f"CI must provide Fashion-MNIST: {err}")
+        pytest.skip(str(err))

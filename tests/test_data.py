@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import gzip
 import json
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,16 +17,6 @@ from gat.data.shards import ShardDataset, write_shards
 from gat.data.vae import FMNIST_VAE_DIR
 
 
-def require_fashion_mnist() -> None:
-    """Skip without the Debian package, except in CI (CI installs it, so absence is a failure)."""
-    try:
-        resolve_root(None)
-    except DatasetMissingError as err:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must provide Fashion-MNIST: {err}")
-        pytest.skip(str(err))
-
-
 def write_idx(path: Path, array: np.ndarray) -> None:
     """A gzipped unsigned-byte IDX file (the format of the Debian package)."""
     header = bytes([0, 0, 0x08, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
@@ -36,9 +25,8 @@ def write_idx(path: Path, array: np.ndarray) -> None:
 
 
 @pytest.fixture
-def fmnist_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+def fmnist_subset(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fashion_mnist_installed: None) -> Path:
     """The first 256 real training images as an IDX folder, and a private cache."""
-    require_fashion_mnist()
     images, labels = load_fashion_mnist(None, "train")
     folder = tmp_path / "fmnist"
     folder.mkdir()

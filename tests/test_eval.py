@@ -1,7 +1,6 @@
 """Feature extractors and Fréchet distances."""
 from __future__ import annotations
 
-import os
 import time
 from pathlib import Path
 
@@ -10,20 +9,10 @@ import pytest
 import torch
 
 from gat.config import EvalConfig
-from gat.data.fashion_mnist import DatasetMissingError, load_fashion_mnist, resolve_root
+from gat.data.fashion_mnist import load_fashion_mnist
 from gat.data.shards import ShardDataset, write_shards
 from gat.eval import dataset_stats, feature_stats, frechet_distance, load_extractor, load_ref_stats, save_stats
 from gat.eval.features import fmnist_classifier_report, fmnist_input
-
-
-def require_fashion_mnist() -> None:
-    """Skip without the Debian package, except in CI (CI installs it, so absence is a failure)."""
-    try:
-        resolve_root(None)
-    except DatasetMissingError as err:
-        if os.environ.get("CI"):
-            pytest.fail(f"CI must provide Fashion-MNIST: {err}")
-        pytest.skip(str(err))
 
 
 def as_images(grey: np.ndarray) -> torch.Tensor:
@@ -100,8 +89,7 @@ def test_fmnist_extractor_shapes(fmnist) -> None:
     assert fmnist_input(torch.rand(2, 1, 64, 64)).shape == (2, 1, 32, 32)
 
 
-def test_fmnist_classifier_is_trained() -> None:
-    require_fashion_mnist()
+def test_fmnist_classifier_is_trained(fashion_mnist_installed: None) -> None:
     from gat.eval.features import FMNISTExtractor
 
     images, labels = load_fashion_mnist(None, "test")
@@ -112,8 +100,7 @@ def test_fmnist_classifier_is_trained() -> None:
     assert fmnist_classifier_report()["test_accuracy"] > 0.85
 
 
-def test_fmnist_distance_orders_train_test_noise(fmnist) -> None:
-    require_fashion_mnist()
+def test_fmnist_distance_orders_train_test_noise(fmnist, fashion_mnist_installed: None) -> None:
     train = as_images(load_fashion_mnist(None, "train")[0][:300])
     test = as_images(load_fashion_mnist(None, "test")[0][:300])
     noise = torch.rand(300, 3, 32, 32, generator=torch.Generator().manual_seed(0))

@@ -9,9 +9,10 @@ import threading
 import time
 from pathlib import Path
 
+import pytest
 
 from gat import config as gat_config
-from sweeps import executors, lease, manifest
+from sweeps import executors, launch, lease, manifest
 from sweeps.plan import flatten, make_plan, read_status, read_statuses, run_id
 from sweeps.resources import Resources, parse, resolve
 from sweeps.spec import ExecutorSpec, expand, load_grid, parse_grid, point_config
@@ -168,3 +169,17 @@ def test_golden_sbatch_multi_gpu(tmp_path):
 def test_executor_spec_defaults_keep_signal_well_before_limit():
     # the early-USR2 flake: keep timeout*60 - signal_delay well above 60 s for real jobs
     assert ExecutorSpec().signal_delay_s < 60 * Resources().timeout_min - 90
+
+
+@pytest.mark.parametrize(("state", "queued", "rerun", "action"), [
+    ("completed", False, True, "skip (completed)"),
+    ("diverged", True, True, "skip (diverged)"),
+    ("running", False, False, "skip (running)"),
+    ("pending", True, False, "skip (queued)"),
+    ("interrupted", True, False, "skip (queued)"),
+    ("interrupted", False, False, "submit"),
+    ("failed", False, False, "skip (failed; --rerun-failed reruns it)"),
+    ("failed", True, True, "submit"),  # a still-alive worker that failed it will not retry it
+])
+def test_decide(state, queued, rerun, action):
+    assert launch.decide(state, queued, rerun) == action
