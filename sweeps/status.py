@@ -46,26 +46,30 @@ class RunRow:
     reason: str
 
 
-def last_metric(run_dir: Path) -> str:
-    """The newest eval metric in stats.jsonl ("fd_fmnist=35.1"), else the newest loss_g."""
+def last_progress(run_dir: Path) -> tuple[int | None, str]:
+    """(newest logged step, newest eval metric "fd_fmnist=35.1" or else newest loss_g) from
+    stats.jsonl; status.json only records the step at start and end of an attempt."""
     try:
         with open(run_dir / "stats.jsonl", "rb") as handle:
             end = handle.seek(0, os.SEEK_END)
             handle.seek(max(0, end - 65536))
             lines = handle.read().decode(errors="replace").splitlines()
     except OSError:
-        return ""
+        return None, ""
+    step: int | None = None
     fallback = ""
     for line in reversed(lines):
         try:
             record = json.loads(line)
         except ValueError:
             continue
+        if step is None and isinstance(record.get("step"), int):
+            step = record["step"]
         if record.get("metrics"):
-            return ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items() if isinstance(v, (int, float)))
+            return step, ", ".join(f"{k}={v:.4g}" for k, v in record["metrics"].items() if isinstance(v, (int, float)))
         if not fallback and isinstance(record.get("loss_g"), (int, float)):
             fallback = f"loss_g={record['loss_g']:.4g}"
-    return fallback
+    return step, fallback
 
 
 def sacct_states(job_ids: list[str]) -> dict[str, str]:
@@ -116,9 +120,11 @@ def collect(sweep_dir: Path, *, only: str | None = None, stale_s: float = _DEFAU
         elif state == "interrupted" and job_id in ended:
             reason = reason or f"job {job_id} ended {ended[job_id]}"
         last_job = next((e.get("job_id") for e in reversed(events) if e.get("job_id")), None)
+        logged_step, metric = last_progress(run_dir)
+        step = max((s for s in (status.step, logged_step) if s is not None), default=None)
         rows.append(RunRow(
-            run_id=entry["run_id"], name=entry["name"], dir=entry["dir"], state=state, step=status.step,
-            metric=last_metric(run_dir), attempts=sum(1 for e in events if e.get("event") == "start"),
+            run_id=entry["run_id"], name=entry["name"], dir=entry["dir"], state=state, step=step,
+            metric=metric, attempts=sum(1 for e in events if e.get("event") == "start"),
             job=str(last_job or job_id), reason=reason,
         ))
     return rows
