@@ -5,7 +5,8 @@ Writes into ``--out``: ``scaling_<x>.png`` (final metric vs size, fit and r), ``
 ``residuals.png``, ``fit.json`` (fits with bootstrap CIs, exclusions and why), ``results.csv``
 and ``results.parquet`` (the tidy table) and ``report.md``. Only completed runs enter a fit;
 diverged, failed and unfinished runs are listed in ``fit.json`` and drawn with their own marker.
-Errors in the input print one line and exit with status 2.
+`--where COLUMN=VALUE` keeps a slice of a study (one MNG mode, one LR rule). Errors in the input
+print one line and exit with status 2.
 """
 from __future__ import annotations
 
@@ -175,7 +176,25 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bootstrap", type=int, default=fitting.DEFAULT_RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--irreducible", action="store_true", help="fit y = a·x^−b + c (c ≥ 0) instead of a·x^−b")
+    parser.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
+                        help="keep only runs with this grid coordinate, e.g. mng.mode=exp (repeatable)")
     return parser.parse_args(argv)
+
+
+def select_rows(table: pd.DataFrame, conditions: list[str]) -> pd.DataFrame:
+    """Rows matching every `COLUMN=VALUE` (compared as text, so `seed=0` and `mng.mode=off` work)."""
+    for condition in conditions:
+        column, sep, value = condition.partition("=")
+        if not sep or not column:
+            raise AnalysisError(f"--where {condition!r}: expected COLUMN=VALUE")
+        if column not in table:
+            raise AnalysisError(f"--where {condition!r}: no column {column!r} (columns: {', '.join(map(str, table.columns))})")
+        mask = table[column].astype(str) == value
+        if not mask.any():
+            values = ", ".join(sorted(table[column].astype(str).unique()))
+            raise AnalysisError(f"--where {condition!r}: no run has {column}={value} (values: {values})")
+        table = table[mask]
+    return table
 
 
 def load_study(args: argparse.Namespace) -> Study:
@@ -185,6 +204,7 @@ def load_study(args: argparse.Namespace) -> Study:
         table = load_table(args.table, required=required)
     else:
         table = load_results(args.results or [Path("results")])
+    table = select_rows(table, args.where)
     metric = args.metric or default_metric(table)
     for column in (metric, args.x):
         if column not in table or table[column].isna().all():

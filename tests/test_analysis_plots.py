@@ -161,3 +161,17 @@ def test_size_labels() -> None:
     assert plots.size_label(384, 2) == "S/2" and plots.size_label(1152, 4) == "XL/4"
     assert plots.size_label(512) == "w512" and plots.size_label(None, None, "B/4") == "B/4"
     assert plots.axis_label("gflops") == "GFLOPs (G forward, DiT convention)"
+
+
+def test_where_selects_runs_and_names_bad_selections(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sweep = scaling_sweep(tmp_path)
+    out = tmp_path / "seed0"
+    assert plot_scaling.main([str(sweep), "--where", "seed=0", "--out", str(out), "--bootstrap", "50"]) == 0
+    fit = json.loads((out / "fit.json").read_text())
+    assert fit["final"]["fit"]["n"] == 4  # one completed run per size
+    assert plot_scaling.main([str(sweep), "--where", "seed=7", "--out", str(out)]) == 2
+    assert "no run has seed=7 (values: 0, 1, 2)" in capsys.readouterr().err
+    assert plot_scaling.main([str(sweep), "--where", "colour=red", "--out", str(out)]) == 2
+    assert "no column 'colour'" in capsys.readouterr().err
+    assert plot_scaling.main([str(sweep), "--where", "seed", "--out", str(out)]) == 2
+    assert "expected COLUMN=VALUE" in capsys.readouterr().err
