@@ -23,7 +23,9 @@ class ConfigError(ValueError):
 @dataclass
 class ModelConfig:
     """Generator and discriminator sizes. `name` (e.g. "GAT-B/2") fills width/depth/heads/patch;
-    the d_* fields give the discriminator its own size (None: same as the generator)."""
+    the d_* fields give the discriminator its own size (None: same as the generator).
+    `d_cmap_dim` is the width of D's projection head and class embedding: 2048 in the paper at
+    every size; tiny CPU studies shrink it, since its 2048x2048 class MLP would dwarf their D."""
 
     name: str | None = None
     width: int = 384
@@ -33,6 +35,7 @@ class ModelConfig:
     d_width: int | None = None
     d_depth: int | None = None
     d_heads: int | None = None
+    d_cmap_dim: int = 2048
     z_dim: int = 64
     grad_checkpointing: bool = False
 
@@ -163,7 +166,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "logging.progress": ("auto", "bar", "lines"),
 }
 POSITIVE = (
-    "model.width", "model.depth", "model.heads", "model.patch", "model.z_dim", "mng.levels",
+    "model.width", "model.depth", "model.heads", "model.patch", "model.z_dim", "model.d_cmap_dim", "mng.levels",
     "train.batch", "train.steps", "train.base_lr", "train.base_width", "train.log_every",
     "train.ckpt_every", "train.snapshot_every", "eval.every", "loss.sigma",
 )

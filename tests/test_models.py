@@ -323,3 +323,14 @@ def test_cli_table_and_bad_name(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["GAT-XXL/2"]) == 2
     captured = capsys.readouterr()
     assert "model.name" in captured.err and "Traceback" not in captured.err and captured.out == ""
+
+
+def test_cmap_dim_sets_the_projection_head_and_its_cost() -> None:
+    config = tiny_config(d_cmap_dim=64)
+    with torch.device("meta"):
+        D = build_discriminator(config, repa_dim=None, **LATENT)
+        with FlopCounterMode(display=False) as d_count:
+            D(torch.randn(1, 16, 8, 8), torch.zeros(1, dtype=torch.long))
+    assert D.head[1].out_features == D.class_embed.embedding_dim == 64
+    size = generator_size(config.model)
+    assert _token_flops(d_count) == 2 * discriminator_macs(size, in_channels=16, latent_size=8, cmap_dim=64)

@@ -23,7 +23,7 @@ from gat.models.layers import (
 )
 
 _LAYERSCALE_INIT = 0.1
-CMAP_DIM = 2048  # width of the projection head and of the class embedding it is scored against
+CMAP_DIM = 2048  # the paper's width of the projection head and of the class embedding it is scored against
 
 
 class DiscriminatorBlock(nn.Module):
@@ -64,6 +64,7 @@ class Discriminator(nn.Module):
         latent_size: int,
         num_classes: int,
         repa_dim: int | None = None,
+        cmap_dim: int = CMAP_DIM,
         projector_hidden: int = 2048,
         grad_checkpointing: bool = False,
     ) -> None:
@@ -78,9 +79,9 @@ class Discriminator(nn.Module):
         self.cls_token = nn.Parameter(torch.randn(1, 1, width) * 0.02)
         self.rope = AxialRoPE(width // heads, grid, num_prefix=1)
         self.blocks = nn.ModuleList(DiscriminatorBlock(width, heads) for _ in range(depth))
-        self.head = nn.Sequential(RMSNorm(width), nn.Linear(width, CMAP_DIM))
-        self.class_embed = nn.Embedding(num_classes, CMAP_DIM)
-        self.class_mapping = mapping_mlp(CMAP_DIM, CMAP_DIM)
+        self.head = nn.Sequential(RMSNorm(width), nn.Linear(width, cmap_dim))
+        self.class_embed = nn.Embedding(num_classes, cmap_dim)
+        self.class_mapping = mapping_mlp(cmap_dim, cmap_dim)
         self.projector = repa_projector(width, projector_hidden, repa_dim) if repa_dim else None
 
         init_linears(self)

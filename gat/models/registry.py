@@ -122,6 +122,7 @@ def build_discriminator(
         latent_size=latent_size,
         num_classes=num_classes,
         repa_dim=repa_dim,
+        cmap_dim=cfg.model.d_cmap_dim,
         projector_hidden=cfg.repa.projector_hidden,
         grad_checkpointing=cfg.model.grad_checkpointing,
     )
@@ -147,13 +148,13 @@ def generator_macs(size: NetSize, *, num_levels: int, latent_channels: int, late
     return size.depth * _block_macs(size.width, tokens) + heads
 
 
-def discriminator_macs(size: NetSize, *, in_channels: int, latent_size: int) -> int:
+def discriminator_macs(size: NetSize, *, in_channels: int, latent_size: int, cmap_dim: int = CMAP_DIM) -> int:
     """Multiply-adds of D's token work for one sample, up to the logit: patch embedding, blocks
     (with the cls token) and the cls head; the REPA projector, used only for the REPA loss on
     reals, is not included."""
     patches = (latent_size // size.patch) ** 2
     embed = patches * in_channels * size.patch**2 * size.width
-    return embed + size.depth * _block_macs(size.width, patches + 1) + size.width * CMAP_DIM
+    return embed + size.depth * _block_macs(size.width, patches + 1) + size.width * cmap_dim
 
 
 def _count(module: torch.nn.Module) -> int:
@@ -189,7 +190,8 @@ def describe(
             g_size, num_levels=cfg.mng.levels, latent_channels=latent_channels, latent_size=latent_size
         ) / 1e9,
         "discriminator_gflops": discriminator_macs(
-            d_size, in_channels=latent_channels * num_inputs(cfg.mng), latent_size=latent_size
+            d_size, in_channels=latent_channels * num_inputs(cfg.mng), latent_size=latent_size,
+            cmap_dim=cfg.model.d_cmap_dim,
         ) / 1e9,
         "mng_noise_levels": noise_levels(cfg.mng),
         "g_width": g_size.width,
