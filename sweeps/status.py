@@ -206,11 +206,11 @@ def main(argv: list[str] | None = None) -> int:
     except GridError as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    if args.json:
-        for row in rows:
-            print(json.dumps(vars(row)))
-    else:
-        print(render(rows))
+    text = "\n".join(json.dumps(vars(row)) for row in rows) if args.json else render(rows)
+    try:
+        print(text, flush=True)
+    except BrokenPipeError:  # `| head`: the reader has what it wanted
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
     return 0
 
 

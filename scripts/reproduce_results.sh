@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Regenerate everything under results/ that is committed: the three CPU studies (run folders,
+# resumed or skipped where they exist), their tables, fits and plots. About 45 minutes on 2
+# cores; each launch is safe to rerun. See results/README.md for what each step shows.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+py=.venv/bin/python
+
+# 1. The embedded default: width scaling, MNG exp, width-aware LR.
+$py -m sweeps.launch scaling_grid.yaml --wait
+$py -m analysis.plot_scaling results/scaling_grid
+
+# 2. MNG exp vs off at four widths, two seeds: scaling per mode, and early-layer use.
+$py -m sweeps.launch mng_cpu.yaml --wait
+for mode in exp off; do
+  $py -m analysis.plot_scaling results/mng_cpu --where mng.mode=$mode --out results/mng_cpu/analysis/scaling_$mode
+done
+GATSCALE_RESULTS="$PWD/results/mng_cpu" .venv/bin/jupyter execute notebooks/early_layer_use.ipynb
+
+# 3. Constant vs width-aware LR across widths: instability, and a μP-style coordinate check.
+$py -m sweeps.launch lr_rule_cpu.yaml --wait
+for rule in constant width_aware; do
+  $py -m analysis.plot_scaling results/lr_rule_cpu --where train.lr_rule=$rule --out results/lr_rule_cpu/analysis/scaling_$rule
+done
+$py -m gat.coord_check --widths 32 64 128 256 --rules constant width_aware mup --steps 5 \
+  --out results/lr_rule_cpu/coord_check
+GATSCALE_RESULTS="$PWD/results/lr_rule_cpu" .venv/bin/jupyter execute notebooks/instability.ipynb
