@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -93,6 +94,10 @@ def preempt(job_id: str) -> None:
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
     wait_for(lambda: "Reason=BeginTime" in subprocess.run(["scontrol", "show", "job", job_id],
                                                           capture_output=True, text=True).stdout, timeout=60)
+    # slurmd refuses to launch a job whose credential is dated the same second as its kill
+    # ("already killed, do not launch batch job": slurm_cred_revoked compares whole seconds) and
+    # the job then ends FAILED; the 120 s hold exists for this. Let the clock pass that second.
+    time.sleep(2)
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
 
 
