@@ -191,7 +191,11 @@ def launch(args: argparse.Namespace) -> int:
     kind = executors.resolve_kind(spec.executor.kind)
     launch_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     to_submit = [(run, res) for run, _, action, res in rows if action == "submit"]
-    _record_plan(plan, sweep_dir)
+    earlier = _record_plan(plan, sweep_dir)
+    if earlier:
+        print(f"note: {earlier} run(s) recorded in {sweep_dir} by earlier launches are not in this grid "
+              "(its points or base config changed); analysis includes them: filter with "
+              "plot_scaling --where, or launch into a fresh --out")
     skipped = _count(action for _, _, action, _ in rows if action != "submit")
     print(f"{sweep_dir}: {len(rows)} runs selected; {len(to_submit)} to submit"
           + (f"; {', '.join(f'{n} {a}' for a, n in skipped.items())}" if skipped else ""))
@@ -236,10 +240,12 @@ def _estimated_flops(run: PlannedRun) -> float:
     return costs.training_flops(run.flat, costs.model_stats(run.flat)) or 0.0
 
 
-def _record_plan(plan: Plan, sweep_dir: Path) -> None:
+def _record_plan(plan: Plan, sweep_dir: Path) -> int:
+    """Add the plan's runs to the manifest; returns how many recorded runs the plan lacks."""
     commit = manifest.git_commit(REPO_ROOT)
     entries = [{"run_id": r.run_id, "name": r.name, "dir": f"runs/{r.name}", "coords": r.coords,
                 "overrides": r.overrides} for r in plan.runs]
+    planned = {r.run_id for r in plan.runs}
 
     def change(data: dict[str, Any]) -> None:
         data.setdefault("created", manifest.utc_now())
@@ -247,7 +253,8 @@ def _record_plan(plan: Plan, sweep_dir: Path) -> None:
                     grid=plan.spec.text, git_commit=commit, updated=manifest.utc_now())
         manifest.merge_runs(data, entries)
 
-    manifest.update(sweep_dir, change)
+    data = manifest.update(sweep_dir, change)
+    return sum(r["run_id"] not in planned for r in data["runs"])
 
 
 def _count(items: Any) -> dict[str, int]:

@@ -134,6 +134,17 @@ def test_grid_completes_then_relaunch_submits_nothing(tmp_path, stub_trainer, ex
     assert "0 to submit; 3 skip (completed)" in capsys.readouterr().out
     assert len(manifest.read(sweep)["jobs"]) == jobs_before
     assert set(starts_per_run(sweep).values()) == {1}
+    assert "note:" not in capsys.readouterr().out
+
+
+def test_relaunch_after_grid_change_names_the_earlier_runs(tmp_path, stub_trainer, capsys):
+    sweep = tmp_path / "sweep"
+    assert launch.main([str(write_grid(tmp_path / "g.yaml")), "--out", str(sweep), "--executor", "debug"]) == 0
+    capsys.readouterr()
+    changed = write_grid(tmp_path / "g.yaml", steps=10, seed=[0])  # new base config: new run ids
+    assert launch.main([str(changed), "--out", str(sweep), "--executor", "debug"]) == 0
+    assert "note: 3 run(s) recorded" in capsys.readouterr().out
+    assert len(manifest.read(sweep)["runs"]) == 4  # a run id is forever: nothing is dropped
 
 
 @pytest.mark.parametrize("executor", ["local", "debug"])
