@@ -227,7 +227,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     final = result["final"]
-    print(f"{study.metric} vs {study.x}: b = {final['fit']['b']:.4f} CI {final['ci']['b']}, "
+    low, high = final["ci"]["b"]
+    # the fit is metric = a * x^(-b) (+ c): b > 0 means the metric falls as x grows
+    print(f"{study.metric} vs {study.x}: {study.metric} ∝ {study.x}^(-b), b = {final['fit']['b']:.4f} "
+          f"[{final.get('level', 0.95):.0%} CI {low:.4f}, {high:.4f}], "
           f"r(log-log) = {final['fit']['r']:.4f}, r(semi-log) = {final['r_semilog']:.4f}, "
           f"n = {final['fit']['n']}, excluded = {len(result['excluded'])}")
     print(f"wrote {out}")

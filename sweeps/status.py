@@ -153,7 +153,9 @@ def watch(sweep_dir: Path, run_ids: list[str], stale_s: float, *, launch_id: str
     wanted = set(run_ids)
     submitted = submitted or set()
     touched: set[str] = set()
-    bar = tqdm(total=len(wanted), unit="run", desc="runs final", leave=True)
+    # a log file (nohup, a batch job, CI) gets a line every 30 s, not one per poll
+    bar = tqdm(total=len(wanted), unit="run", desc="runs final", leave=True,
+               mininterval=0.1 if sys.stderr.isatty() else 30.0)
     idle_polls = 0
     try:
         while True:
@@ -166,9 +168,9 @@ def watch(sweep_dir: Path, run_ids: list[str], stale_s: float, *, launch_id: str
             settled = {rid for rid, s in states.items() if s in FINAL_OR_FAILED
                        and (rid not in submitted or rid in touched)}
             done = len(settled)
-            bar.update(done - bar.n)
             counts = {s: list(states.values()).count(s) for s in set(states.values())}
-            bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+            bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in sorted(counts.items())), refresh=False)
+            bar.update(done - bar.n)  # redraws at most every mininterval
             if done == len(wanted):
                 break
             # nothing running or queued for the rest: stop after a short grace (jobs just
