@@ -243,21 +243,29 @@ def plot_pca_maps(maps: dict[str, np.ndarray], sample: int = 0, max_columns: int
 
 
 def plot_early_share(shares: pd.DataFrame) -> plt.Figure:
-    """``early_share_table`` as points with bootstrap intervals, one panel per space."""
+    """``early_share_table`` vs width, one colour per MNG mode: each run a point with its
+    bootstrap interval, the line through the per-width mean; one panel per space."""
     spaces = list(dict.fromkeys(shares["space"]))
     order = _mng_order(shares[MNG])
-    fig, axes = plt.subplots(1, len(spaces), figsize=(4.2 * len(spaces), 3.2), squeeze=False, sharey=True)
+    colours = dict(zip(order, sns.color_palette("colorblind", n_colors=len(order))))
+    fig, axes = plt.subplots(1, len(spaces), figsize=(4.2 * len(spaces), 3.4), squeeze=False, sharey=True)
     for ax, space in zip(axes.flat, spaces):
-        part = shares[shares["space"] == space].copy()
-        part["x"] = part[MNG].map({m: i for i, m in enumerate(order)})
-        jitter = part.groupby("x").cumcount() * 0.08
-        ax.errorbar(part["x"] + jitter, part["share"], yerr=[part["share"] - part["low"], part["high"] - part["share"]],
-                    fmt="o", capsize=3, color="black")
+        part = shares[shares["space"] == space]
+        for i, mode in enumerate(order):
+            runs_ = part[part[MNG].astype(str) == mode].sort_values(WIDTH)
+            # modes side by side at each width, so intervals do not hide each other
+            x = runs_[WIDTH] * 2 ** (0.06 * (i - (len(order) - 1) / 2))
+            ax.errorbar(x, runs_["share"], yerr=[runs_["share"] - runs_["low"], runs_["high"] - runs_["share"]],
+                        fmt="o", ms=4, capsize=2, color=colours[mode], label=f"MNG {mode}")
+            mean = runs_.groupby(WIDTH)["share"].mean()
+            ax.plot(mean.index, mean.values, color=colours[mode], lw=1.2)
         ax.axhline(0.5, color="grey", ls=":", lw=1)
-        ax.set_xticks(range(len(order)), [f"MNG {m}" for m in order])
-        ax.set_ylim(0, 1)
+        ax.set_xscale("log", base=2)
+        ax.set_ylim(0, 1.02)
+        ax.set_xlabel("width")
         ax.set_title(f"{space} space")
-        ax.set_ylabel("share of ablation effect in first half")
+    axes.flat[0].set_ylabel("share of ablation effect\nin the first half of G's blocks")
+    axes.flat[-1].legend(loc="lower left", frameon=False)
     return fig
 
 
@@ -428,8 +436,10 @@ def plot_coord_check(coords: pd.DataFrame, step: int | None = None) -> plt.Figur
             ax.set_xscale("log", base=2)
             ax.set_yscale("log")
             ax.set_title(f"{net}, LR rule {rule}")
-            ax.set_xlabel("width")
-            ax.set_ylabel("activation RMS")
+    for ax in axes[-1]:
+        ax.set_xlabel("width")  # on the bottom row only: a row's x label would sit on the next row's titles
+    for ax in axes[:, 0]:
+        ax.set_ylabel("activation RMS")
     for kind, colour in colours.items():
         axes[0, -1].plot([], [], color=colour, label=kind)
     axes[0, -1].legend(title="module", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Regenerate everything under results/ that is committed: the three CPU studies (run folders,
-# resumed or skipped where they exist), their tables, fits and plots. About 45 minutes on 2
+# resumed or skipped where they exist), their tables, fits and plots. About an hour on 2
 # cores; each launch is safe to rerun. See results/README.md for what each step shows.
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -155,7 +155,7 @@ def watch(sweep_dir: Path, run_ids: list[str], stale_s: float, *, launch_id: str
     touched: set[str] = set()
     # a log file (nohup, a batch job, CI) gets a line every 30 s, not one per poll
     bar = tqdm(total=len(wanted), unit="run", desc="runs final", leave=True,
-               mininterval=0.1 if sys.stderr.isatty() else 30.0)
+               mininterval=0.1 if sys.stderr.isatty() else 30.0, miniters=0)
     idle_polls = 0
     try:
         while True:
