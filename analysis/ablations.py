@@ -252,12 +252,13 @@ def plot_early_share(shares: pd.DataFrame) -> plt.Figure:
     for ax, space in zip(axes.flat, spaces):
         part = shares[shares["space"] == space]
         for i, mode in enumerate(order):
-            runs_ = part[part[MNG].astype(str) == mode].sort_values(WIDTH)
+            mode_rows = part[part[MNG].astype(str) == mode].sort_values(WIDTH)
             # modes side by side at each width, so intervals do not hide each other
-            x = runs_[WIDTH] * 2 ** (0.06 * (i - (len(order) - 1) / 2))
-            ax.errorbar(x, runs_["share"], yerr=[runs_["share"] - runs_["low"], runs_["high"] - runs_["share"]],
+            x = mode_rows[WIDTH] * 2 ** (0.06 * (i - (len(order) - 1) / 2))
+            share = mode_rows["share"]
+            ax.errorbar(x, share, yerr=[share - mode_rows["low"], mode_rows["high"] - share],
                         fmt="o", ms=4, capsize=2, color=colours[mode], label=f"MNG {mode}")
-            mean = runs_.groupby(WIDTH)["share"].mean()
+            mean = mode_rows.groupby(WIDTH)["share"].mean()
             ax.plot(mean.index, mean.values, color=colours[mode], lw=1.2)
         ax.axhline(0.5, color="grey", ls=":", lw=1)
         ax.set_xscale("log", base=2)
