@@ -1,4 +1,5 @@
-"""Suite-wide rules: SLURM and Fashion-MNIST tests skip without them, but are required in CI."""
+"""Suite-wide rules (SLURM and Fashion-MNIST tests skip without them, but are required in CI) and
+the stub-trainer fixture the sweep tests share."""
 from __future__ import annotations
 
 import os
@@ -7,6 +8,7 @@ import subprocess
 
 import pytest
 
+import sweep_stub
 from gat.data.fashion_mnist import DatasetMissingError, resolve_root
 
 os.environ.setdefault("WANDB_MODE", "offline")
@@ -42,3 +44,14 @@ def fashion_mnist_installed() -> None:
         if os.environ.get("CI"):
             pytest.fail(f"CI must provide Fashion-MNIST: {err}")
         pytest.skip(str(err))
+
+
+@pytest.fixture
+def stub_trainer(tmp_path_factory, monkeypatch):
+    """Make jobs run the stub (importable through PYTHONPATH, which jobs inherit)."""
+    folder = tmp_path_factory.mktemp("stub")
+    (folder / "stubtrainer.py").write_text(sweep_stub.STUB)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
+    monkeypatch.setenv("GATSCALE_TRAINER", "stubtrainer")
+    monkeypatch.setenv("STUB_STEP_S", "0.02")
+    return folder

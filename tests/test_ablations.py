@@ -20,7 +20,7 @@ from analysis.load import AnalysisError, load_results  # noqa: E402
 from gat import checkpoint, probe  # noqa: E402
 from gat.config import from_dict, save_config  # noqa: E402
 from gat.models import registry  # noqa: E402
-from tests.test_analysis_load import write_sweep  # noqa: E402
+from test_analysis_load import write_sweep  # noqa: E402
 
 BLOCKS = 4
 

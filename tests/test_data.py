@@ -3,16 +3,20 @@ from __future__ import annotations
 
 import gzip
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from PIL import Image
 
 from gat.config import ConfigError, DataConfig
 from gat.data import load_dataset, load_decoder
-from gat.data.fashion_mnist import DatasetMissingError, load_fashion_mnist, resolve_root
+from gat.data.fashion_mnist import DatasetMissingError, fashion_mnist_cache_dir, load_fashion_mnist, resolve_root
 from gat.data.shards import ShardDataset, write_shards
 from gat.data.vae import FMNIST_VAE_DIR
 
@@ -82,6 +86,30 @@ def test_fashion_mnist_cache_is_reused(fmnist_subset: Path, monkeypatch: pytest.
     monkeypatch.setattr("gat.data.vae.load_vae", no_encoding)
     second = load_dataset(cfg)
     assert second.root == first.root and second.fingerprint == first.fingerprint
+
+
+@pytest.mark.slow
+def test_concurrent_first_use_encodes_once(fmnist_subset: Path, tmp_path: Path) -> None:
+    """The jobs of a first launch wait for one encoding instead of each repeating it."""
+    target = fashion_mnist_cache_dir(fmnist_subset)
+    target.parent.mkdir(parents=True)
+    held = FileLock(target.with_name(target.name + ".lock"))
+    held.acquire()  # stands in for a first job still encoding, so both below must queue
+    script = "import sys; from gat.data.fashion_mnist import encoded_fashion_mnist as e; print(e(sys.argv[1]))"
+    logs = [tmp_path / f"job{i}.stderr" for i in range(2)]
+    jobs = [subprocess.Popen([sys.executable, "-c", script, str(fmnist_subset)], stdout=subprocess.PIPE,
+                             stderr=log.open("w"), text=True) for log in logs]
+    deadline = time.time() + 180
+    while not all("waiting for another process" in log.read_text() for log in logs):
+        assert time.time() < deadline and all(job.poll() is None for job in jobs), [l.read_text() for l in logs]
+        time.sleep(0.2)
+    assert not (target / "meta.json").exists()
+    held.release()
+    outs = [job.communicate(timeout=300)[0].strip() for job in jobs]
+    assert [job.returncode for job in jobs] == [0, 0], [l.read_text() for l in logs]
+    assert outs == [str(target)] * 2
+    assert sum("encoding Fashion-MNIST (once)" in log.read_text() for log in logs) == 1
+    assert len(ShardDataset(target)) == 256
 
 
 def test_posterior_sampling_is_seeded_and_random(fmnist_subset: Path) -> None:

@@ -19,9 +19,7 @@ import yaml
 from sweeps import launch, manifest, status
 from sweeps.executors import slurm_available
 from sweeps.job import read_events
-from test_sweeps_local import (  # noqa: F401  (stub_trainer is a fixture)
-    starts_per_run, stats_lines, stub_intervals, stub_trainer, wait_for, write_grid,
-)
+from sweep_stub import starts_per_run, stats_lines, stub_intervals, wait_for, write_grid
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent

@@ -9,12 +9,14 @@ import gzip
 import hashlib
 import os
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
+from filelock import FileLock, Timeout
 from tqdm import tqdm
 
 from gat.data import vae as vae_lib
@@ -96,6 +98,18 @@ def _data_fingerprint(root: Path) -> str:
     return hashlib.sha256(labels).hexdigest()[:8]
 
 
+def fashion_mnist_cache_dir(
+    path: str | os.PathLike | None = None, vae_source: str | os.PathLike | None = None
+) -> Path:
+    """Where `encoded_fashion_mnist` keeps Fashion-MNIST train encoded with `vae_source`.
+
+    The name holds the VAE weights' hash and the data's, so new weights or data re-encode.
+    """
+    source = str(vae_source or vae_lib.FMNIST_VAE_DIR)
+    name = f"train-{_data_fingerprint(resolve_root(path))}-vae-{vae_lib.weights_fingerprint(source)}"
+    return cache_root() / "fashion_mnist" / name
+
+
 def encoded_fashion_mnist(
     path: str | os.PathLike | None = None,
     vae_source: str | os.PathLike | None = None,
@@ -104,21 +118,33 @@ def encoded_fashion_mnist(
     progress: bool = True,
 ) -> Path:
     """The gatscale shard folder of Fashion-MNIST train encoded with `vae_source` (default: the
-    committed tiny VAE), built on first use under `cache_root()` and reused afterwards.
+    committed tiny VAE), built on first use in `fashion_mnist_cache_dir` and reused afterwards.
 
-    The folder name holds the VAE weights' hash and the data's, so new weights re-encode. The
-    folder is built privately and renamed into place, so concurrent runs never see half of it.
+    One process encodes while concurrent ones (the jobs of a first launch) wait on a file lock
+    instead of repeating the work; the folder is built privately and renamed into place, so no
+    reader ever sees half of it.
     """
-    root = resolve_root(path)
-    source = str(vae_source or vae_lib.FMNIST_VAE_DIR)
-    vae_key = vae_lib.weights_fingerprint(source)
-    target = cache_root() / "fashion_mnist" / f"train-{_data_fingerprint(root)}-vae-{vae_key}"
+    target = fashion_mnist_cache_dir(path, vae_source)
     if (target / "meta.json").is_file():
         return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    lock = FileLock(target.with_name(target.name + ".lock"))
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        print(f"waiting for another process to finish encoding Fashion-MNIST into {target}", file=sys.stderr, flush=True)
+        lock.acquire()
+    try:
+        if not (target / "meta.json").is_file():  # the process we waited for may have built it
+            _encode(resolve_root(path), str(vae_source or vae_lib.FMNIST_VAE_DIR), target, batch, progress)
+    finally:
+        lock.release()
+    return target
 
+
+def _encode(root: Path, source: str, target: Path, batch: int, progress: bool) -> None:
     images, labels = load_fashion_mnist(root, "train")
     vae = vae_lib.load_vae(source)
-    target.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
     try:
         image_t, label_t = torch.from_numpy(images), torch.from_numpy(labels)
@@ -141,16 +167,10 @@ def encoded_fashion_mnist(
                 "class_names": list(CLASS_NAMES),
                 "scaling_factor": float(vae.config.scaling_factor),
                 "vae": source,
-                "vae_fingerprint": vae_key,
+                "vae_fingerprint": vae_lib.weights_fingerprint(source),
                 "source": str(root),
             },
         )
-        try:
-            os.replace(tmp, target)
-        except OSError:
-            # Another process published the same cache first; theirs is identical.
-            if not (target / "meta.json").is_file():
-                raise
+        os.replace(tmp, target)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
-    return target
