@@ -5,6 +5,11 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
+# Checked first so a missing tool stops the script now, not after the hour of training.
+if [ ! -x .venv/bin/jupyter ]; then
+  echo "reproduce_results.sh executes the ablation notebooks and needs Jupyter: run 'bash scripts/install.sh --test' first" >&2
+  exit 2
+fi
 
 # 1. The embedded default: width scaling, MNG exp, width-aware LR.
 $py -m sweeps.launch scaling_grid.yaml --wait
