@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +132,29 @@ def test_dataset_stats_are_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
     assert np.array_equal(again[0], mu) and np.array_equal(again[1], sigma)
     with pytest.raises(AssertionError, match="cache"):
         dataset_stats(data, fmnist, num=30, seed=1)
+
+
+def test_concurrent_dataset_stats_compute_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmnist) -> None:
+    """Runs of a sweep that start together share one computation of the reference statistics."""
+    monkeypatch.setenv("GATSCALE_CACHE", str(tmp_path / "cache"))
+    images = np.random.default_rng(0).integers(0, 256, size=(40, 32, 32, 1), dtype=np.uint8)
+    folder = tmp_path / "shards"
+    folder.mkdir()
+    write_shards(folder, [(torch.zeros(40, 4, 2, 2), torch.ones(40, 4, 2, 2), torch.zeros(40, dtype=torch.long), images)],
+                 shard_size=64, meta={"num_classes": 1, "scaling_factor": 1.0, "vae": "none"})
+    data = ShardDataset(folder)
+    read, real_images = [], data.images
+
+    def slow_images(idx):
+        read.append(len(idx))
+        time.sleep(1.0)  # long enough for the second caller to arrive while the first computes
+        return real_images(idx)
+
+    monkeypatch.setattr(data, "images", slow_images)
+    with ThreadPoolExecutor(2) as pool:
+        results = list(pool.map(lambda _: dataset_stats(data, fmnist, num=30, seed=0), range(2)))
+    assert read == [30]
+    assert np.array_equal(results[0][0], results[1][0]) and np.array_equal(results[0][1], results[1][1])
 
 
 @pytest.mark.slow

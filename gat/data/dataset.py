@@ -1,16 +1,8 @@
 """The latent dataset the trainer samples from, independent of how the moments are stored."""
 from __future__ import annotations
 
-import os
-from pathlib import Path
-
 import numpy as np
 import torch
-
-
-def cache_root() -> Path:
-    """Where derived data is cached: `$GATSCALE_CACHE`, default `~/.cache/gatscale`."""
-    return Path(os.environ.get("GATSCALE_CACHE") or Path.home() / ".cache" / "gatscale").expanduser()
 
 
 class LatentDataset:

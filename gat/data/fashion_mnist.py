@@ -9,18 +9,16 @@ import gzip
 import hashlib
 import os
 import shutil
-import sys
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import torch
-from filelock import FileLock, Timeout
 from tqdm import tqdm
 
+from gat.cache import cache_root, exclusive
 from gat.data import vae as vae_lib
-from gat.data.dataset import cache_root
 from gat.data.shards import write_shards
 
 DEFAULT_ROOT = Path("/usr/share/datasets/fashion-mnist")
@@ -127,18 +125,9 @@ def encoded_fashion_mnist(
     target = fashion_mnist_cache_dir(path, vae_source)
     if (target / "meta.json").is_file():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    lock = FileLock(target.with_name(target.name + ".lock"))
-    try:
-        lock.acquire(timeout=0)
-    except Timeout:
-        print(f"waiting for another process to finish encoding Fashion-MNIST into {target}", file=sys.stderr, flush=True)
-        lock.acquire()
-    try:
+    with exclusive(target, "encoding Fashion-MNIST"):
         if not (target / "meta.json").is_file():  # the process we waited for may have built it
             _encode(resolve_root(path), str(vae_source or vae_lib.FMNIST_VAE_DIR), target, batch, progress)
-    finally:
-        lock.release()
     return target
 
 

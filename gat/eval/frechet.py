@@ -10,7 +10,8 @@ import numpy as np
 import scipy.linalg
 import torch
 
-from gat.data.dataset import LatentDataset, cache_root
+from gat.cache import cache_root, exclusive
+from gat.data.dataset import LatentDataset
 from gat.eval.features import FeatureExtractor
 
 
@@ -115,11 +116,15 @@ def dataset_stats(
     num = min(int(num), len(dataset))
     key = hashlib.sha256(f"{dataset.fingerprint}|{extractor.name}|{num}|{seed}".encode()).hexdigest()[:20]
     path = cache_root() / "stats" / f"{extractor.name}-{key}.npz"
-    if cache and path.is_file():
-        return load_ref_stats(path)
-    order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num]
-    feats = torch.cat([extractor(dataset.images(idx)) for idx in order.split(batch)])
-    mu, sigma = feature_stats(feats)
-    if cache:
-        save_stats(path, mu, sigma)
-    return mu, sigma
+
+    def compute() -> tuple[np.ndarray, np.ndarray]:
+        order = torch.randperm(len(dataset), generator=torch.Generator().manual_seed(seed))[:num]
+        return feature_stats(torch.cat([extractor(dataset.images(idx)) for idx in order.split(batch)]))
+
+    if not cache:
+        return compute()
+    if not path.is_file():
+        with exclusive(path, "computing reference statistics"):
+            if not path.is_file():  # the process we waited for may have written it
+                save_stats(path, *compute())
+    return load_ref_stats(path)
