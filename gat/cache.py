@@ -21,7 +21,8 @@ def exclusive(target: Path, what: str) -> Iterator[None]:
     """Hold the lock of `target` (the file `<target>.lock` beside it) for the block.
 
     Callers check for `target` again inside the block: whoever waited here finds it built and
-    skips the work. The OS drops the lock when its holder dies, so a crash never wedges a sweep.
+    skips the work. The OS drops the lock when its holder dies, so a crash never wedges a sweep;
+    where the filesystem has no flock, filelock falls back to a lock file's existence.
     """
     target.parent.mkdir(parents=True, exist_ok=True)
     lock = FileLock(target.with_name(target.name + ".lock"))

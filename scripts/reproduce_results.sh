@@ -7,7 +7,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 py=.venv/bin/python
-# Checked first so a missing tool stops the script now, not after the hour of training.
+# Checked first so a missing tool stops the script now, not after half an hour of training.
 if [ ! -x .venv/bin/jupyter ]; then
   echo "reproduce_results.sh executes the ablation notebooks and needs Jupyter: run 'bash scripts/install.sh --test' first" >&2
   exit 2
