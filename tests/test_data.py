@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from filelock import FileLock
 from PIL import Image
 
+from gat.cache import exclusive
 from gat.config import ConfigError, DataConfig
 from gat.data import load_dataset, load_decoder
 from gat.data.fashion_mnist import DatasetMissingError, fashion_mnist_cache_dir, load_fashion_mnist, resolve_root
@@ -92,19 +92,16 @@ def test_fashion_mnist_cache_is_reused(fmnist_subset: Path, monkeypatch: pytest.
 def test_concurrent_first_use_encodes_once(fmnist_subset: Path, tmp_path: Path) -> None:
     """The jobs of a first launch wait for one encoding instead of each repeating it."""
     target = fashion_mnist_cache_dir(fmnist_subset)
-    target.parent.mkdir(parents=True)
-    held = FileLock(target.with_name(target.name + ".lock"))
-    held.acquire()  # stands in for a first job still encoding, so both below must queue
     script = "import sys; from gat.data.fashion_mnist import encoded_fashion_mnist as e; print(e(sys.argv[1]))"
     logs = [tmp_path / f"job{i}.stderr" for i in range(2)]
-    jobs = [subprocess.Popen([sys.executable, "-c", script, str(fmnist_subset)], stdout=subprocess.PIPE,
-                             stderr=log.open("w"), text=True) for log in logs]
-    deadline = time.time() + 180
-    while not all("waiting for another process" in log.read_text() for log in logs):
-        assert time.time() < deadline and all(job.poll() is None for job in jobs), [l.read_text() for l in logs]
-        time.sleep(0.2)
-    assert not (target / "meta.json").exists()
-    held.release()
+    with exclusive(target, "a first job's encoding"):  # so both jobs below must queue
+        jobs = [subprocess.Popen([sys.executable, "-c", script, str(fmnist_subset)], stdout=subprocess.PIPE,
+                                 stderr=log.open("w"), text=True) for log in logs]
+        deadline = time.time() + 180
+        while not all("waiting for another process" in log.read_text() for log in logs):
+            assert time.time() < deadline and all(job.poll() is None for job in jobs), [l.read_text() for l in logs]
+            time.sleep(0.2)
+        assert not (target / "meta.json").exists()
     outs = [job.communicate(timeout=300)[0].strip() for job in jobs]
     assert [job.returncode for job in jobs] == [0, 0], [l.read_text() for l in logs]
     assert outs == [str(target)] * 2

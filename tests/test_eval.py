@@ -111,15 +111,18 @@ def test_fmnist_distance_orders_train_test_noise(fmnist, fashion_mnist_installed
     assert fd_test < fd_noise / 5, (fd_test, fd_noise)
 
 
-def test_dataset_stats_are_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmnist) -> None:
-    monkeypatch.setenv("GATSCALE_CACHE", str(tmp_path / "cache"))
-    rng = np.random.default_rng(0)
-    images = rng.integers(0, 256, size=(40, 32, 32, 1), dtype=np.uint8)
-    folder = tmp_path / "shards"
+def random_image_shards(folder: Path) -> ShardDataset:
+    """40 random 32x32 grey images with dummy latents: enough for reference statistics."""
+    images = np.random.default_rng(0).integers(0, 256, size=(40, 32, 32, 1), dtype=np.uint8)
     folder.mkdir()
     write_shards(folder, [(torch.zeros(40, 4, 2, 2), torch.ones(40, 4, 2, 2), torch.zeros(40, dtype=torch.long), images)],
                  shard_size=64, meta={"num_classes": 1, "scaling_factor": 1.0, "vae": "none"})
-    data = ShardDataset(folder)
+    return ShardDataset(folder)
+
+
+def test_dataset_stats_are_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmnist) -> None:
+    monkeypatch.setenv("GATSCALE_CACHE", str(tmp_path / "cache"))
+    data = random_image_shards(tmp_path / "shards")
     mu, sigma = dataset_stats(data, fmnist, num=30, seed=0)
     cached = list((tmp_path / "cache" / "stats").glob("*.npz"))
     assert len(cached) == 1
@@ -137,12 +140,7 @@ def test_dataset_stats_are_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
 def test_concurrent_dataset_stats_compute_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmnist) -> None:
     """Runs of a sweep that start together share one computation of the reference statistics."""
     monkeypatch.setenv("GATSCALE_CACHE", str(tmp_path / "cache"))
-    images = np.random.default_rng(0).integers(0, 256, size=(40, 32, 32, 1), dtype=np.uint8)
-    folder = tmp_path / "shards"
-    folder.mkdir()
-    write_shards(folder, [(torch.zeros(40, 4, 2, 2), torch.ones(40, 4, 2, 2), torch.zeros(40, dtype=torch.long), images)],
-                 shard_size=64, meta={"num_classes": 1, "scaling_factor": 1.0, "vae": "none"})
-    data = ShardDataset(folder)
+    data = random_image_shards(tmp_path / "shards")
     read, real_images = [], data.images
 
     def slow_images(idx):

@@ -104,8 +104,11 @@ def fashion_mnist_cache_dir(
     The name holds the VAE weights' hash and the data's, so new weights or data re-encode.
     """
     source = str(vae_source or vae_lib.FMNIST_VAE_DIR)
-    name = f"train-{_data_fingerprint(resolve_root(path))}-vae-{vae_lib.weights_fingerprint(source)}"
-    return cache_root() / "fashion_mnist" / name
+    return _cache_dir(resolve_root(path), vae_lib.weights_fingerprint(source))
+
+
+def _cache_dir(root: Path, vae_key: str) -> Path:
+    return cache_root() / "fashion_mnist" / f"train-{_data_fingerprint(root)}-vae-{vae_key}"
 
 
 def encoded_fashion_mnist(
@@ -122,16 +125,19 @@ def encoded_fashion_mnist(
     instead of repeating the work; the folder is built privately and renamed into place, so no
     reader ever sees half of it.
     """
-    target = fashion_mnist_cache_dir(path, vae_source)
+    root = resolve_root(path)
+    source = str(vae_source or vae_lib.FMNIST_VAE_DIR)
+    vae_key = vae_lib.weights_fingerprint(source)
+    target = _cache_dir(root, vae_key)
     if (target / "meta.json").is_file():
         return target
     with exclusive(target, "encoding Fashion-MNIST"):
         if not (target / "meta.json").is_file():  # the process we waited for may have built it
-            _encode(resolve_root(path), str(vae_source or vae_lib.FMNIST_VAE_DIR), target, batch, progress)
+            _encode(root, source, vae_key, target, batch, progress)
     return target
 
 
-def _encode(root: Path, source: str, target: Path, batch: int, progress: bool) -> None:
+def _encode(root: Path, source: str, vae_key: str, target: Path, batch: int, progress: bool) -> None:
     images, labels = load_fashion_mnist(root, "train")
     vae = vae_lib.load_vae(source)
     tmp = Path(tempfile.mkdtemp(prefix=target.name + ".tmp-", dir=target.parent))
@@ -156,7 +162,7 @@ def _encode(root: Path, source: str, target: Path, batch: int, progress: bool) -
                 "class_names": list(CLASS_NAMES),
                 "scaling_factor": float(vae.config.scaling_factor),
                 "vae": source,
-                "vae_fingerprint": vae_lib.weights_fingerprint(source),
+                "vae_fingerprint": vae_key,
                 "source": str(root),
             },
         )
