@@ -9,7 +9,7 @@ The input is the contract in ``docs/run_folder.md``; nothing here imports the tr
   ``train.batch``, ``train.lr_rule``, ``train.base_lr``, ``train.base_width``, ``mng.mode``,
   ``loss.penalty``, ``seed``;
 * size and cost: ``g_params``, ``d_params``, ``g_gflops``, ``d_gflops`` (from ``model.json``;
-  GFLOPs in the DiT convention, see ``analysis.flops``), the plot aliases ``params`` (= G params)
+  GFLOPs in the DiT convention, see ``gat.flops``), the plot aliases ``params`` (= G params)
   and ``gflops`` (= G GFLOPs), ``train_flops`` (cumulative G+D training FLOPs at that row);
 * outcome: ``status`` (completed | diverged | failed | running | pending | unknown), ``reason``,
   ``diverged_step``;
@@ -37,7 +37,7 @@ import orjson
 import pandas as pd
 import yaml
 
-from analysis.flops import training_flops_per_image
+from gat.flops import training_flops_per_image
 
 # Metrics in the order a default is picked (Inception FID first; see docs/run_folder.md).
 METRIC_PREFERENCE = ("fid", "fd_fmnist")

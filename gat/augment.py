@@ -89,6 +89,18 @@ def geometric_only(params: AugParams) -> AugParams:
     )
 
 
+def tile(params: AugParams, times: int) -> AugParams:
+    """The draw for `times` batches stacked on the batch dim, each transformed as the original."""
+    if times == 1:
+        return params
+    fields = {
+        field.name: value.repeat(times)
+        for field in dataclasses.fields(params)
+        if isinstance(value := getattr(params, field.name), Tensor)
+    }
+    return dataclasses.replace(params, batch=params.batch * times, **fields)
+
+
 def apply(x: Tensor, params: AugParams) -> Tensor:
     """Augment x [B, C, H, W] (any C, H, W) with one batch's parameters."""
     if x.shape[0] != params.batch:

@@ -4,16 +4,10 @@
                         [--config YAML] [--set k=v ...]
 
 NAME is a registry name (GAT-B/2) or wWIDTH-dDEPTH-hHEADS-pPATCH. Prints ms per step, images/s
-and peak memory; on CUDA also the achieved TFLOP/s and MFU. FLOPs per step are estimated from
-the registry's forward multiply-add counts (per sample) as
-
-    D step: G forward (no grad) + n_D D passes with backward          = G + 3·n_D·D
-            (n_D = 2 for reals and fakes, 4 with the approximate R1/R2)
-    G step: G forward+backward, D on fakes with input grads, D on reals = 3·G + 2·D + D
-    FLOPs/step = 2 · batch · (4·G + (3·n_D + 3)·D)       (2 FLOPs per multiply-add)
-
-ignoring activation-checkpoint recompute, REPA, EMA and the optimiser. The peak is the dense
-bf16 tensor-core figure of the detected GPU (table below; override with --peak-tflops).
+and peak memory; on CUDA also the achieved TFLOP/s and MFU. FLOPs per step are `gat.flops`'
+count (the one the planner and the analysis use) from the registry's forward multiply-add
+counts, ignoring activation-checkpoint recompute, REPA, EMA and the optimiser. The peak is the
+dense bf16 tensor-core figure of the detected GPU (table below; override with --peak-tflops).
 """
 from __future__ import annotations
 
@@ -24,6 +18,7 @@ import time
 import torch
 
 from gat import train
+from gat.flops import training_flops_per_image
 from gat.config import load_config, parse_set
 from gat.models import registry
 
@@ -32,10 +27,8 @@ PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, 
 
 
 def step_flops(summary: dict, batch: int, penalty: str) -> float:
-    """The FLOP estimate of the module docstring for one training iteration."""
-    g, d = summary["generator_gflops"] * 1e9, summary["discriminator_gflops"] * 1e9
-    d_passes = 4 if penalty == "approx" else 2
-    return 2.0 * batch * (4 * g + (3 * d_passes + 3) * d)
+    """FLOPs of one training iteration (`gat.flops.training_flops_per_image` × batch)."""
+    return batch * training_flops_per_image(summary["generator_gflops"], summary["discriminator_gflops"], penalty)
 
 
 def peak_tflops(device: torch.device, override: float | None) -> float | None:

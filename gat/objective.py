@@ -16,12 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gat.augment import AugParams, apply, geometric_only, sample_params
+from gat.augment import apply, geometric_only, sample_params, tile
 from gat.config import RunConfig
 from gat.mng import num_inputs, perturb, sample_noise, select_levels
-
-LogitsOf = Callable[[list[Tensor]], Tensor]
-
 
 class Critic(Protocol):
     """What the objective needs from the discriminator."""
@@ -41,37 +38,32 @@ def g_adversarial(fake_logits: Tensor, real_logits: Tensor) -> Tensor:
     return F.softplus(real_logits - fake_logits).mean()
 
 
-def approx_penalty(
-    d_of: LogitsOf,
-    levels: list[Tensor],
-    sigma: float,
-    *,
-    logits: Tensor | None = None,
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """Finite-difference R1/R2: mean over logits of ((D(x) − D(x + σε))/σ)², ε ~ N(0, I).
+def shifted(levels: list[Tensor], sigma: float, generator: torch.Generator | None = None) -> list[Tensor]:
+    """The finite-difference copies x + σε, ε ~ N(0, I), one draw per entry of `levels`.
 
-    Each entry of `levels` gets its own ε (pass a real as one entry that `d_of` repeats, so its
-    K copies share ε as in the official code). `d_of` must hold augmentation and MNG noise
-    fixed. `logits` = d_of(levels) when the caller already has them, saving a forward pass.
-    E_ε of the penalty is ‖∇_x D‖² up to O(σ²), the exact penalty.
+    A real passed as one entry that the scorer repeats into K levels shares its ε across them,
+    as in the official code.
     """
-    levels = [x.detach() for x in levels]
-    if logits is None:
-        logits = d_of(levels)
-    shifted = [
-        x + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype) for x in levels
-    ]
-    return ((logits.float() - d_of(shifted).float()) / sigma).pow(2).mean()
+    return [x.detach() + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            for x in levels]
 
 
-def exact_penalty(d_of: LogitsOf, levels: list[Tensor]) -> Tensor:
-    """R1/R2 by autograd: mean over samples of ‖∇_x D‖², summed over the clean levels.
+def approx_penalty(logits: Tensor, shifted_logits: Tensor, sigma: float) -> Tensor:
+    """Finite-difference R1/R2: mean of ((D(x) − D(x + σε))/σ)² over the batch.
+
+    Both logits must come from the same augmentation and MNG noise draw. E_ε of the penalty is
+    ‖∇_x D‖² up to O(σ²), the exact penalty.
+    """
+    return ((logits.float() - shifted_logits.float()) / sigma).pow(2).mean()
+
+
+def exact_penalty(logits: Tensor, levels: list[Tensor]) -> Tensor:
+    """R1/R2 by autograd: mean over samples of ‖∇_x D‖², summed over `levels`, the clean
+    inputs (requiring grad) that `logits` were computed from.
 
     The gradient graph is kept (create_graph) so the penalty trains D.
     """
-    inputs = [x.detach().requires_grad_(True) for x in levels]
-    grads = torch.autograd.grad(d_of(inputs).sum(), inputs, create_graph=True)
+    grads = torch.autograd.grad(logits.sum(), levels, create_graph=True)
     return sum(g.float().pow(2).flatten(1).sum(1) for g in grads).mean()
 
 
@@ -100,30 +92,44 @@ def _resize_tokens(tokens: Tensor, count: int) -> Tensor:
     return grid.flatten(2).transpose(1, 2)
 
 
-def _scorer(
-    critic: Critic, labels: Tensor, cfg: RunConfig, like: Tensor, generator: torch.Generator | None, *, real: bool
-) -> tuple[Callable[[list[Tensor]], tuple[Tensor, Tensor]], AugParams]:
-    """D on clean levels with one augmentation and MNG noise draw frozen (shared by penalties).
+class _View:
+    """One augmentation and MNG noise draw, frozen, so the penalties' copies see exactly the
+    transform the adversarial term saw. A real is passed as one latent and repeated into the
+    K levels after augmentation."""
 
-    A real is passed as one latent and repeated into the K levels after augmentation.
+    def __init__(self, cfg: RunConfig, like: Tensor, generator: torch.Generator | None, *, real: bool) -> None:
+        batch, _, height, width = like.shape
+        self.params = sample_params(batch, height, width, cfg.augment, generator, like.device)
+        self.noise = sample_noise(like, cfg.mng, generator)
+        self.cfg, self.real, self.copies = cfg, real, num_inputs(cfg.mng)
+
+    def __call__(self, *level_sets: list[Tensor]) -> Tensor:
+        """D's input for each set of clean levels, stacked on the batch dim in the given order.
+
+        All sets go through one augmentation call (the draw tiled), which on small models
+        costs a fraction of one call per level.
+        """
+        sets, levels = len(level_sets), len(level_sets[0])
+        batch = level_sets[0][0].shape[0]
+        # Rows ordered level-major: level k of every set is one contiguous block.
+        stacked = torch.cat([s[k] for k in range(levels) for s in level_sets])
+        augmented = apply(stacked, tile(self.params, sets * levels)).split(sets * batch)
+        if self.real:
+            augmented = augmented * self.copies
+        noise = [torch.cat([n] * sets) for n in self.noise]
+        return perturb(list(augmented), noise, self.cfg.mng)
+
+
+def score_together(critic: Critic, inputs: list[Tensor], labels: Tensor) -> tuple[tuple[Tensor, ...], Tensor]:
+    """D in one forward pass over input batches stacked on the batch dim, each row block the
+    size of `labels`; the logits of each block in order, and all tokens.
+
+    D has no layer that mixes samples, so this equals one pass per block to float rounding,
+    and on small models it costs one pass's overhead instead of one per block.
     """
-    batch, _, height, width = like.shape
-    params = sample_params(batch, height, width, cfg.augment, generator, like.device)
-    noise = sample_noise(like, cfg.mng, generator)
-    copies = num_inputs(cfg.mng)
-
-    def score(levels: list[Tensor]) -> tuple[Tensor, Tensor]:
-        augmented = [apply(levels[0], params)] * copies if real else [apply(x, params) for x in levels]
-        return critic(perturb(augmented, noise, cfg.mng), labels)
-
-    return score, params
-
-
-def _logits_only(score: Callable[[list[Tensor]], tuple[Tensor, Tensor]]) -> LogitsOf:
-    def logits_of(levels: list[Tensor]) -> Tensor:
-        return score(levels)[0]
-
-    return logits_of
+    stacked = torch.cat(inputs)
+    logits, tokens = critic(stacked, labels.repeat(stacked.shape[0] // labels.shape[0]))
+    return logits.split(labels.shape[0]), tokens
 
 
 def discriminator_loss(
@@ -141,26 +147,35 @@ def discriminator_loss(
 
     `fakes` are all of G's outputs (detached here); `images` are the reals in [0, 1] for the
     REPA encoder, which sees the real latent's translation and flip. REPA runs when an encoder
-    is given and its weight is positive.
+    is given and its weight is positive. Reals, fakes and the penalties' shifted copies are
+    scored in one D pass; random draws come in a fixed order (real view, fake view, ε for the
+    reals, ε for the fakes), so a seed gives the same step however D is batched.
     """
-    real_score, real_params = _scorer(critic, labels, cfg, reals, generator, real=True)
+    penalty = cfg.loss.penalty
+    real_view = _View(cfg, reals, generator, real=True)
     fake_levels = [x.detach() for x in select_levels(fakes, cfg.mng)]
-    fake_score, _ = _scorer(critic, labels, cfg, fake_levels[-1], generator, real=False)
-    real_logits, real_tokens = real_score([reals])
-    fake_logits, _ = fake_score(fake_levels)
+    fake_view = _View(cfg, fake_levels[-1], generator, real=False)
+    real_levels = [reals.detach()]
+    if penalty == "exact":
+        real_levels = [x.requires_grad_(True) for x in real_levels]
+        fake_levels = [x.requires_grad_(True) for x in fake_levels]
+    real_sets, fake_sets = [real_levels], [fake_levels]
+    if penalty == "approx":
+        sigma = cfg.loss.sigma
+        real_sets.append(shifted(real_levels, sigma, generator))
+        fake_sets.append(shifted(fake_levels, sigma, generator))
+    # One D pass over [reals, (shifted reals), fakes, (shifted fakes)].
+    logits, tokens = score_together(critic, [real_view(*real_sets), fake_view(*fake_sets)], labels)
+    real_logits, fake_logits = logits[0], logits[len(real_sets)]
     adversarial = d_adversarial(real_logits, fake_logits)
     terms = {"d_adv": adversarial, "real_logits": real_logits.mean(), "fake_logits": fake_logits.mean()}
     total = adversarial
 
-    penalty = cfg.loss.penalty
     if penalty != "none":
-        real_of, fake_of = _logits_only(real_score), _logits_only(fake_score)
         if penalty == "approx":
-            sigma = cfg.loss.sigma
-            r1 = approx_penalty(real_of, [reals], sigma, logits=real_logits, generator=generator)
-            r2 = approx_penalty(fake_of, fake_levels, sigma, logits=fake_logits, generator=generator)
+            r1, r2 = approx_penalty(real_logits, logits[1], sigma), approx_penalty(fake_logits, logits[-1], sigma)
         else:
-            r1, r2 = exact_penalty(real_of, [reals]), exact_penalty(fake_of, fake_levels)
+            r1, r2 = exact_penalty(real_logits, real_levels), exact_penalty(fake_logits, fake_levels)
         total = total + cfg.loss.gamma / 2 * (r1 + r2)
         terms.update(r1=r1, r2=r2)
 
@@ -168,8 +183,8 @@ def discriminator_loss(
         if images is None:
             raise ValueError("REPA needs the real images (in [0, 1]) next to the latents")
         with torch.no_grad():
-            target_cls, target_patches = encoder(apply(images, geometric_only(real_params)))
-        repa = repa_loss(critic.project(real_tokens), target_cls, target_patches)
+            target_cls, target_patches = encoder(apply(images, geometric_only(real_view.params)))
+        repa = repa_loss(critic.project(tokens[: reals.shape[0]]), target_cls, target_patches)
         total = total + cfg.repa.weight * repa
         terms["repa"] = repa
 
@@ -188,13 +203,13 @@ def generator_loss(
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The G step's loss (relativistic, against reals scored without gradient).
 
-    Gradients also reach D's parameters; the trainer steps only G's optimiser (and zeroes D's
-    gradients before the next D step).
+    Gradients also reach D's parameters unless D is frozen; the trainer freezes it and steps
+    only G's optimiser.
     """
-    fake_score, _ = _scorer(critic, labels, cfg, fakes[-1], generator, real=False)
-    real_score, _ = _scorer(critic, labels, cfg, reals, generator, real=True)
-    fake_logits, _ = fake_score(select_levels(fakes, cfg.mng))
+    fake_view = _View(cfg, fakes[-1], generator, real=False)
+    real_view = _View(cfg, reals, generator, real=True)
+    fake_logits, _ = critic(fake_view(select_levels(fakes, cfg.mng)), labels)
     with torch.no_grad():
-        real_logits, _ = real_score([reals])
+        real_logits, _ = critic(real_view([reals]), labels)
     loss = g_adversarial(fake_logits, real_logits)
     return loss, {"g_adv": loss.detach(), "fake_logits": fake_logits.detach().mean()}

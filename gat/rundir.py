@@ -134,8 +134,12 @@ def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]
     return versions
 
 
-def record_attempt(run_dir: Path, device: str, resumed_from_step: int) -> dict[str, Any]:
-    """Update provenance.json for this attempt (code and host as of now, attempts appended)."""
+def record_attempt(run_dir: Path, device: str, resumed_from_step: int, threads: int) -> dict[str, Any]:
+    """Update provenance.json for this attempt (code and host as of now, attempts appended).
+
+    `threads` is torch's intra-op thread count: on a CPU, float reductions split over threads
+    round differently, so a run repeats bit for bit only with the same count.
+    """
     path = run_dir / PROVENANCE
     previous = read_json(path) or {}
     commit, dirty = git_state()
@@ -147,6 +151,7 @@ def record_attempt(run_dir: Path, device: str, resumed_from_step: int) -> dict[s
         "slurm_array_task_id": os.environ.get("SLURM_ARRAY_TASK_ID"),
         "slurm_restart_count": int(os.environ.get("SLURM_RESTART_COUNT", "0")),
         "resumed_from_step": resumed_from_step,
+        "threads": threads,
     }
     provenance = {
         "git_commit": commit,
@@ -154,6 +159,7 @@ def record_attempt(run_dir: Path, device: str, resumed_from_step: int) -> dict[s
         "packages": package_versions(),
         "host": host,
         "device": device,
+        "threads": threads,
         "attempts": list(previous.get("attempts", [])) + [attempt],
     }
     write_json_atomic(path, provenance)

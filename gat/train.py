@@ -137,25 +137,22 @@ def make_optimizer(config: RunConfig, model: nn.Module, width: int, device: torc
     """AdamW over the LR rule's parameter groups for a network of this width."""
     t = config.train
     groups = param_groups(t.lr_rule, model, width, t.base_lr, t.base_width)
-    return torch.optim.AdamW(
-        groups, betas=(t.beta1, t.beta2), eps=t.eps, weight_decay=t.weight_decay, fused=device.type == "cuda"
-    )
+    # The fused kernel exists for CPU and CUDA tensors and replaces ~15 ops per parameter.
+    return torch.optim.AdamW(groups, betas=(t.beta1, t.beta2), eps=t.eps, weight_decay=t.weight_decay, fused=True)
 
 
 @torch.no_grad()
 def update_ema(ema: nn.Module, model: nn.Module, decay: float) -> None:
     """ema ← decay·ema + (1 − decay)·model for parameters; buffers (the w average) are copied."""
-    for p_ema, p in zip(ema.parameters(), model.parameters()):
-        p_ema.lerp_(p, 1.0 - decay)
-    for b_ema, b in zip(ema.buffers(), model.buffers()):
-        b_ema.copy_(b)
+    torch._foreach_lerp_(list(ema.parameters()), list(model.parameters()), 1.0 - decay)
+    torch._foreach_copy_(list(ema.buffers()), list(model.buffers()))
 
 
 def clip_gradients(model: nn.Module, max_norm: float) -> Tensor:
     """Average gradients over ranks, clip them, and return the pre-clip global norm."""
     params = [p for p in model.parameters() if p.requires_grad]
     distributed.average_gradients(params)
-    return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf)
+    return torch.nn.utils.clip_grad_norm_(params, max_norm if max_norm > 0 else math.inf, foreach=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -224,12 +221,14 @@ def train_step(nets: Nets, batch: Batch, config: RunConfig, generator: torch.Gen
     """One D step then one G step (paper §2.6); returns the detached terms to log."""
     G, D, clip = nets.G, nets.D, config.train.grad_clip
 
-    with torch.no_grad(), amp():
+    # G runs once: D's step sees its outputs detached, and G's step, which comes before G
+    # changes, backpropagates through the same graph.
+    with amp():
         fakes = nets.g_forward(batch.z, batch.labels)
     D.requires_grad_(True)
     with amp(), d_step_attention(config):
         loss_d, terms_d = discriminator_loss(
-            nets.d_forward, batch.reals, fakes, batch.labels, config,
+            nets.d_forward, batch.reals, [x.detach() for x in fakes], batch.labels, config,
             images=batch.images, encoder=nets.encoder, generator=generator,
         )
     nets.opt_d.zero_grad(set_to_none=True)
@@ -242,7 +241,6 @@ def train_step(nets: Nets, batch: Batch, config: RunConfig, generator: torch.Gen
     with torch.no_grad():
         w = G.mapping(batch.z, batch.labels)
     with amp():
-        fakes = nets.g_forward(batch.z, batch.labels)
         loss_g, terms_g = generator_loss(nets.d_forward, batch.reals, fakes, batch.labels, config, generator=generator)
     nets.opt_g.zero_grad(set_to_none=True)
     loss_g.backward()
@@ -576,7 +574,7 @@ def _run(config: RunConfig, run_dir: Path, where: distributed.DistEnv) -> str:
             save_config(config, run_dir / rundir.CONFIG)
             repa_dim = nets.encoder.dim if nets.encoder is not None else None
             rundir.write_json_atomic(run_dir / rundir.MODEL, registry.describe(config, **dims, repa_dim=repa_dim))
-            rundir.record_attempt(run_dir, device_name(device), step)
+            rundir.record_attempt(run_dir, device_name(device), step, torch.get_num_threads())
             rundir.truncate_stats(run_dir, step)  # lines past the checkpoint are about to be redone
             rundir.write_status(run_dir, "running", step)
         reporter = Reporter(config, run_dir, dataset, nets, device, step, main)

@@ -1,12 +1,9 @@
 """Cost estimates for `--dry-run` and size-keyed resource rules: params, GFLOPs, GPU-hours.
 
-`gat.models.describe` gives per-image forward GFLOPs of G and D. One training step (a D update
-then a G update, relativistic loss with approximate R1/R2) costs about, per image:
-  D step: G forward (1 G) + D forward+backward on reals and fakes (2 x 3 D)
-          + the perturbed R1/R2 passes (2 x 3 D, none with loss.penalty=none)
-  G step: G forward+backward (3 G) + D forward+backward on fakes and reals (2 x 3 D)
-so 4 G + 18 D (12 D without a penalty), times batch x steps. GPU-hours divide that by an assumed
-sustained throughput (`resources.estimate`), so they are a planning figure, not a promise.
+`gat.models.describe` gives per-image forward GFLOPs of G and D; `gat.flops` counts what one
+training iteration costs from them (the same count the analysis table uses). GPU-hours divide
+the run's FLOPs by an assumed sustained throughput (`resources.estimate`), so they are a
+planning figure, not a promise.
 """
 from __future__ import annotations
 
@@ -14,6 +11,7 @@ import json
 from typing import Any
 
 from gat import config as gat_config
+from gat.flops import training_flops_per_image
 from sweeps.plan import unflatten
 from sweeps.resources import Estimate
 
@@ -49,12 +47,13 @@ def _describe(flat: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def training_flops(flat: dict[str, Any], stats: dict[str, Any] | None) -> float | None:
-    """Estimated FLOPs of the whole run (see the module docstring for the per-step formula)."""
+    """Estimated FLOPs of the whole run (`gat.flops`' count per image, times batch × steps)."""
     if stats is None:
         return None
-    d_passes = 12 if flat.get("loss.penalty") == "none" else 18
-    per_image = 4 * stats["generator_gflops"] + d_passes * stats["discriminator_gflops"]
-    return per_image * 1e9 * flat["train.batch"] * flat["train.steps"]
+    per_image = training_flops_per_image(
+        stats["generator_gflops"], stats["discriminator_gflops"], flat.get("loss.penalty", "approx")
+    )
+    return per_image * flat["train.batch"] * flat["train.steps"]
 
 
 def device_hours(flops: float | None, estimate: Estimate) -> float | None:

@@ -261,8 +261,10 @@ class RunJob(submitit.helpers.Checkpointable):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (self.code_root, env.get("PYTHONPATH")) if p)
         # torch starts one thread per core it sees, and SLURM without task/cgroup (or the local
         # executor) shows every core to every job: runs sharing a box then spin against each
-        # other (measured: 0.45 -> 3 s a step for two CPU runs on 2 cores). Use the allotment.
-        env.setdefault("OMP_NUM_THREADS", str(self.cpus_per_task))
+        # other (measured: 0.45 -> 3 s a step for two CPU runs on 2 cores). Use the allotment,
+        # whatever the launching shell set: CPU results repeat bit for bit only at one thread
+        # count, so it must follow the grid, not the executor or the shell.
+        env["OMP_NUM_THREADS"] = str(self.cpus_per_task)
         with open(folder / "trainer.log", "ab") as log:
             self._child = subprocess.Popen(
                 [sys.executable, "-m", self.trainer, str(request), "--out", str(run_dir)],

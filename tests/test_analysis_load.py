@@ -17,7 +17,7 @@ import pytest
 import yaml
 
 from analysis import load
-from analysis.flops import forward_passes, training_flops_per_image
+from gat.flops import forward_passes, training_flops_per_image
 from analysis.load import AnalysisError, default_metric, final_rows, load_results, load_table, save_table
 
 PUBLISHED = Path(__file__).parent / "data" / "published_gat_v1.csv"
@@ -140,11 +140,11 @@ def test_parent_folder_with_bare_runs_and_sweeps(tmp_path: Path, sweep: Path) ->
 
 
 def test_training_flops_formula(sweep: Path) -> None:
-    assert forward_passes("approx") == (4.0, 16.0)
-    assert forward_passes("none") == (4.0, 10.0)
+    assert forward_passes("approx") == (3.0, 16.0)
+    assert forward_passes("none") == (3.0, 10.0)
     row = load_results([sweep]).query("run_id == 'id-s'").iloc[-1]
     g = size_gflops(384, 12, 2)
-    expected = 300 * 32 * 2e9 * (4 * g + 16 * 0.8 * g)
+    expected = 300 * 32 * 2e9 * (3 * g + 16 * 0.8 * g)
     assert row["train_flops"] == pytest.approx(expected)
     assert row["train_flops"] == pytest.approx(row["images_seen"] * training_flops_per_image(g, 0.8 * g))
     assert row["gflops"] == pytest.approx(g) and row["gpu_hours"] == pytest.approx(0.05 * 300 / 3600)

@@ -109,6 +109,28 @@ def test_concurrent_first_use_encodes_once(fmnist_subset: Path, tmp_path: Path) 
     assert len(ShardDataset(target)) == 256
 
 
+def test_encoding_runs_on_a_fixed_thread_count(fmnist_subset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The cached latents must not depend on the thread count of whichever job built them."""
+    from gat.data import fashion_mnist, vae as vae_lib
+
+    seen = []
+    real_encode = vae_lib.encode_moments
+
+    def encode(vae, images):
+        seen.append(torch.get_num_threads())
+        return real_encode(vae, images)
+
+    monkeypatch.setattr(vae_lib, "encode_moments", encode)
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        load_dataset(DataConfig(kind="fashion_mnist", path=str(fmnist_subset)))  # a fresh cache: encodes
+        assert seen and set(seen) == {fashion_mnist.ENCODE_THREADS}
+        assert torch.get_num_threads() == 1  # the job's own count is restored
+    finally:
+        torch.set_num_threads(before)
+
+
 def test_posterior_sampling_is_seeded_and_random(fmnist_subset: Path) -> None:
     data = load_dataset(DataConfig(kind="fashion_mnist", path=str(fmnist_subset)))
     idx = torch.tensor([5, 1, 200])

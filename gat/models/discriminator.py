@@ -97,9 +97,20 @@ class Discriminator(nn.Module):
         # sigma=0.01, and bf16 logits would turn that difference into rounding noise.
         can_autocast = torch.amp.is_autocast_available(x.device.type)
         with torch.autocast(x.device.type, enabled=False) if can_autocast else contextlib.nullcontext():
-            class_code = self.class_mapping(self.class_embed(y).float())
+            class_code = self.class_code(y)
             logits = (self.head(tokens[:, 0].float()) * class_code).sum(-1)
         return logits, tokens
+
+    def class_code(self, y: Tensor) -> Tensor:
+        """The class MLP's code e_y [B, cmap_dim] for labels y, in float32.
+
+        The code depends on the label alone, so when the batch has more rows than there are
+        classes (the trainer scores reals, fakes and their shifted copies in one pass) it is
+        computed once per class and gathered.
+        """
+        if self.class_embed.num_embeddings < y.shape[0]:
+            return self.class_mapping(self.class_embed.weight.float())[y]
+        return self.class_mapping(self.class_embed(y).float())
 
     def project(self, tokens: Tensor) -> Tensor:
         """REPA projection of every token [B, 1+N, width] -> [B, 1+N, repa_dim]."""

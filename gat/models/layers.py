@@ -26,10 +26,15 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim)) if affine else None
 
     def forward(self, x: Tensor) -> Tensor:
-        out = x.float() * torch.rsqrt(x.float().square().mean(-1, keepdim=True) + self.eps)
+        out = rms_normalize(x, self.eps)
         if self.weight is not None:
             out = out * self.weight.float()
         return out.to(x.dtype)
+
+
+def rms_normalize(x: Tensor, eps: float) -> Tensor:
+    """x / sqrt(mean(x², last dim) + eps) in float32."""
+    return x.float() * torch.rsqrt(x.float().square().mean(-1, keepdim=True) + eps)
 
 
 class EqualLinear(nn.Module):
@@ -109,18 +114,20 @@ class AxialRoPE(nn.Module):
         rows = angles[:, None, :].expand(grid, grid, axis_dim)
         cols = angles[None, :, :].expand(grid, grid, axis_dim)
         full = torch.cat([rows, cols], dim=-1).reshape(grid * grid, head_dim)
-        self.num_prefix = num_prefix
+        # Prefix tokens get angle 0 (cos 1, sin 0), which leaves them as they are without
+        # slicing them off. The sign of rotate-half is folded into sin: pair (a, b) rotates
+        # to (a·cos − b·sin, b·cos + a·sin) = (a, b)·cos + (b, a)·(−sin, sin).
+        cos = torch.cat([torch.ones(num_prefix, head_dim), full.cos()])
+        sin = torch.cat([torch.zeros(num_prefix, head_dim), full.sin()])
+        sin = sin * torch.tensor([-1.0, 1.0]).repeat(head_dim // 2)
         # Recomputed from the shape, so they need not be in checkpoints.
-        self.register_buffer("cos", full.cos(), persistent=False)
-        self.register_buffer("sin", full.sin(), persistent=False)
+        self.register_buffer("cos", cos, persistent=False)
+        self.register_buffer("signed_sin", sin, persistent=False)
 
     def forward(self, x: Tensor) -> Tensor:
-        """x: [B, heads, tokens, head_dim] → the same with grid tokens rotated."""
-        prefix, grid = x[:, :, : self.num_prefix], x[:, :, self.num_prefix :]
-        pairs = grid.unflatten(-1, (-1, 2))
-        rotated_half = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
-        grid = grid * self.cos.to(x.dtype) + rotated_half * self.sin.to(x.dtype)
-        return torch.cat([prefix, grid], dim=2)
+        """x: [..., tokens, head_dim] → the same with the grid tokens rotated."""
+        swapped = x.unflatten(-1, (-1, 2)).flip(-1).flatten(-2)
+        return x * self.cos.to(x.dtype) + swapped * self.signed_sin.to(x.dtype)
 
 
 class Attention(nn.Module):
@@ -138,9 +145,11 @@ class Attention(nn.Module):
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, rope: AxialRoPE) -> Tensor:
-        q, k, v = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
-        q, k = rope(self.q_norm(q)), rope(self.k_norm(k))
-        out = F.scaled_dot_product_attention(q, k, v)
+        qkv = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
+        # q and k are normalised and rotated as one tensor: half the elementwise ops.
+        gains = torch.stack([self.q_norm.weight, self.k_norm.weight]).view(2, 1, 1, 1, -1)
+        q, k = rope((rms_normalize(qkv[:2], self.q_norm.eps) * gains.float()).to(qkv.dtype))
+        out = F.scaled_dot_product_attention(q, k, qkv[2])
         return self.proj(out.transpose(1, 2).flatten(2))
 
 

@@ -8,26 +8,28 @@ Conventions
 * Training compute is counted in real FLOPs: 1 MAC = 2 FLOPs, and a backward pass costs twice
   its forward (gradients w.r.t. activations and w.r.t. weights, Kaplan et al. 2020).
 
-Passes per training iteration and per image of the batch (what one GAT step runs)
-------------------------------------------------------------------------------
-D step
-  * G forward without grad on the fakes .......................... 1 G fwd
+Passes per training iteration and per image of the batch (what `gat.train.train_step` runs)
+------------------------------------------------------------------------------------------
+G runs once per iteration: the D step uses its outputs detached, and the G step
+backpropagates through the same graph (G does not change in between).
+  * G forward + backward ......................................... 1 + 2 = 3 G fwd
+D step (one batched pass over reals, fakes and the penalties' shifted copies)
   * D forward + backward on reals and on fakes ................... 2 × (1 + 2) = 6 D fwd
   * the approximated R1/R2 penalties: one extra D forward on the
     perturbed reals and one on the perturbed fakes, plus their
     backward ....................................................... 2 × (1 + 2) = 6 D fwd
 G step
-  * G forward + backward ......................................... 1 + 2 = 3 G fwd
   * D forward + backward on the fakes (the gradient reaches G
     through D) ..................................................... 1 + 2 = 3 D fwd
   * D forward on the reals (relativistic pairing needs their logits) 1 D fwd
 
-Total: 4 G fwd + 16 D fwd with penalties, 4 G fwd + 10 D fwd with ``loss.penalty: none``.
+Total: 3 G fwd + 16 D fwd with penalties, 3 G fwd + 10 D fwd with ``loss.penalty: none``.
 The exact R1/R2 (``loss.penalty: exact``) is counted like the approximated one: its double
 backward costs about as much as the two extra forwards and their backward. Not counted: the
 frozen REPA encoder and D's REPA projector (their cost is not in ``model.json``), the EMA
 update, evaluation and sampling. MNG's extra input channels are already inside D's GFLOPs
-(only D's patch embedding widens).
+(only D's patch embedding widens). The planner (`sweeps.costs`), the benchmark (`gat.bench`)
+and the analysis table (`analysis.load`) all count with this module.
 """
 from __future__ import annotations
 
@@ -45,7 +47,7 @@ def forward_passes(penalty: str = "approx") -> tuple[float, float]:
     if penalty not in _PENALTY_D_FORWARDS:
         raise ValueError(f"unknown loss.penalty {penalty!r} (allowed: {', '.join(_PENALTY_D_FORWARDS)})")
     fwd_bwd = 1 + BACKWARD_OVER_FORWARD
-    g = 1 + fwd_bwd  # D step: G fwd (no grad); G step: G fwd/bwd
+    g = fwd_bwd  # one G forward serves both steps; its backward is the G step's
     d = 2 * fwd_bwd + fwd_bwd + 1  # D step: reals+fakes fwd/bwd; G step: fakes fwd/bwd + reals fwd
     d += _PENALTY_D_FORWARDS[penalty] * fwd_bwd
     return float(g), float(d)

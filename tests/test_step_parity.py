@@ -1,0 +1,83 @@
+"""Today's training step computes what the step of commit 680806f computed, to float rounding.
+
+That step scored reals, fakes and the penalties' shifted copies in four separate D passes, ran G
+twice per iteration and used per-tensor AdamW and EMA. tests/data/step_reference.pt holds its
+losses, gradients and weights after two iterations from a fixed seed, for four configurations
+(scripts/make_step_reference.py wrote it). Batching D's passes, running G once and the fused
+optimiser change only the order of float operations, so every number must agree to rounding.
+"""
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parent.parent
+REFERENCE = torch.load(ROOT / "tests" / "data" / "step_reference.pt", weights_only=False)
+# The finite-difference penalties divide logit differences by σ² = 1e-4, so they carry the
+# rounding of the logits four orders of magnitude up; every other term agrees to 1e-5.
+TERM_RTOL = {"r1": 2e-3, "r2": 2e-3}
+# D's head bias b adds <b, e_y> to every logit of class y, and every D loss term is a
+# difference of two logits with the same label, so its true gradient is exactly 0 and what
+# autograd returns is rounding noise. Adam (β1 = 0) turns any noise into a ±lr step, so its
+# value after a step is noise-driven in either implementation.
+NOISE_ONLY = {"D.head.1.bias"}
+
+
+def _recorder():
+    spec = importlib.util.spec_from_file_location("make_step_reference", ROOT / "scripts" / "make_step_reference.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _assert_close_per_net(expected: dict, actual: dict, rtol: float, what: str) -> None:
+    """Every tensor within rtol of the largest |value| of its network (G, D, G_ema)."""
+    assert expected.keys() == actual.keys()
+    scale: dict[str, float] = {}
+    for name, value in expected.items():
+        net = name.split(".")[0]
+        scale[net] = max(scale.get(net, 0.0), value.abs().max().item())
+    for name, value in expected.items():
+        if name in NOISE_ONLY:
+            continue
+        error = (value - actual[name]).abs().max().item()
+        assert error <= rtol * scale[name.split(".")[0]], f"{what} {name}: off by {error:.3g}"
+
+
+@pytest.mark.parametrize("case", sorted(REFERENCE))
+def test_step_matches_the_unbatched_reference(case: str) -> None:
+    recorder = _recorder()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        actual = recorder.record(str(ROOT / "gat" / "configs" / "fmnist.yaml"), recorder.CASES[case])
+    finally:
+        torch.set_num_threads(threads)
+    expected = REFERENCE[case]
+    for step, (want, got) in enumerate(zip(expected["terms"], actual["terms"])):
+        assert want.keys() == got.keys()
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=TERM_RTOL.get(key, 1e-5)), f"step {step} {key}"
+    _assert_close_per_net(expected["grads"], actual["grads"], 1e-4, "gradient")
+    _assert_close_per_net(expected["weights"], actual["weights"], 1e-5, "weight")
+
+
+def test_batched_critic_pass_equals_one_pass_per_sample() -> None:
+    """score_together relies on D having no layer that mixes samples."""
+    from gat.config import load_config
+    from gat.models import registry
+    from gat.objective import score_together
+
+    config = load_config(ROOT / "gat" / "configs" / "fmnist.yaml", {"model.width": 32, "model.patch": 2})
+    torch.manual_seed(0)
+    D = registry.build_discriminator(config, latent_channels=4, latent_size=8, num_classes=10, repa_dim=None)
+    labels = torch.randint(10, (6,))
+    inputs = [torch.randn(6, 16, 8, 8) for _ in range(3)]
+    logits, tokens = score_together(D, inputs, labels)
+    assert len(logits) == 3 and tokens.shape[0] == 18
+    for batch, together in zip(inputs, logits):
+        alone = torch.cat([D(batch[i : i + 1], labels[i : i + 1])[0] for i in range(6)])
+        torch.testing.assert_close(together, alone, rtol=1e-5, atol=1e-6)
