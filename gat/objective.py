@@ -20,6 +20,7 @@ from gat.augment import apply, geometric_only, sample_params, tile
 from gat.config import RunConfig
 from gat.mng import num_inputs, perturb, sample_noise, select_levels
 
+
 class Critic(Protocol):
     """What the objective needs from the discriminator."""
 

@@ -4,8 +4,11 @@
 
 Each iteration (paper §2.6) is one D step then one G step on the same z, labels and real batch:
 
-    D step: fakes = G(z, y) without grad; L_D = relativistic + γ/2·(aR1 + aR2) + λ·REPA
-    G step: L_G = relativistic against D(real) scored without grad
+    fakes = G(z, y), once (G does not change before its own step)
+    D step: L_D = relativistic + γ/2·(aR1 + aR2) + λ·REPA on the detached fakes, reals, fakes
+            and the penalties' shifted copies scored in one batched D pass
+    G step: L_G = relativistic against D(real) scored without grad, backpropagated through
+            the fakes' graph
     then: G's per-class w average, G's EMA (0.999)
 
 AdamW (β = (0, 0.99)), width-aware LR per network, gradient-norm clipping at 1.0, bf16 autocast
@@ -125,15 +128,15 @@ def build_nets(config: RunConfig, dims: dict[str, int], device: torch.device) ->
     compile_ = torch.compile if t.compile else (lambda module: module)
     return Nets(
         G=G, D=D, G_ema=G_ema, encoder=encoder,
-        opt_g=make_optimizer(config, G, g_width, device),
-        opt_d=make_optimizer(config, D, d_width, device),
+        opt_g=make_optimizer(config, G, g_width),
+        opt_d=make_optimizer(config, D, d_width),
         g_forward=compile_(G), d_forward=compile_(D),
         lr_g=learning_rate(t.lr_rule, g_width, t.base_lr, t.base_width),
         lr_d=learning_rate(t.lr_rule, d_width, t.base_lr, t.base_width),
     )
 
 
-def make_optimizer(config: RunConfig, model: nn.Module, width: int, device: torch.device) -> torch.optim.Optimizer:
+def make_optimizer(config: RunConfig, model: nn.Module, width: int) -> torch.optim.Optimizer:
     """AdamW over the LR rule's parameter groups for a network of this width."""
     t = config.train
     groups = param_groups(t.lr_rule, model, width, t.base_lr, t.base_width)

@@ -35,7 +35,8 @@ STUB = textwrap.dedent('''
         status = lambda state, step, reason=None: write(run / "status.json", {
             "state": state, "step": step, "reason": reason, "updated": time.time()})
         with open(run / "stub_runs.jsonl", "a") as log:
-            log.write(json.dumps({"start": time.time(), "pid": os.getpid()}) + "\\n")
+            log.write(json.dumps({"start": time.time(), "pid": os.getpid(),
+                                  "omp_threads": os.environ.get("OMP_NUM_THREADS")}) + "\\n")
         ckpt = run / "ckpt.json"
         step = json.loads(ckpt.read_text())["step"] if ckpt.exists() else 0
         path = cfg["data"]["path"]

@@ -1,4 +1,4 @@
-"""analysis.load / analysis.flops against synthetic run and sweep folders (docs/run_folder.md).
+"""analysis.load / gat.flops against synthetic run and sweep folders (docs/run_folder.md).
 
 ``write_run`` and ``write_sweep`` are also used by the other analysis tests and the benchmark.
 """

@@ -53,6 +53,16 @@ def test_relaunch_after_grid_change_names_the_earlier_runs(tmp_path, stub_traine
     assert len(manifest.read(sweep)["runs"]) == 4  # a run id is forever: nothing is dropped
 
 
+def test_trainer_threads_follow_the_grid_not_the_shell(tmp_path, stub_trainer, monkeypatch):
+    """CPU results repeat bit for bit only at one thread count, so the shell must not change it."""
+    monkeypatch.setenv("OMP_NUM_THREADS", "7")
+    sweep = tmp_path / "sweep"
+    assert launch.main([str(write_grid(tmp_path / "g.yaml", seed=[0])), "--out", str(sweep), "--executor", "debug",
+                        "--wait"]) == 0
+    records = [json.loads(line) for path in sweep.glob("runs/*/stub_runs.jsonl") for line in path.read_text().splitlines()]
+    assert [r["omp_threads"] for r in records if "start" in r] == ["1"]  # the grid's cpus_per_task
+
+
 @pytest.mark.parametrize("executor", ["local", "debug"])
 def test_failing_run_is_marked_failed_others_complete(tmp_path, stub_trainer, executor, capsys):
     grid = write_grid(tmp_path / "g.yaml", zip_axes={"seed": [0, 1, 2], "data.path": [None, "/nonexistent", None]})

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 
+from pathlib import Path
+
 import pytest
 import yaml
 
@@ -94,7 +96,7 @@ def test_base_path_resolves_against_repo_and_bare_names_to_bundled():
         resolve_grid_path("no_such_grid.yaml")
 
 
-@pytest.mark.parametrize("name", ["scaling_grid.yaml", "imagenet256_scaling.yaml", "ablation_mng.yaml", "lr_transfer.yaml"])
+@pytest.mark.parametrize("name", sorted(p.name for p in (Path(__file__).parent.parent / "sweeps" / "configs").glob("*.yaml")))
 def test_bundled_grids_validate(name):
     spec = load_grid(name)
     validate_points(spec, expand(spec))

@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor, nn
 
 from gat.models.layers import (
@@ -109,7 +110,9 @@ class Discriminator(nn.Module):
         computed once per class and gathered.
         """
         if self.class_embed.num_embeddings < y.shape[0]:
-            return self.class_mapping(self.class_embed.weight.float())[y]
+            # Gathered with `embedding`, whose backward sums rows in a fixed order; indexing's
+            # backward accumulates in thread order and breaks bitwise repeatability on 2+ threads.
+            return F.embedding(y, self.class_mapping(self.class_embed.weight.float()))
         return self.class_mapping(self.class_embed(y).float())
 
     def project(self, tokens: Tensor) -> Tensor:
