@@ -87,6 +87,13 @@ class Discriminator(nn.Module):
 
         init_linears(self)
         nn.init.normal_(self.class_embed.weight, std=0.02)
+        # The head's bias adds <b, e_y> to every logit of class y, and every loss term compares
+        # two logits of one label, so its gradient is zero in exact arithmetic. In floats the
+        # +/− contributions leave rounding noise, which Adam (β1 = 0) turns into steps of up to
+        # lr: with one batched D pass |b| drifted to 1.2 in 1500 steps (the official code's
+        # separate passes drift less, not zero, under the approximate penalty). b cannot change
+        # a loss but does shift the logits that diagnostics measure, so it keeps its initial 0.
+        self.head[1].bias.register_hook(torch.zeros_like)
 
     def forward(self, x: Tensor, y: Tensor) -> tuple[Tensor, Tensor]:
         """Projection logits [B] and the last block's tokens (cls first)."""
