@@ -161,25 +161,21 @@ def official_step(case: dict, path: str):
     x = torch.randn(case["batch"], 4, 32, 32, generator=data)
     y = torch.randint(1000, (case["batch"],), generator=data)
 
+    def update(net: nn.Module, optimizer: torch.optim.Optimizer, loss_of, model_kwargs: dict) -> None:
+        net.module.requires_grad_(True)
+        loss_of(G, D, None, x, None, 0, model_kwargs)[0].mean().backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), 1.0)
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        net.module.requires_grad_(False)
+
     def step() -> None:
-        model_kwargs = {"y": y}
-        D.module.requires_grad_(True)
-        loss = loss_fn.step_disc(G, D, None, x, None, 0, model_kwargs)[0].mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(D.parameters(), 1.0)
-        opt_d.step()
-        opt_d.zero_grad(set_to_none=True)
-        D.module.requires_grad_(False)
-        G.module.requires_grad_(True)
-        loss = loss_fn.step_gen(G, D, None, x, None, 0, model_kwargs)[0].mean()
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(G.parameters(), 1.0)
-        opt_g.step()
-        opt_g.zero_grad(set_to_none=True)
+        model_kwargs = {"y": y}  # step_disc adds z, which step_gen then reuses, as in train.py
+        update(D, opt_d, loss_fn.step_disc, model_kwargs)
+        update(G, opt_g, loss_fn.step_gen, model_kwargs)
         with torch.no_grad():
             for p_ema, p in zip(ema.parameters(), G.module.parameters()):
                 p_ema.mul_(0.999).add_(p.data, alpha=0.001)
-        G.module.requires_grad_(False)
 
     return step
 
@@ -241,7 +237,13 @@ def main(argv: list[str] | None = None) -> int:
             print(f"error: --only {args.only} names no case", file=sys.stderr)
             return 2
     with tempfile.TemporaryDirectory() as tmp:
-        before_root = extract(args.before, Path(tmp))
+        try:
+            before_root = extract(args.before, Path(tmp))
+        except (OSError, subprocess.CalledProcessError) as err:
+            detail = getattr(err, "stderr", b"") or str(err).encode()
+            print(f"error: cannot extract gat/ at --before {args.before} from {ROOT} "
+                  f"(a git checkout is needed): {detail.decode(errors='replace').strip()}", file=sys.stderr)
+            return 2
         impls = {"before": ("gatscale", before_root), "after": ("gatscale", ROOT)}
         results: dict[tuple[str, str], list[float]] = {}
         for round_ in range(args.rounds):
