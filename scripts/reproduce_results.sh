@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the studies under results/ that today's code produced: the embedded default and the
-# MNG ablation at 2500 steps (run folders resumed or skipped where they exist), their tables, fits,
-# plots and notebook. About 25 min on 2 cores, plus 1.5 min to encode Fashion-MNIST on first use. Each launch is safe to rerun. With the same thread count and CPU model, metrics and fits agree to the last digit;
+# MNG and LR ablations at 2500 steps (run folders resumed or skipped where they exist), their
+# tables, fits, plots and notebooks. About 37 min on 2 cores, plus 1.5 min to encode Fashion-MNIST on first use. Each launch is safe to rerun. With the same thread count and CPU model, metrics and fits agree to the last digit;
 # job wall times differ between reruns. results/short_budget/ was made by an earlier step
 # implementation and is not rerun (results/README.md says why). See results/README.md for what
 # each step shows.
@@ -25,5 +25,12 @@ for mode in exp off; do
 done
 GATSCALE_RESULTS="$PWD/results/mng_cpu" .venv/bin/jupyter execute notebooks/early_layer_use.ipynb
 
-# Not yet run, so not committed: the reference study (scaling_cpu.yaml) and the LR ablation at
-# its budget (lr_rule_cpu.yaml); results/README.md says what is planned.
+# 3. Constant vs width-aware LR at 2500 steps: instability, and a coordinate check.
+$py -m sweeps.launch lr_rule_cpu.yaml --wait
+$py -m analysis.plot_scaling results/lr_rule_cpu --where train.lr_rule=constant --out results/lr_rule_cpu/analysis/scaling_constant
+$py -m gat.coord_check --widths 32 64 128 256 --rules constant width_aware mup --steps 5 \
+  --out results/lr_rule_cpu/coord_check
+GATSCALE_RESULTS="$PWD/results/lr_rule_cpu" .venv/bin/jupyter execute notebooks/instability.ipynb
+
+# Not yet run, so not committed: the reference study (scaling_cpu.yaml); results/README.md says
+# what is planned.
