@@ -2,11 +2,13 @@
 from __future__ import annotations
 
 import time
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pytest
+import scipy.linalg
 import torch
 
 from gat.config import EvalConfig
@@ -39,13 +41,36 @@ def test_diagonal_gaussians_match_closed_form() -> None:
     assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(expected, rel=1e-6)
 
 
-def test_singular_covariances_stay_finite() -> None:
+def test_general_covariances_match_scipy_sqrtm() -> None:
+    rng = np.random.default_rng(3)
+    mu1, s1 = feature_stats(rng.normal(size=(400, 24)) @ rng.normal(size=(24, 24)))
+    mu2, s2 = feature_stats(rng.normal(size=(400, 24)) @ rng.normal(size=(24, 24)) + 0.5)
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1 + s2 - 2 * scipy.linalg.sqrtm(s1 @ s2).real)
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected, rel=1e-9)
+
+
+def test_singular_covariances_warn_once_at_stats_and_stay_exact() -> None:
     rng = np.random.default_rng(2)
     # Fewer samples than dimensions: rank-deficient covariances, as with small eval sets.
-    mu1, s1 = feature_stats(rng.normal(size=(5, 32)))
-    mu2, s2 = feature_stats(rng.normal(size=(5, 32)) + 1)
-    value = frechet_distance(mu1, s1, mu2, s2)
-    assert np.isfinite(value) and value > 0
+    with pytest.warns(UserWarning, match="5 samples for 32-d features"):
+        mu1, s1 = feature_stats(rng.normal(size=(5, 32)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        mu2, s2 = feature_stats(rng.normal(size=(5, 32)) + 1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no LinAlgWarning or other noise from the distance
+        value = frechet_distance(mu1, s1, mu2, s2)
+    # Reference: Tr((s1 s2)^(1/2)) as the sum of square roots of the product's eigenvalues,
+    # computed by a different (non-symmetric) solver; only 4 of them are nonzero.
+    roots = np.sqrt(np.clip(np.linalg.eigvals(s1 @ s2).real, 0, None)).sum()
+    expected = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * roots
+    assert value == pytest.approx(expected, rel=1e-6)
+    assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_nonfinite_statistics_are_refused() -> None:
+    with pytest.raises(ValueError, match="NaN or inf"):
+        frechet_distance(np.zeros(2), np.array([[np.inf, 0], [0, 1]]), np.zeros(2), np.eye(2))
 
 
 def test_feature_stats_shapes_and_errors() -> None:

@@ -4,10 +4,10 @@ from __future__ import annotations
 import hashlib
 import os
 import tempfile
+import warnings
 from pathlib import Path
 
 import numpy as np
-import scipy.linalg
 import torch
 
 from gat.cache import cache_root, exclusive
@@ -16,37 +16,48 @@ from gat.eval.features import FeatureExtractor
 
 
 def feature_stats(features: torch.Tensor | np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """(mu [D], sigma [D,D]) in float64 of features [N, D] (N >= 2; unbiased covariance)."""
+    """(mu [D], sigma [D,D]) in float64 of features [N, D] (N >= 2; unbiased covariance).
+
+    Warns (once per call site) when N < D: sigma is then singular, and the distance is a
+    biased estimate that moves with N.
+    """
     x = features.detach().cpu().double().numpy() if isinstance(features, torch.Tensor) else np.asarray(features, np.float64)
     if x.ndim != 2 or x.shape[0] < 2:
         raise ValueError(f"need features [N>=2, D], got shape {x.shape}")
+    if x.shape[0] < x.shape[1]:
+        warnings.warn(
+            f"{x.shape[0]} samples for {x.shape[1]}-d features: the covariance is singular and the "
+            "Fréchet distance is biased; use at least as many samples as feature dimensions",
+            stacklevel=2,
+        )
     return x.mean(axis=0), np.cov(x, rowvar=False)
 
 
-def frechet_distance(
-    mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray, eps: float = 1e-6
-) -> float:
+def _psd_sqrt(sigma: np.ndarray) -> np.ndarray:
+    """The symmetric square root of a PSD matrix; round-off negatives are clipped to 0."""
+    eigenvalues, vectors = np.linalg.eigh(sigma)
+    return (vectors * np.sqrt(np.clip(eigenvalues, 0, None))) @ vectors.T
+
+
+def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma2: np.ndarray) -> float:
     """||mu1 - mu2||^2 + Tr(sigma1 + sigma2 - 2 (sigma1 sigma2)^(1/2)).
 
-    As in pytorch-fid: if the product is singular (sqrtm not finite), both covariances get
-    `eps` on the diagonal; imaginary parts from round-off are dropped unless they are large,
-    which signals a real problem (e.g. non-PSD inputs).
+    Tr((sigma1 sigma2)^(1/2)) is the sum of square roots of the eigenvalues of the symmetric PSD
+    matrix sigma1^(1/2) sigma2 sigma1^(1/2), which has the same spectrum as sigma1 sigma2. Using
+    symmetric eigensolvers keeps it well defined for singular covariances (few samples, collapsed
+    generators), where `scipy.linalg.sqrtm` of the non-symmetric product warns and loses accuracy.
     """
     mu1, mu2 = np.atleast_1d(np.asarray(mu1, np.float64)), np.atleast_1d(np.asarray(mu2, np.float64))
     sigma1, sigma2 = np.atleast_2d(np.asarray(sigma1, np.float64)), np.atleast_2d(np.asarray(sigma2, np.float64))
     if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != mu1.shape * 2:
         raise ValueError(f"shape mismatch: mu {mu1.shape} vs {mu2.shape}, sigma {sigma1.shape} vs {sigma2.shape}")
+    if not (np.isfinite(mu1).all() and np.isfinite(mu2).all() and np.isfinite(sigma1).all() and np.isfinite(sigma2).all()):
+        raise ValueError("statistics contain NaN or inf")
     diff = mu1 - mu2
-    covmean = scipy.linalg.sqrtm(sigma1 @ sigma2)
-    if not np.isfinite(covmean).all():
-        offset = np.eye(sigma1.shape[0]) * eps
-        covmean = scipy.linalg.sqrtm((sigma1 + offset) @ (sigma2 + offset))
-    if np.iscomplexobj(covmean):
-        largest = np.max(np.abs(covmean.imag))
-        if not np.allclose(np.diagonal(covmean).imag, 0, atol=1e-3):
-            raise ValueError(f"sqrtm of the covariance product has a large imaginary part ({largest:.3g})")
-        covmean = covmean.real
-    distance = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * np.trace(covmean)
+    root1 = _psd_sqrt((sigma1 + sigma1.T) / 2)
+    product = root1 @ sigma2 @ root1
+    trace_covmean = np.sqrt(np.clip(np.linalg.eigvalsh((product + product.T) / 2), 0, None)).sum()
+    distance = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_covmean
     # Round-off can push identical statistics a hair below zero.
     return float(max(distance, 0.0))
 

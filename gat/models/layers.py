@@ -140,8 +140,9 @@ class Attention(nn.Module):
         self.heads = heads
         head_dim = dim // heads
         self.qkv = nn.Linear(dim, 3 * dim)
-        self.q_norm = RMSNorm(head_dim)
-        self.k_norm = RMSNorm(head_dim)
+        # The official layer is nn.RMSNorm with eps=None, i.e. float32's eps for float32 inputs.
+        self.q_norm = RMSNorm(head_dim, eps=torch.finfo(torch.float32).eps)
+        self.k_norm = RMSNorm(head_dim, eps=torch.finfo(torch.float32).eps)
         self.proj = nn.Linear(dim, dim)
 
     def forward(self, x: Tensor, rope: AxialRoPE) -> Tensor:
