@@ -14,7 +14,7 @@ The input is the contract in ``docs/run_folder.md``; nothing here imports the tr
 * outcome: ``status`` (completed | diverged | failed | running | pending | unknown), ``reason``,
   ``diverged_step``;
 * per eval row: ``step``, ``images_seen``, ``wall_s``, ``gpu_hours`` (single-device runs:
-  wall-clock hours), ``loss_d``, ``loss_g`` and one column per metric (``fid``, ``fd_fmnist``…).
+  wall-clock hours), ``loss_d``, ``loss_g`` and one column per metric (``fid50k``, ``fid5k_train``, ``fd_fmnist``…; see gat.metric_names).
 
 A run with no eval row (diverged or failed early, or not started) still gets one row, at its
 last known step with the metrics NaN, so nothing is dropped silently.
@@ -38,9 +38,7 @@ import pandas as pd
 import yaml
 
 from gat.flops import training_flops_per_image
-
-# Metrics in the order a default is picked (Inception FID first; see docs/run_folder.md).
-METRIC_PREFERENCE = ("fid", "fd_fmnist")
+from gat.metric_names import is_metric, metric_rank
 CONFIG_COLUMNS = (
     "model.width", "model.depth", "model.heads", "model.patch", "model.d_width", "model.d_depth",
     "train.batch", "train.lr_rule", "train.base_lr", "train.base_width", "mng.mode",
@@ -107,7 +105,7 @@ def load_results(paths: Iterable[str | Path]) -> pd.DataFrame:
             table[column] = np.nan
     table = _derive(table)
     table = table.sort_values(["_run", "step"], kind="stable").drop(columns="_run").reset_index(drop=True)
-    table.attrs["metrics"] = sorted(metrics.columns, key=_metric_rank)
+    table.attrs["metrics"] = sorted(metrics.columns, key=metric_rank)
     table.attrs["coords"] = coords
     return table
 
@@ -130,7 +128,7 @@ def load_table(path: str | Path, required: Sequence[str] = ()) -> pd.DataFrame:
     """Read a CSV (or parquet) table of the tidy shape, e.g. published points.
 
     Minimal columns: ``model`` or ``run_id``, plus those in ``required`` (the CLI asks for the
-    x column and the metric, e.g. ``gflops`` and ``fid``). Filled when absent: ``run_id`` (from
+    x column and the metric, e.g. ``gflops`` and ``fid50k``). Filled when absent: ``run_id`` (from
     ``model``, else the row number), ``status`` = completed, ``step`` = NaN, ``sweep`` = "".
     """
     path = Path(path)
@@ -156,7 +154,7 @@ def load_table(path: str | Path, required: Sequence[str] = ()) -> pd.DataFrame:
     for column, value in defaults.items():
         if column not in table:
             table[column] = value
-    table.attrs["metrics"] = [m for m in METRIC_PREFERENCE if m in table]
+    table.attrs["metrics"] = sorted((c for c in table.columns if is_metric(str(c))), key=metric_rank)
     table.attrs["coords"] = []
     return table
 
@@ -187,13 +185,14 @@ def save_table(table: pd.DataFrame, path: str | Path) -> Path:
 
 def metric_columns(table: pd.DataFrame) -> list[str]:
     """The metric columns of a table (recorded by the loaders, else the known names present)."""
-    names = table.attrs.get("metrics") or [m for m in METRIC_PREFERENCE if m in table]
+    names = table.attrs.get("metrics") or sorted((c for c in table.columns if is_metric(str(c))), key=metric_rank)
     return [m for m in names if m in table]
 
 
 def default_metric(table: pd.DataFrame) -> str:
-    """The metric to analyse when none is named: ``fid``, then ``fd_fmnist``, then any other
-    metric that has at least one value."""
+    """The metric to analyse when none is named, in `gat.metric_names.metric_rank` order (FID
+    against reference statistics, FID against training images, ``fd_fmnist``), the first with
+    at least one value."""
     for metric in metric_columns(table):
         if table[metric].notna().any():
             return metric
@@ -208,11 +207,6 @@ def final_rows(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     with_value = ordered[has_value].groupby("run_id", sort=False).tail(1)
     without = ordered[~ordered["run_id"].isin(with_value["run_id"])].groupby("run_id", sort=False).tail(1)
     return pd.concat([with_value, without]).reset_index(drop=True)
-
-
-def _metric_rank(name: str) -> tuple[int, str]:
-    rank = METRIC_PREFERENCE.index(name) if name in METRIC_PREFERENCE else len(METRIC_PREFERENCE)
-    return rank, name
 
 
 # --- discovery -----------------------------------------------------------------------------

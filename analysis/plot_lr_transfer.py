@@ -81,7 +81,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
     parser = argparse.ArgumentParser(prog="python -m analysis.plot_lr_transfer", description=__doc__.split("\n")[0])
     parser.add_argument("results", nargs="*", type=Path, help="sweep/run folders or parents (default: results/)")
-    parser.add_argument("--metric", help="metric column (default: fid, then fd_fmnist, then the first found)")
+    parser.add_argument("--metric", help="metric column (default: FID vs reference stats, then FID vs training images, then fd_fmnist)")
     parser.add_argument("--out", type=Path, help="output folder (default: <first results dir>/analysis)")
     return parser.parse_args(argv)
 

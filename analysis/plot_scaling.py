@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -60,10 +61,14 @@ def _why(run: dict[str, Any], metric: str, x: str) -> str:
         return f"failed: {run.get('reason')}"
     if state != "completed":
         return f"not finished (state {state})"
-    if not run[metric] > 0:  # NaN compares False
-        return f"no {metric} value"
-    if not run[x] > 0:
-        return f"no {x} value"
+    for column in (metric, x):
+        value = run[column]
+        if pd.isna(value):
+            return f"no {column} value"
+        if not math.isfinite(value):
+            return f"{column} = {value} is not finite"
+        if value <= 0:
+            return f"{column} = {value:g} is not positive (a power law needs > 0)"
     return ""
 
 
@@ -119,7 +124,8 @@ def analyse(study: Study, out: Path, n_resamples: int, seed: int, irreducible: b
         figures["compute"] = plots.save_figure(plots.metric_vs_compute(curves, gone, front, metric, frontier_fit),
                                                out / "compute.png")
 
-    (out / "fit.json").write_text(json.dumps(result, indent=2))
+    result = fitting.to_jsonable(result)  # NaN (e.g. r from 2 points) → null: fit.json stays JSON
+    (out / "fit.json").write_text(json.dumps(result, indent=2, allow_nan=False))
     save_table(study.table, out / "results.csv")
     save_table(study.table, out / "results.parquet")
     (out / "report.md").write_text(report(study, result, final_fit, frontier_fit, figures, out))
@@ -135,8 +141,8 @@ def report(study: Study, result: dict[str, Any], final_fit: fitting.BootstrapFit
     summary = (
         f"Over {len(study.used)} completed runs, {metric_name} ∝ {study.x}^−b with b = {f.b:.3f} "
         f"({level}% CI {lo:.3f}–{hi:.3f}, {final_fit.n_resamples} bootstrap resamples of runs), "
-        f"a = {f.a:.4g}; Pearson r in log-log space = {f.r:.3f}"
-        f" (semi-log r, {metric_name} vs log {study.x}: {result['final']['r_semilog']:.3f})."
+        f"a = {f.a:.4g}; Pearson r in log-log space = {_number(f.r, 3)}"
+        f" (semi-log r, {metric_name} vs log {study.x}: {_number(result['final']['r_semilog'], 3)})."
     )
     if frontier_fit is not None:
         ff, (flo, fhi) = frontier_fit.fit, frontier_fit.ci["b"]
@@ -171,7 +177,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("results", nargs="*", type=Path, help="sweep/run folders or parents (default: results/)")
     parser.add_argument("--table", type=Path, help="a CSV of the tidy shape instead of run folders")
     parser.add_argument("--x", choices=X_CHOICES, default="gflops", help="size axis of the final-metric fit")
-    parser.add_argument("--metric", help="metric column (default: fid, then fd_fmnist, then the first found)")
+    parser.add_argument("--metric", help="metric column (default: FID vs reference stats, then FID vs training images, then fd_fmnist)")
     parser.add_argument("--out", type=Path, help="output folder (default: <first results dir>/analysis)")
     parser.add_argument("--bootstrap", type=int, default=fitting.DEFAULT_RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
@@ -209,6 +215,12 @@ def load_study(args: argparse.Namespace) -> Study:
     for column in (metric, args.x):
         if column not in table or table[column].isna().all():
             raise AnalysisError(f"no values of {column!r} in the results (columns: {', '.join(map(str, table.columns))})")
+        numbers = pd.to_numeric(table[column], errors="coerce")
+        bad = table[column][numbers.isna() & table[column].notna()]
+        if len(bad):
+            row = table.loc[bad.index[0]]
+            raise AnalysisError(f"non-numeric {column} value {bad.iloc[0]!r} (run {row['run_id']}): {column} must be a number")
+        table = table.assign(**{column: numbers})
     final = plots.with_size_labels(final_rows(table, metric))
     used, excluded = split_runs(final, metric, args.x)
     return Study(table, metric, args.x, used, excluded)
@@ -229,12 +241,17 @@ def main(argv: list[str] | None = None) -> int:
     final = result["final"]
     low, high = final["ci"]["b"]
     # the fit is metric = a * x^(-b) (+ c): b > 0 means the metric falls as x grows
-    print(f"{study.metric} vs {study.x}: {study.metric} ∝ {study.x}^(-b), b = {final['fit']['b']:.4f} "
-          f"[{final.get('level', 0.95):.0%} CI {low:.4f}, {high:.4f}], "
-          f"r(log-log) = {final['fit']['r']:.4f}, r(semi-log) = {final['r_semilog']:.4f}, "
+    print(f"{study.metric} vs {study.x}: {study.metric} ∝ {study.x}^(-b), b = {_number(final['fit']['b'])} "
+          f"[{final.get('level', 0.95):.0%} CI {_number(low)}, {_number(high)}], "
+          f"r(log-log) = {_number(final['fit']['r'])}, r(semi-log) = {_number(final['r_semilog'])}, "
           f"n = {final['fit']['n']}, excluded = {len(result['excluded'])}")
     print(f"wrote {out}")
     return 0
+
+
+def _number(value: float | None, digits: int = 4) -> str:
+    """`digits` decimals, or "n/a" where fit.json has null (e.g. r from 2 points)."""
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ from matplotlib import ticker
 from scipy import stats
 
 from analysis.fit import BootstrapFit
+from gat.metric_names import metric_label
 
 DPI = 150
 SIZE_NAMES = {384: "S", 768: "B", 1024: "L", 1152: "XL"}  # DiT/GAT widths
@@ -31,7 +32,6 @@ AXIS_LABELS = {
     "images_seen": "images seen",
     "train.base_lr": "base learning rate",
 }
-METRIC_LABELS = {"fid": "FID", "fd_fmnist": "FD (Fashion-MNIST features)"}
 EXCLUDED = {"marker": "X", "s": 70, "facecolor": "white", "edgecolor": "black", "linewidths": 1.2, "zorder": 5}
 STATUS_MARKERS = {"diverged": "X", "failed": "P", "running": "o", "pending": "s", "unknown": "o"}
 
@@ -47,7 +47,7 @@ def apply_style() -> None:
 
 def axis_label(column: str) -> str:
     """The labelled unit of a column (metrics by their display name)."""
-    return AXIS_LABELS.get(column) or METRIC_LABELS.get(column) or column
+    return AXIS_LABELS.get(column) or metric_label(column)
 
 
 def size_label(width: float | None, patch: float | None = None, model: str | None = None) -> str:

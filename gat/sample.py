@@ -1,12 +1,14 @@
 """Sample a trained run's EMA generator into an ADM-style archive.
 
     python -m gat.sample RUN_DIR --num N --out FILE.npz [--psi 0.3] [--seed 0] [--step S]
+    python -m gat.fid FILE.npz VIRTUAL_imagenet256_labeled.npz     # the paper's FID-50k at --num 50000
 
 The archive holds `arr_0` (uint8 images [N, H, W, 3]) and `arr_1` (int64 labels [N]), the
 layout the ADM evaluation suite (guided-diffusion `evaluations/evaluator.py`) reads. Labels are
 uniform over the classes and z ~ N(0, I), both from a CPU generator seeded by --seed, so an
-archive is reproducible on any device. `--psi` truncates toward the class mean of w
-(0 = none; the official generate.py defaults to 0.3).
+archive is reproducible on any device. `--psi` truncates toward the class mean of w; the
+default 0.3 is the official generate.py's, and `--psi 0` means no truncation. Training-time
+evaluation is untruncated, as in the official training loop.
 """
 from __future__ import annotations
 
@@ -72,7 +74,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("run_dir", type=Path)
     parser.add_argument("--num", type=int, required=True, help="number of samples")
     parser.add_argument("--out", type=Path, required=True, help="output .npz (arr_0 images, arr_1 labels)")
-    parser.add_argument("--psi", type=float, default=0.0, help="truncation toward the class mean w (0 = none)")
+    parser.add_argument("--psi", type=float, default=0.3,
+                        help="truncation toward the class mean w; 0.3 as the official sampler, 0 = no truncation")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--step", type=int, default=None, help="use the step-XXXXXXX.pt snapshot instead of the newest")
     parser.add_argument("--batch", type=int, default=64)

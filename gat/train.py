@@ -45,6 +45,7 @@ from gat.data import load_dataset, load_decoder
 from gat.encoders import load_encoder
 from gat.lr_rules import learning_rate, param_groups
 from gat.models import registry
+from gat.metric_names import metric_name
 from gat.objective import discriminator_loss, generator_loss
 from gat.sample import generate, image_grid
 
@@ -326,14 +327,20 @@ def save_sample_grids(run_dir: Path, step: int, G_ema: nn.Module, decoder: Calla
 
 
 class Evaluator:
-    """Fréchet distance of the EMA generator against the dataset's reference statistics."""
-
-    METRIC_NAMES = {"inception": "fid", "fmnist": "fd_fmnist"}
+    """Fréchet distance of the EMA generator (untruncated, as the official training loop) against
+    reference statistics, named by `gat.metric_names` (fid5k, fid5k_train, fd_fmnist...)."""
 
     def __init__(self, config: RunConfig, dataset, decoder: Callable[[Tensor], Tensor], device: torch.device):
         self.config, self.device, self.decoder = config, device, decoder
         self.num_classes = dataset.num_classes
-        self.metric = self.METRIC_NAMES[config.eval.extractor]
+        self.metric = metric_name(config.eval.extractor, config.eval.num_samples, bool(config.eval.ref_stats))
+        if config.eval.extractor == "inception" and not config.eval.ref_stats:
+            print(
+                f"warning: eval.ref_stats is empty, so FID is measured against {config.eval.num_samples} training "
+                f"images and logged as {self.metric}; it is not comparable with published FID. For ImageNet-256, "
+                "set eval.ref_stats to ADM's VIRTUAL_imagenet256_labeled.npz (see README, 'Comparable FID')",
+                file=sys.stderr, flush=True,
+            )
         self.extractor = gat_eval.load_extractor(config.eval, device)
         if config.eval.ref_stats:
             self.ref = gat_eval.load_ref_stats(config.eval.ref_stats, self.extractor)

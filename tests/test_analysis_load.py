@@ -89,7 +89,7 @@ def write_sweep(sweep_dir: Path, runs: Sequence[dict[str, Any]], pending: Sequen
     return sweep_dir
 
 
-def curve(steps: Sequence[int], start: float, end: float, metric: str = "fid") -> list[tuple[int, dict[str, float]]]:
+def curve(steps: Sequence[int], start: float, end: float, metric: str = "fid50k") -> list[tuple[int, dict[str, float]]]:
     """A geometric learning curve from ``start`` to ``end`` over ``steps``."""
     values = np.geomspace(start, end, len(steps))
     return [(int(s), {metric: float(v)}) for s, v in zip(steps, values)]
@@ -118,11 +118,11 @@ def test_sweep_rows_coords_and_statuses(sweep: Path) -> None:
     assert status == {"id-s": "completed", "id-b": "diverged", "id-early": "diverged", "id-boom": "failed",
                       "id-later": "pending"}
     early = table[table["run_id"] == "id-early"].iloc[0]
-    assert math.isnan(early["fid"]) and early["diverged_step"] == 60 and early["step"] == 60
+    assert math.isnan(early["fid50k"]) and early["diverged_step"] == 60 and early["step"] == 60
     assert table[table["run_id"] == "id-boom"]["reason"].iloc[0] == "CUDA OOM"
     assert table[table["run_id"] == "id-s"]["size"].tolist() == ["S/2"] * 3  # grid coordinate
     assert table.attrs["coords"] == ["size", "seed"]
-    assert table.attrs["metrics"] == ["fid"]
+    assert table.attrs["metrics"] == ["fid50k"]
     assert set(table["sweep"]) == {"scaling"}
     s = table[table["run_id"] == "id-s"]
     assert s["step"].tolist() == [100, 200, 300]  # the log-only lines are not rows
@@ -155,9 +155,9 @@ def test_training_flops_formula(sweep: Path) -> None:
 def test_torn_line_is_skipped(tmp_path: Path) -> None:
     run = write_run(tmp_path / "r", evals=curve([10, 20], 9, 5), log_every=5)
     with (run / "stats.jsonl").open("a") as handle:
-        handle.write('{"step": 25, "metrics": {"fid": 4')  # crash mid-write
+        handle.write('{"step": 25, "metrics": {"fid50k": 4')  # crash mid-write
     table = load_results([run])
-    assert table["step"].tolist() == [10, 20] and table["fid"].tolist() == pytest.approx([9, 5])
+    assert table["step"].tolist() == [10, 20] and table["fid50k"].tolist() == pytest.approx([9, 5])
 
 
 def test_missing_model_json_without_registry(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -180,11 +180,11 @@ def test_missing_model_json_filled_from_registry(tmp_path: Path) -> None:
 
 def test_final_rows_and_default_metric(sweep: Path) -> None:
     table = load_results([sweep])
-    assert default_metric(table) == "fid"
-    final = final_rows(table, "fid").set_index("run_id")
-    assert final.loc["id-s", "step"] == 300 and final.loc["id-s", "fid"] == pytest.approx(40)
+    assert default_metric(table) == "fid50k"
+    final = final_rows(table, "fid50k").set_index("run_id")
+    assert final.loc["id-s", "step"] == 300 and final.loc["id-s", "fid50k"] == pytest.approx(40)
     assert final.loc["id-b", "step"] == 200  # its last eval, before it diverged
-    assert math.isnan(final.loc["id-early", "fid"])
+    assert math.isnan(final.loc["id-early", "fid50k"])
     assert len(final) == 5
 
 
@@ -207,13 +207,13 @@ def test_empty_and_missing_folders(tmp_path: Path) -> None:
 
 
 def test_load_table_published_and_malformed(tmp_path: Path) -> None:
-    table = load_table(PUBLISHED, required=["gflops", "fid"])
+    table = load_table(PUBLISHED, required=["gflops", "fid50k"])
     assert len(table) == 6 and table["run_id"].tolist()[0] == "S/4"
     assert set(table["status"]) == {"completed"}
     bad = tmp_path / "bad.csv"
     bad.write_text("name,flops\nS,1\n")
-    with pytest.raises(AnalysisError, match=r"missing column\(s\) model \(or run_id\), gflops, fid"):
-        load_table(bad, required=["gflops", "fid"])
+    with pytest.raises(AnalysisError, match=r"missing column\(s\) model \(or run_id\), gflops, fid50k"):
+        load_table(bad, required=["gflops", "fid50k"])
     with pytest.raises(AnalysisError, match="no such file"):
         load_table(tmp_path / "none.csv")
 
@@ -224,4 +224,4 @@ def test_save_csv_and_parquet_round_trip(tmp_path: Path, sweep: Path) -> None:
     back_csv = pd.read_csv(save_table(table, tmp_path / "t.csv"))
     back_pq = pd.read_parquet(save_table(table, tmp_path / "t.parquet"))
     assert len(back_csv) == len(back_pq) == len(table)
-    assert back_pq["fid"].equals(table["fid"]) and back_pq["mixed"].iloc[1] == "1"
+    assert back_pq["fid50k"].equals(table["fid50k"]) and back_pq["mixed"].iloc[1] == "1"

@@ -44,7 +44,7 @@ def test_scaling_report(tmp_path: Path) -> None:
                  "results.csv", "results.parquet", "report.md"):
         assert (out / name).stat().st_size > 0, name
     fit = json.loads((out / "fit.json").read_text())
-    assert fit["metric"] == "fid" and fit["x"] == "gflops" and fit["final"]["fit"]["n"] == 8
+    assert fit["metric"] == "fid50k" and fit["x"] == "gflops" and fit["final"]["fit"]["n"] == 8
     assert fit["final"]["n_resamples"] == 100 and fit["final"]["seed"] == 3
     why = {e["run_id"]: e["why"] for e in fit["excluded"]}
     assert why == {"id-diverged": "diverged at step 350", "id-early": "diverged at step 40",
@@ -54,16 +54,16 @@ def test_scaling_report(tmp_path: Path) -> None:
     assert fit["frontier"]["fit"]["n"] == len(fit["frontier"]["points"]) >= 2
     assert not {p["run_id"] for p in fit["frontier"]["points"]} & set(why)  # excluded: not in the fit
     report = (out / "report.md").read_text()
-    assert "FID ∝ gflops^−b" in report and "![compute](compute.png)" in report and "3 run(s) excluded" in report
+    assert "FID-50k ∝ gflops^−b" in report and "![compute](compute.png)" in report and "3 run(s) excluded" in report
 
 
 def test_excluded_runs_are_drawn(tmp_path: Path) -> None:
     args = plot_scaling.parse_args([str(scaling_sweep(tmp_path))])
     study = plot_scaling.load_study(args)
-    boot = plot_scaling.fitting.bootstrap_power_law(study.used["gflops"], study.used["fid"],
+    boot = plot_scaling.fitting.bootstrap_power_law(study.used["gflops"], study.used["fid50k"],
                                                     study.used["run_id"], n_resamples=10)
     plots.apply_style()
-    fig = plots.metric_vs_size(study.used, study.excluded, "gflops", "fid", boot, "r")
+    fig = plots.metric_vs_size(study.used, study.excluded, "gflops", "fid50k", boot, "r")
     labels = [t.get_text() for t in fig.axes[0].get_legend().get_texts()]
     assert "diverged (excluded from fit)" in labels and "failed (excluded from fit)" in labels
     # The diverged run without an eval sits on the top edge: 3 excluded points drawn in all.
@@ -73,7 +73,7 @@ def test_excluded_runs_are_drawn(tmp_path: Path) -> None:
 
 def test_published_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "pub"
-    code = plot_scaling.main(["--table", str(PUBLISHED), "--x", "gflops", "--metric", "fid", "--out", str(out),
+    code = plot_scaling.main(["--table", str(PUBLISHED), "--x", "gflops", "--metric", "fid50k", "--out", str(out),
                               "--bootstrap", "200"])
     assert code == 0
     fit = json.loads((out / "fit.json").read_text())
@@ -90,7 +90,7 @@ def test_published_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 @pytest.mark.parametrize("case, message", [
     ("empty", "no runs found"),
     ("no_metric", "no metric values"),
-    ("bad_csv", "missing column(s) gflops, fid"),
+    ("bad_csv", "missing column(s) gflops, fid50k"),
     ("one_size", "need completed runs at 2 or more distinct gflops"),
     ("unknown_metric", "no values of 'is'"),
 ])
@@ -102,7 +102,7 @@ def test_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: 
         argv = [str(tmp_path)]
     elif case == "bad_csv":
         (tmp_path / "t.csv").write_text("model,flops\nS/2,1\n")
-        argv = ["--table", str(tmp_path / "t.csv"), "--metric", "fid"]
+        argv = ["--table", str(tmp_path / "t.csv"), "--metric", "fid50k"]
     elif case == "one_size":
         write_run(tmp_path / "r", evals=curve([10, 20], 9, 5))
         argv = [str(tmp_path)]
@@ -112,6 +112,33 @@ def test_clear_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str], case: 
     assert plot_scaling.main(argv + ["--out", str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and message in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("values, excluded_why", [
+    (["10", "8"], {}),  # exactly 2 runs: the documented minimum, r undefined
+    (["10", "8", "inf", "5"], {"C": "fid50k = inf is not finite"}),
+    (["10", "-3", "6", "5"], {"B": "fid50k = -3 is not positive (a power law needs > 0)"}),
+    (["10", "", "6", "5"], {"B": "no fid50k value"}),
+])
+def test_edge_values_are_excluded_with_a_reason(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                values: list[str], excluded_why: dict[str, str]) -> None:
+    rows = "".join(f"{name},{2 ** i},{v}\n" for i, (name, v) in enumerate(zip("ABCD", values)))
+    (tmp_path / "t.csv").write_text("model,gflops,fid50k\n" + rows)
+    out = tmp_path / "out"
+    assert plot_scaling.main(["--table", str(tmp_path / "t.csv"), "--out", str(out), "--bootstrap", "20"]) == 0
+    fit = json.loads((out / "fit.json").read_text(), parse_constant=pytest.fail)  # strict JSON: no NaN
+    assert {e["run_id"]: e["why"] for e in fit["excluded"]} == excluded_why
+    assert fit["final"]["fit"]["n"] == len(values) - len(excluded_why)
+    printed = capsys.readouterr().out
+    assert "b = " in printed and ("r(log-log) = n/a" in printed) == (len(values) == 2)
+
+
+def test_non_numeric_metric_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    (tmp_path / "t.csv").write_text("model,gflops,fid50k\nA,1,10\nB,2,abc\nC,4,6\n")
+    assert plot_scaling.main(["--table", str(tmp_path / "t.csv"), "--out", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert err == "error: non-numeric fid50k value 'abc' (run B): fid50k must be a number\n"
+    assert not (tmp_path / "out" / "fit.json").exists()
 
 
 def lr_sweep(root: Path) -> Path:

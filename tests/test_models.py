@@ -126,6 +126,29 @@ def test_paper_parameter_counts_and_gflops(size: str) -> None:
     assert at_4 == pytest.approx(gmacs_4, rel=0.01)
 
 
+# Trainable parameters of the official GAT and GATD (hse1032/GAT 21a2dd0; ImageNet: 1000 classes,
+# 4x32x32 latents, REPA projector for 768-d DINOv2 features), counted by building them there.
+# The official G also carries timm's PatchEmbed `x_embedder` (width * (4 p^2 + 1) parameters),
+# whose output it multiplies by 0.0: its gradient is exactly zero, so gatscale leaves it out.
+OFFICIAL_TRAINABLE = {  # name: (G, D including its projector)
+    "GAT-S/2": (29_263_040, 39_114_624),
+    "GAT-B/2": (116_558_144, 104_480_256),
+    "GAT-L/2": (408_486_432, 322_773_728),
+    "GAT-XL/2": (601_956_224, 467_383_872),
+    "GAT-B/8": (117_480_704, 105_217_536),
+}
+
+
+@pytest.mark.parametrize("name", list(OFFICIAL_TRAINABLE))
+def test_exact_parameter_counts_match_the_official_networks(name: str) -> None:
+    official_g, official_d = OFFICIAL_TRAINABLE[name]
+    info = describe(from_dict({"model": {"name": name}}))
+    size = MODELS[name]
+    unused_patch_embed = size.width * (4 * size.patch**2 + 1)
+    assert info["generator_params"] + unused_patch_embed == official_g
+    assert info["discriminator_params"] + info["discriminator_projector_params"] == official_d
+
+
 def test_gat_xl2_headline_numbers() -> None:
     info = describe(from_dict({"model": {"name": "GAT-XL/2"}}))
     assert round(info["generator_params"] / 1e6) == 602

@@ -309,10 +309,11 @@ def test_sample_writes_adm_style_archives(synthetic, tmp_path):
         images, labels = archive["arr_0"], archive["arr_1"]
     assert images.dtype == np.uint8 and images.shape == (10, 32, 32, 3)
     assert labels.shape == (10,) and labels.max() < 10
-    again = tmp_path / "again.npz"
-    sample.main([str(run_dir), "--num", "10", "--out", str(again), "--psi", "0.3", "--seed", "1"])
-    with np.load(again) as archive:
-        assert np.array_equal(archive["arr_0"], images)
+    default, untruncated = tmp_path / "default.npz", tmp_path / "psi0.npz"
+    sample.main([str(run_dir), "--num", "10", "--out", str(default), "--seed", "1"])  # ψ = 0.3, as the official sampler
+    sample.main([str(run_dir), "--num", "10", "--out", str(untruncated), "--psi", "0", "--seed", "1"])
+    with np.load(default) as archive, np.load(untruncated) as plain:
+        assert np.array_equal(archive["arr_0"], images) and not np.array_equal(plain["arr_0"], images)
 
 
 def test_bench_reports_step_time(capsys):
@@ -371,3 +372,21 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path):
     subprocess.run(_cli(killed, *overrides), env=CHILD_ENV, cwd=ROOT, check=True, capture_output=True, timeout=900)
     assert rundir.read_status(killed)["state"] == "completed"
     assert_same_training_state(straight, killed)
+
+
+def test_planned_and_tabled_training_flops_agree(synthetic, tmp_path):
+    """The dry run's FLOPs (sweeps.costs) and results.csv's train_flops (analysis.load) count
+    the same run the same way: both go through gat.flops."""
+    from analysis.load import load_results
+    from gat.config import to_dict
+    from sweeps import costs
+    from sweeps.plan import flatten
+
+    config = tiny_config()
+    run_dir = tmp_path / "run"
+    gat.train.run(config, run_dir)
+    flat = flatten(to_dict(config))
+    planned = costs.training_flops(flat, costs.model_stats(flat))
+    row = load_results([run_dir]).sort_values("step").iloc[-1]
+    assert row["images_seen"] == config.train.steps * config.train.batch
+    assert row["train_flops"] == pytest.approx(planned, rel=1e-6)

