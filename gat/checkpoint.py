@@ -4,9 +4,15 @@ Layout under RUN_DIR/checkpoints/: `latest.pt`, `previous.pt`, and periodic `ste
 snapshots (hard links to the same bytes where the file system allows). A save writes a temp
 file, fsyncs it, demotes `latest` to `previous` and renames the temp file into place, so a kill
 at any instant leaves at least one complete checkpoint behind.
+
+Each file carries the SHA-256 of its own content (`content_sha256`: every tensor's bytes, dtype
+and shape, and every other value, walked in key order), so it is written atomically with the
+data it vouches for. Loading recomputes it: bytes damaged in place (garbage or zeros that still
+unpickle) are treated like a torn file, never resumed from.
 """
 from __future__ import annotations
 
+import hashlib
 import os
 import random
 import shutil
@@ -20,6 +26,11 @@ import torch
 LATEST = "latest.pt"
 PREVIOUS = "previous.pt"
 REQUIRED_KEYS = ("step", "G", "D", "G_ema", "opt_g", "opt_d", "rng")
+DIGEST_KEY = "content_sha256"
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint whose content does not match the hash stored in it."""
 
 
 def snapshot_name(step: int) -> str:
@@ -50,10 +61,14 @@ def save(directory: Path, state: dict[str, Any], *, snapshot: bool = False) -> P
     directory.mkdir(parents=True, exist_ok=True)
     latest, previous = directory / LATEST, directory / PREVIOUS
     tmp = directory / f".{LATEST}.tmp"
-    with open(tmp, "wb") as handle:
-        torch.save(state, handle)
-        handle.flush()
-        os.fsync(handle.fileno())
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save({**state, DIGEST_KEY: content_digest(state)}, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # a full disk or a kill mid-write leaves no stray .tmp
+        raise
     if latest.exists():
         os.replace(latest, previous)
     os.replace(tmp, latest)
@@ -82,22 +97,57 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
+def content_digest(state: Any) -> str:
+    """SHA-256 over a checkpoint's content: tensors and arrays by dtype, shape and raw bytes,
+    mappings in sorted key order, everything else by repr (RNG tuples, numbers, strings)."""
+    digest = hashlib.sha256()
+
+    def visit(value: Any) -> None:
+        if isinstance(value, torch.Tensor):
+            tensor = value.detach().cpu().contiguous()
+            digest.update(f"T{tensor.dtype}{tuple(tensor.shape)}".encode())
+            digest.update(tensor.reshape(-1).view(torch.uint8).numpy())
+        elif isinstance(value, np.ndarray):
+            digest.update(f"A{value.dtype}{value.shape}".encode())
+            digest.update(np.ascontiguousarray(value).view(np.uint8).reshape(-1))
+        elif isinstance(value, dict):
+            digest.update(f"D{len(value)}".encode())
+            for key in sorted(value, key=repr):
+                digest.update(repr(key).encode())
+                visit(value[key])
+        elif isinstance(value, (list, tuple)):
+            digest.update(f"L{len(value)}".encode())
+            for item in value:
+                visit(item)
+        else:
+            digest.update(f"V{value!r}".encode())
+
+    visit(state)
+    return digest.hexdigest()
+
+
 def _read(path: Path) -> dict[str, Any]:
     # weights_only=False: the state holds numpy/python RNG tuples, and we wrote the file ourselves.
     state = torch.load(path, map_location="cpu", weights_only=False)
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise ValueError(f"{path.name} is not a gatscale checkpoint (missing keys)")
+    stored = state.pop(DIGEST_KEY, None)
+    if stored is None:
+        warnings.warn(f"{path} has no content hash (written before gatscale verified checkpoints); loaded unverified")
+    elif stored != content_digest(state):
+        raise CorruptCheckpoint(f"{path} does not match its content hash: its bytes were damaged after writing")
     return state
 
 
 def load_latest(directory: Path) -> dict[str, Any] | None:
-    """The newest readable checkpoint: latest, else previous (with a warning), else None.
+    """The newest verified checkpoint: latest, else previous, else the step snapshots newest
+    first (with a warning naming what was skipped), else None.
 
-    A truncated or corrupt file is skipped, never fatal: losing `ckpt_every` steps beats losing
-    the run.
+    A truncated, corrupt or damaged file is skipped, never fatal and never resumed from: losing
+    `ckpt_every` steps beats losing the run or training on from bad bytes.
     """
-    for name in (LATEST, PREVIOUS):
-        path = directory / name
+    snapshots = sorted(directory.glob("step-*.pt"), reverse=True) if directory.is_dir() else []
+    for path in [directory / LATEST, directory / PREVIOUS, *snapshots]:
         if not path.is_file():
             continue
         try:
@@ -105,7 +155,7 @@ def load_latest(directory: Path) -> dict[str, Any] | None:
         except Exception as err:  # torch raises several types for a torn zip archive
             warnings.warn(f"checkpoint {path} is unreadable ({type(err).__name__}: {err}); trying an older one")
             continue
-        if name != LATEST:
+        if path.name != LATEST:
             warnings.warn(f"resuming from {path} (step {state['step']}) because {LATEST} was missing or corrupt")
         return state
     return None
