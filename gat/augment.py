@@ -6,10 +6,20 @@ penalties replay the adversarial term's augmentation, and the REPA encoder's ima
 real latent's translation and flip (`geometric_only`). Geometry is stored as fractions of the
 size, so one draw fits a 32² latent and a 256² image alike. Every op is differentiable in x.
 
-Colour means (saturation: per pixel over channels; contrast: per sample) are taken from the
-tensor being augmented, as in the original DiffAugment, so `apply` is one fixed function of x
-whose finite differences and gradients agree (the official GAT code stores the final fake's
-means instead).
+Colour (`augment.color_means`): brightness, saturation and contrast act together as in the
+official GAT code (losses/diffaug.py, rand_brightness_saturation_contrast):
+
+    u = x + b,    u = (u − m_s)·s + m_s,    x' = (u − m_c)·c + m_c     (on the masked samples)
+
+with the saturation mean m_s (per pixel, over channels) and the contrast mean m_c (per sample)
+taken from one reference tensor before any colour op. `official` (the default): the reference
+is the clean tensor the draw belongs to, the final fake or the reals, and every other tensor
+augmented with that draw (G's intermediate levels, the penalties' shifted copies) reuses its
+means, as the official training step does by passing the stored parameters on; the colour op is
+then one affine map per sample. `with_color_means` records the means; a draw without recorded
+means takes them from the tensor it is applied to. `per_tensor`: the original DiffAugment's
+sequential ops, each mean recomputed from the tensor as it stands (saturation after brightness,
+contrast after saturation), so `apply` is one fixed function of each tensor.
 """
 from __future__ import annotations
 
@@ -38,6 +48,9 @@ class AugParams:
     cutout_x: Tensor | None = None  # [B] square centre as a fraction of the width
     cutout_size: float = 0.0  # square side as a fraction of the size
     flip: Tensor | None = None  # bool [B]: horizontal flip
+    saturation_mean: Tensor | None = None  # [B, 1, H, W]: the reference tensor's channel mean
+    contrast_mean: Tensor | None = None  # [B, 1, 1, 1]: the reference tensor's per-sample mean
+    per_tensor_means: bool = False  # augment.color_means=per_tensor: recompute means per tensor
 
 
 def sample_params(
@@ -78,14 +91,38 @@ def sample_params(
         )
     if cfg.flip_prob > 0:
         fields.update(flip=uniform() < cfg.flip_prob)
-    return AugParams(batch=batch, **fields)
+    if cfg.color_means not in COLOR_MEANS:
+        raise ValueError(f"augment.color_means={cfg.color_means!r} is not one of: {', '.join(COLOR_MEANS)}")
+    return AugParams(batch=batch, per_tensor_means=cfg.color_means == "per_tensor", **fields)
+
+
+COLOR_MEANS = ("official", "per_tensor")
+
+
+def with_color_means(params: AugParams, reference: Tensor) -> AugParams:
+    """The draw with the colour means of `reference` [B, C, H, W] recorded, for `official` means.
+
+    Every tensor later augmented with the result uses these means instead of its own. The means
+    keep `reference`'s graph, so a gradient through the augmented tensors also reaches it through
+    them (the official G step's does); pass `reference.detach()` to make them constants of the
+    draw. A no-op without colour or for `per_tensor` means.
+    """
+    if params.color_mask is None or params.per_tensor_means:
+        return params
+    if reference.shape[0] != params.batch:
+        raise ValueError(f"augmentation parameters are for batch {params.batch}, got {reference.shape[0]}")
+    return dataclasses.replace(
+        params,
+        saturation_mean=reference.mean(dim=1, keepdim=True),
+        contrast_mean=reference.mean(dim=(1, 2, 3), keepdim=True),
+    )
 
 
 def geometric_only(params: AugParams) -> AugParams:
     """The same draw with only translation and flip (for the REPA encoder's image input)."""
     return dataclasses.replace(
         params, color_mask=None, brightness=None, saturation=None, contrast=None,
-        cutout_y=None, cutout_x=None, cutout_size=0.0,
+        saturation_mean=None, contrast_mean=None, cutout_y=None, cutout_x=None, cutout_size=0.0,
     )
 
 
@@ -94,7 +131,7 @@ def tile(params: AugParams, times: int) -> AugParams:
     if times == 1:
         return params
     fields = {
-        field.name: value.repeat(times)
+        field.name: value.repeat(times, *[1] * (value.dim() - 1))
         for field in dataclasses.fields(params)
         if isinstance(value := getattr(params, field.name), Tensor)
     }
@@ -121,12 +158,22 @@ def _per_sample(values: Tensor, x: Tensor) -> Tensor:
 
 
 def _color(x: Tensor, params: AugParams) -> Tensor:
-    """Brightness, saturation and contrast together on the masked samples."""
+    """Brightness, saturation and contrast together on the masked samples (module docstring)."""
     out = x + _per_sample(params.brightness, x).to(x.dtype)
-    mean = out.mean(dim=1, keepdim=True)
-    out = (out - mean) * _per_sample(params.saturation, x).to(x.dtype) + mean
-    mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = (out - mean) * _per_sample(params.contrast, x).to(x.dtype) + mean
+    if params.per_tensor_means:
+        saturation_mean = out.mean(dim=1, keepdim=True)
+    elif params.saturation_mean is not None:
+        saturation_mean = params.saturation_mean.to(x.dtype)
+    else:
+        saturation_mean = x.mean(dim=1, keepdim=True)
+    out = (out - saturation_mean) * _per_sample(params.saturation, x).to(x.dtype) + saturation_mean
+    if params.per_tensor_means:
+        contrast_mean = out.mean(dim=(1, 2, 3), keepdim=True)
+    elif params.contrast_mean is not None:
+        contrast_mean = params.contrast_mean.to(x.dtype)
+    else:
+        contrast_mean = x.mean(dim=(1, 2, 3), keepdim=True)
+    out = (out - contrast_mean) * _per_sample(params.contrast, x).to(x.dtype) + contrast_mean
     return torch.where(_per_sample(params.color_mask, x), out, x)
 
 

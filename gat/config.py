@@ -72,13 +72,17 @@ class RepaConfig:
 
 @dataclass
 class AugmentConfig:
-    """Latent DiffAugment. Probabilities / fractions as in the official code."""
+    """Latent DiffAugment. Probabilities / fractions as in the official code. color_means:
+    official (saturation/contrast means of the clean tensor that drew the parameters, reused by
+    G's other levels and the penalties' shifted copies) | per_tensor (recomputed from each tensor
+    op by op, as the original DiffAugment); see gat/augment.py."""
 
     enabled: bool = True
     color_prob: float = 0.5
     translation: float = 0.125
     cutout: float = 0.5
     flip_prob: float = 0.4
+    color_means: str = "official"
 
 
 @dataclass
@@ -157,6 +161,7 @@ class RunConfig:
 CHOICES: dict[str, tuple[str, ...]] = {
     "mng.mode": ("exp", "lin", "msg", "off"),
     "loss.penalty": ("approx", "exact", "none"),
+    "augment.color_means": ("official", "per_tensor"),
     "repa.encoder": ("none", "dinov2", "torchscript", "tiny"),
     "train.lr_rule": ("constant", "width_aware", "sqrt", "mup"),
     "train.precision": ("auto", "fp32", "bf16"),

@@ -76,16 +76,25 @@ def sample_noise(like: Tensor, cfg: MNGConfig, generator: torch.Generator | None
     """
     if cfg.mode not in _NOISY_MODES:
         return []
+    fresh = [torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
+             for _ in range(num_inputs(cfg))]
+    return nest_noise(fresh, cfg)
+
+
+def nest_noise(fresh: list[Tensor], cfg: MNGConfig) -> list[Tensor]:
+    """The nested noise n_1…n_K (shallow → deep) built from K unit Gaussian draws `fresh`,
+    deepest level's first (the order `sample_noise` draws them in, as the official code)."""
     levels = noise_levels(cfg)
+    if len(fresh) != len(levels):
+        raise ValueError(f"mng.mode={cfg.mode} nests {len(levels)} draws, got {len(fresh)}")
     noise: list[Tensor] = []
     deeper_t = 0.0
-    cumulative = torch.zeros_like(like)
-    for t in reversed(levels):
+    cumulative = torch.zeros_like(fresh[0])
+    for t, draw in zip(reversed(levels), fresh):
         decay = (1.0 - t) / (1.0 - deeper_t)
         # Fresh variance that brings the rescaled deeper noise up to a total of t².
         fresh_var = max(t * t - (deeper_t * decay) ** 2, 0.0)
-        fresh = torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
-        cumulative = cumulative * decay + fresh * fresh_var ** 0.5
+        cumulative = cumulative * decay + draw * fresh_var ** 0.5
         noise.append(cumulative)
         deeper_t = t
     return noise[::-1]

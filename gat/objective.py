@@ -16,9 +16,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gat.augment import apply, geometric_only, sample_params, tile
+from gat.augment import apply, geometric_only, sample_params, tile, with_color_means
 from gat.config import RunConfig
 from gat.mng import num_inputs, perturb, sample_noise, select_levels
+from gat.models.layers import upcast
 
 
 class Critic(Protocol):
@@ -55,7 +56,7 @@ def approx_penalty(logits: Tensor, shifted_logits: Tensor, sigma: float) -> Tens
     Both logits must come from the same augmentation and MNG noise draw. E_ε of the penalty is
     ‖∇_x D‖² up to O(σ²), the exact penalty.
     """
-    return ((logits.float() - shifted_logits.float()) / sigma).pow(2).mean()
+    return ((upcast(logits) - upcast(shifted_logits)) / sigma).pow(2).mean()
 
 
 def exact_penalty(logits: Tensor, levels: list[Tensor]) -> Tensor:
@@ -65,7 +66,7 @@ def exact_penalty(logits: Tensor, levels: list[Tensor]) -> Tensor:
     The gradient graph is kept (create_graph) so the penalty trains D.
     """
     grads = torch.autograd.grad(logits.sum(), levels, create_graph=True)
-    return sum(g.float().pow(2).flatten(1).sum(1) for g in grads).mean()
+    return sum(upcast(g).pow(2).flatten(1).sum(1) for g in grads).mean()
 
 
 def repa_loss(projected: Tensor, target_cls: Tensor, target_patches: Tensor) -> Tensor:
@@ -74,11 +75,11 @@ def repa_loss(projected: Tensor, target_cls: Tensor, target_patches: Tensor) -> 
     `projected` is [B, 1+N, F] (cls first). Targets on another square grid are resized
     bicubically to D's grid, so the cls term weighs as much as all patches together.
     """
-    cls, patches = projected[:, 0].float(), projected[:, 1:].float()
-    target_patches = target_patches.float()
+    cls, patches = upcast(projected[:, 0]), upcast(projected[:, 1:])
+    target_patches = upcast(target_patches)
     if target_patches.shape[1] != patches.shape[1]:
         target_patches = _resize_tokens(target_patches, patches.shape[1])
-    cls_term = 1.0 - F.cosine_similarity(cls, target_cls.float(), dim=-1)
+    cls_term = 1.0 - F.cosine_similarity(cls, upcast(target_cls), dim=-1)
     patch_term = (1.0 - F.cosine_similarity(patches, target_patches, dim=-1)).mean(dim=1)
     return (cls_term + patch_term).mean()
 
@@ -96,13 +97,19 @@ def _resize_tokens(tokens: Tensor, count: int) -> Tensor:
 class _View:
     """One augmentation and MNG noise draw, frozen, so the penalties' copies see exactly the
     transform the adversarial term saw. A real is passed as one latent and repeated into the
-    K levels after augmentation."""
+    K levels after augmentation. The first level set passed is the clean one: its last level
+    (the final fake, or the reals) supplies the colour means every set and level reuses
+    (`augment.color_means=official`, as the official training step). `means_grad`: whether a
+    gradient reaches the clean tensor through those means too (the G step, as the official
+    one) or they are constants of the draw (the D step; see `discriminator_loss`)."""
 
-    def __init__(self, cfg: RunConfig, like: Tensor, generator: torch.Generator | None, *, real: bool) -> None:
+    def __init__(
+        self, cfg: RunConfig, like: Tensor, generator: torch.Generator | None, *, real: bool, means_grad: bool = True
+    ) -> None:
         batch, _, height, width = like.shape
         self.params = sample_params(batch, height, width, cfg.augment, generator, like.device)
         self.noise = sample_noise(like, cfg.mng, generator)
-        self.cfg, self.real, self.copies = cfg, real, num_inputs(cfg.mng)
+        self.cfg, self.real, self.copies, self.means_grad = cfg, real, num_inputs(cfg.mng), means_grad
 
     def __call__(self, *level_sets: list[Tensor]) -> Tensor:
         """D's input for each set of clean levels, stacked on the batch dim in the given order.
@@ -114,7 +121,9 @@ class _View:
         batch = level_sets[0][0].shape[0]
         # Rows ordered level-major: level k of every set is one contiguous block.
         stacked = torch.cat([s[k] for k in range(levels) for s in level_sets])
-        augmented = apply(stacked, tile(self.params, sets * levels)).split(sets * batch)
+        reference = level_sets[0][-1]
+        params = with_color_means(self.params, reference if self.means_grad else reference.detach())
+        augmented = apply(stacked, tile(params, sets * levels)).split(sets * batch)
         if self.real:
             augmented = augmented * self.copies
         noise = [torch.cat([n] * sets) for n in self.noise]
@@ -153,9 +162,12 @@ def discriminator_loss(
     reals, ε for the fakes), so a seed gives the same step however D is batched.
     """
     penalty = cfg.loss.penalty
-    real_view = _View(cfg, reals, generator, real=True)
+    # The colour means are constants of the draw here, so the exact R1/R2 differentiate the very
+    # map whose finite differences aR1/aR2 take (the σ → 0 limit). The official exact path would
+    # differentiate through them, but never runs (its gradient_penalty gets one argument too many).
+    real_view = _View(cfg, reals, generator, real=True, means_grad=False)
     fake_levels = [x.detach() for x in select_levels(fakes, cfg.mng)]
-    fake_view = _View(cfg, fake_levels[-1], generator, real=False)
+    fake_view = _View(cfg, fake_levels[-1], generator, real=False, means_grad=False)
     real_levels = [reals.detach()]
     if penalty == "exact":
         real_levels = [x.requires_grad_(True) for x in real_levels]

@@ -1,11 +1,14 @@
 """Latent DiffAugment: one draw shared across tensors, probabilities, geometry, gradients."""
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
-from gat.augment import AugParams, apply, geometric_only, sample_params
-from gat.config import AugmentConfig
+from gat import mng, objective
+from gat.augment import AugParams, apply, geometric_only, sample_params, tile, with_color_means
+from gat.config import AugmentConfig, ConfigError, load_config
 
 GEOMETRY = AugmentConfig(color_prob=0.0, cutout=0.0)
 
@@ -103,3 +106,100 @@ def test_disabled_is_identity_and_draws_are_seeded() -> None:
     assert all(torch.equal(getattr(first, f), getattr(again, f)) for f in ("brightness", "shift_y", "cutout_x", "flip"))
     with pytest.raises(ValueError, match="batch 16"):
         apply(x, first)
+
+
+COLOUR_ONLY = AugmentConfig(color_prob=1.0, translation=0.0, cutout=0.0, flip_prob=0.0)
+
+
+def _official_colour(x: torch.Tensor, params: AugParams, reference: torch.Tensor) -> torch.Tensor:
+    """The official rand_brightness_saturation_contrast with the means of `reference`."""
+    b, s, c = (getattr(params, name).view(-1, 1, 1, 1) for name in ("brightness", "saturation", "contrast"))
+    sat_mean, con_mean = reference.mean(dim=1, keepdim=True), reference.mean(dim=(1, 2, 3), keepdim=True)
+    out = ((x + b - sat_mean) * s + sat_mean - con_mean) * c + con_mean
+    return torch.where(params.color_mask.view(-1, 1, 1, 1), out, x)
+
+
+def test_colour_takes_its_means_from_the_input_before_brightness() -> None:
+    """Official semantics: saturation and contrast centre on the means of x itself, not of x
+    after brightness / after saturation (which the per-tensor DiffAugment recomputed)."""
+    params = sample_params(64, 8, 8, COLOUR_ONLY, _gen(20))
+    x = torch.randn(64, 4, 8, 8, generator=_gen(21), dtype=torch.float64)
+    torch.testing.assert_close(apply(x, params), _official_colour(x, params, x))
+
+
+def test_per_tensor_colour_means_are_the_sequential_diffaugment() -> None:
+    per_tensor = sample_params(64, 8, 8, dataclasses.replace(COLOUR_ONLY, color_means="per_tensor"), _gen(20))
+    official = sample_params(64, 8, 8, COLOUR_ONLY, _gen(20))
+    x = torch.randn(64, 4, 8, 8, generator=_gen(21), dtype=torch.float64)
+    b, s, c = (getattr(per_tensor, name).view(-1, 1, 1, 1) for name in ("brightness", "saturation", "contrast"))
+    out = x + b
+    out = (out - out.mean(dim=1, keepdim=True)) * s + out.mean(dim=1, keepdim=True)
+    out = (out - out.mean(dim=(1, 2, 3), keepdim=True)) * c + out.mean(dim=(1, 2, 3), keepdim=True)
+    torch.testing.assert_close(apply(x, per_tensor), out)
+    assert (apply(x, per_tensor) - apply(x, official)).abs().max() > 1e-2
+    with pytest.raises(ConfigError, match="color_means"):
+        load_config(None, {"augment.color_means": "per_level"})
+
+
+def test_recorded_means_make_colour_one_affine_map_for_every_tensor() -> None:
+    """G's other levels and the penalties' shifted copies reuse the clean tensor's means, so
+    the colour op moves them all by the same per-sample affine map and a shift ε of the input
+    comes out as ε·s·c; tiling repeats the recorded means with the draw."""
+    params = sample_params(16, 8, 8, COLOUR_ONLY, _gen(22))
+    reference = torch.randn(16, 4, 8, 8, generator=_gen(23), dtype=torch.float64, requires_grad=True)
+    other = torch.randn(16, 4, 8, 8, generator=_gen(24), dtype=torch.float64)
+    shared = with_color_means(params, reference)
+    torch.testing.assert_close(apply(other, shared), _official_colour(other, params, reference))
+    scale = (params.saturation * params.contrast).view(-1, 1, 1, 1).double()
+    torch.testing.assert_close(apply(other, shared) - apply(reference, shared), (other - reference) * scale)
+    stacked = apply(torch.cat([reference, other]), tile(shared, 2))
+    torch.testing.assert_close(stacked, torch.cat([apply(reference, shared), apply(other, shared)]))
+    # The means keep the reference's graph (the official exact R1/R2 differentiate through them).
+    (grad,) = torch.autograd.grad(apply(other, shared).sum(), reference)
+    assert grad.abs().max() > 0.1
+    # Geometry-only copies drop the colour and its means; per-tensor draws record nothing.
+    assert geometric_only(shared).saturation_mean is None
+    per_tensor = sample_params(16, 8, 8, dataclasses.replace(COLOUR_ONLY, color_means="per_tensor"), _gen(22))
+    assert with_color_means(per_tensor, reference) is per_tensor
+
+
+def test_d_step_augments_every_level_and_copy_with_the_clean_tensors_means(monkeypatch) -> None:
+    """In discriminator_loss the reals' shifted copies use the reals' means, and every fake
+    level and shifted copy uses the final clean fake's (official train step)."""
+    cfg = load_config(None, {"augment.color_prob": 1.0, "augment.translation": 0.0, "augment.cutout": 0.0,
+                             "augment.flip_prob": 0.0, "mng.mode": "exp", "loss.penalty": "approx"})
+    seen: dict[str, list] = {"params": [], "noise": [], "shift": [], "inputs": []}
+
+    def spy(name, function, record):
+        def wrapped(*args, **kwargs):
+            out = function(*args, **kwargs)
+            seen[name].append(record(args, out))
+            return out
+        monkeypatch.setattr(objective, function.__name__, wrapped)
+
+    spy("params", objective.sample_params, lambda args, out: out)
+    spy("noise", objective.sample_noise, lambda args, out: out)
+    spy("shift", objective.shifted, lambda args, out: [o - x.detach() for o, x in zip(out, args[0])])
+
+    def critic(x, y):
+        seen["inputs"].append(x)
+        return x.flatten(1).sum(1), x.new_zeros(x.shape[0], 1, 1)
+
+    batch, levels = 4, cfg.mng.levels
+    reals = torch.randn(batch, 4, 8, 8, generator=_gen(30))
+    fakes = [torch.randn(batch, 4, 8, 8, generator=_gen(31 + k)) for k in range(levels)]
+    objective.discriminator_loss(critic, reals, fakes, torch.zeros(batch, dtype=torch.long), cfg, generator=_gen(40))
+    (inputs,) = seen["inputs"]
+    real_params, fake_params = seen["params"]
+    (real_shift,), fake_shift = seen["shift"]
+    ts = mng.noise_levels(cfg.mng)
+    blocks = inputs.split(batch)  # reals, shifted reals, fakes, shifted fakes
+    for block, params, noise, clean, levels_in in (
+        (blocks[0], real_params, seen["noise"][0], reals, [reals] * levels),
+        (blocks[1], real_params, seen["noise"][0], reals, [reals + real_shift] * levels),
+        (blocks[2], fake_params, seen["noise"][1], fakes[-1], fakes),
+        (blocks[3], fake_params, seen["noise"][1], fakes[-1], [x + e for x, e in zip(fakes, fake_shift)]),
+    ):
+        for k, (t, n, x) in enumerate(zip(ts, noise, levels_in)):
+            augmented = (block[:, 4 * k: 4 * (k + 1)] - n) / (1 - t)
+            torch.testing.assert_close(augmented, _official_colour(x, params, clean), rtol=1e-4, atol=1e-5)

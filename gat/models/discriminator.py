@@ -21,6 +21,7 @@ from gat.models.layers import (
     mapping_mlp,
     run_block,
     sincos_pos_embed,
+    upcast,
 )
 
 _LAYERSCALE_INIT = 0.1
@@ -101,16 +102,16 @@ class Discriminator(nn.Module):
         tokens = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), tokens], dim=1)
         for block in self.blocks:
             tokens = run_block(block, self.grad_checkpointing, tokens, self.rope)
-        # The head runs in fp32 even under bf16 autocast: aR1/aR2 divide logit differences by
-        # sigma=0.01, and bf16 logits would turn that difference into rounding noise.
+        # The head runs in (at least) fp32 even under bf16 autocast: aR1/aR2 divide logit
+        # differences by sigma=0.01, and bf16 logits would turn that difference into rounding noise.
         can_autocast = torch.amp.is_autocast_available(x.device.type)
         with torch.autocast(x.device.type, enabled=False) if can_autocast else contextlib.nullcontext():
             class_code = self.class_code(y)
-            logits = (self.head(tokens[:, 0].float()) * class_code).sum(-1)
+            logits = (self.head(upcast(tokens[:, 0])) * class_code).sum(-1)
         return logits, tokens
 
     def class_code(self, y: Tensor) -> Tensor:
-        """The class MLP's code e_y [B, cmap_dim] for labels y, in float32.
+        """The class MLP's code e_y [B, cmap_dim] for labels y, in (at least) float32.
 
         The code depends on the label alone, so when the batch has more rows than there are
         classes (the trainer scores reals, fakes and their shifted copies in one pass) it is
@@ -119,8 +120,8 @@ class Discriminator(nn.Module):
         if self.class_embed.num_embeddings < y.shape[0]:
             # Gathered with `embedding`, whose backward sums rows in a fixed order; indexing's
             # backward accumulates in thread order and breaks bitwise repeatability on 2+ threads.
-            return F.embedding(y, self.class_mapping(self.class_embed.weight.float()))
-        return self.class_mapping(self.class_embed(y).float())
+            return F.embedding(y, self.class_mapping(upcast(self.class_embed.weight)))
+        return self.class_mapping(upcast(self.class_embed(y)))
 
     def project(self, tokens: Tensor) -> Tensor:
         """REPA projection of every token [B, 1+N, width] -> [B, 1+N, repa_dim]."""

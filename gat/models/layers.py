@@ -16,8 +16,8 @@ from torch.utils.checkpoint import checkpoint as recompute
 class RMSNorm(nn.Module):
     """Root-mean-square norm over the last dim, optionally with a learned per-channel gain.
 
-    Normalises in float32 and returns the input dtype, so bf16 activations stay bf16 and the
-    q/k/v handed to SDPA keep one dtype.
+    Normalises in at least float32 and returns the input dtype, so bf16 activations stay bf16
+    and the q/k/v handed to SDPA keep one dtype.
     """
 
     def __init__(self, dim: int, affine: bool = True, eps: float = 1e-6) -> None:
@@ -28,13 +28,19 @@ class RMSNorm(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         out = rms_normalize(x, self.eps)
         if self.weight is not None:
-            out = out * self.weight.float()
+            out = out * upcast(self.weight)
         return out.to(x.dtype)
 
 
+def upcast(x: Tensor) -> Tensor:
+    """x in at least float32: bf16/fp16 widen to float32, float64 stays float64."""
+    return x.to(torch.promote_types(x.dtype, torch.float32))
+
+
 def rms_normalize(x: Tensor, eps: float) -> Tensor:
-    """x / sqrt(mean(x², last dim) + eps) in float32."""
-    return x.float() * torch.rsqrt(x.float().square().mean(-1, keepdim=True) + eps)
+    """x / sqrt(mean(x², last dim) + eps) in at least float32."""
+    x = upcast(x)
+    return x * torch.rsqrt(x.square().mean(-1, keepdim=True) + eps)
 
 
 class EqualLinear(nn.Module):
@@ -149,7 +155,7 @@ class Attention(nn.Module):
         qkv = self.qkv(x).unflatten(-1, (3, self.heads, -1)).permute(2, 0, 3, 1, 4)
         # q and k are normalised and rotated as one tensor: half the elementwise ops.
         gains = torch.stack([self.q_norm.weight, self.k_norm.weight]).view(2, 1, 1, 1, -1)
-        q, k = rope((rms_normalize(qkv[:2], self.q_norm.eps) * gains.float()).to(qkv.dtype))
+        q, k = rope((rms_normalize(qkv[:2], self.q_norm.eps) * upcast(gains)).to(qkv.dtype))
         out = F.scaled_dot_product_attention(q, k, qkv[2])
         return self.proj(out.transpose(1, 2).flatten(2))
 
