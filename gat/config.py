@@ -7,6 +7,7 @@ config is written as plain YAML into every run folder, so a run folder alone say
 from __future__ import annotations
 
 import dataclasses
+import re
 import types
 import typing
 from dataclasses import dataclass, field
@@ -182,6 +183,42 @@ UNIT_INTERVAL = (
 )
 
 
+class _YamlLoader(yaml.SafeLoader):
+    """PyYAML's safe loader with YAML 1.2 numbers: YAML 1.1 reads `1e-4` and `1.0e9` (no dot,
+    or no exponent sign) as strings; users mean numbers, in a file as in `--set`."""
+
+
+_YamlLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."),
+)
+
+
+def load_yaml(text: str, where: str) -> Any:
+    """Parse YAML text (numbers as YAML 1.2); errors become one-line ConfigErrors naming `where`."""
+    try:
+        return yaml.load(text, Loader=_YamlLoader)
+    except yaml.YAMLError as err:
+        raise ConfigError(f"{where}: not valid YAML: {' '.join(str(err).split())}") from err
+
+
+def read_yaml_file(path: str | Path) -> Any:
+    """A YAML file's content; a missing, binary or malformed file is a ConfigError naming it."""
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError as err:
+        raise ConfigError(f"file not found: {path}") from err
+    except OSError as err:
+        raise ConfigError(f"{path}: cannot be read ({err.strerror})") from err
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as err:
+        raise ConfigError(f"{path}: not a YAML text file (byte {err.start} is not UTF-8)") from err
+    return load_yaml(text, str(path))
+
+
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
 
@@ -207,6 +244,8 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
     elif annotation is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value
+        if isinstance(value, float) and value.is_integer():  # `steps: 1.0e3` means 1000
+            return int(value)
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
@@ -216,9 +255,25 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return "on" if value else "off"
         if isinstance(value, str):
             return value
+    elif annotation is Any:
+        return value
+    elif origin is list:
+        if isinstance(value, list):
+            (item,) = typing.get_args(annotation) or (Any,)
+            return [_coerce(v, item, f"{key}[{i}]") for i, v in enumerate(value)]
+    elif origin is dict:
+        if isinstance(value, dict):
+            return value
     else:
         raise ConfigError(f"{key}: unsupported annotation {annotation}")
-    raise ConfigError(f"{key}: expected {annotation.__name__}, got {type(value).__name__} {value!r}")
+    expected = getattr(origin, "__name__", None) or annotation.__name__
+    raise ConfigError(f"{key}: expected {expected}, got {type(value).__name__} {value!r}")
+
+
+def build_dataclass(cls: type, data: Any, where: str) -> Any:
+    """`cls(**data)` with every field type-checked and unknown keys refused; errors name
+    `where` (e.g. "executor") and the key."""
+    return _build(cls, {} if data is None else data, f"{where}." if where else "")
 
 
 def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
@@ -280,25 +335,17 @@ def parse_set(items: list[str]) -> dict[str, Any]:
         if "=" not in item:
             raise ConfigError(f"--set expects key=value, got {item!r}")
         key, raw = item.split("=", 1)
-        value = yaml.safe_load(raw) if raw else ""
-        if isinstance(value, str) and _looks_numeric(value):
-            value = float(value)
-        out[key.strip()] = value
+        out[key.strip()] = load_yaml(raw, f"--set {item}") if raw else ""
     return out
-
-
-def _looks_numeric(text: str) -> bool:
-    # YAML 1.1 reads "1e-4" (no dot) as a string; users mean a number.
-    try:
-        float(text)
-    except ValueError:
-        return False
-    return True
 
 
 def _resolve_model_name(data: dict[str, Any]) -> dict[str, Any]:
     """Fill width/depth/heads/patch from the registry when `model.name` is given."""
+    if not isinstance(data, dict):
+        raise ConfigError(f"config: expected a mapping of sections (model, train, ...), got {data!r}")
     model = data.get("model") or {}
+    if not isinstance(model, dict):
+        raise ConfigError(f"model: expected a mapping of model keys (name, width, depth, ...), got {model!r}")
     name = model.get("name")
     if name is None:
         return data
@@ -330,10 +377,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list
         path = Path(path)
         if not path.is_file():
             raise ConfigError(f"config file not found: {path}")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as err:
-            raise ConfigError(f"{path}: not valid YAML: {err}") from err
+        data = read_yaml_file(path) or {}
     if isinstance(overrides, list):
         overrides = parse_set(overrides)
     return from_dict(apply_overrides(data, overrides or {}))

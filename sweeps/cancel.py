@@ -7,11 +7,11 @@ executor one worker serves several runs, so cancelling one of its runs stops the
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 
 from sweeps import executors, manifest
+from sweeps.spec import GridError, only_pattern
 
 
 def cancel_sweep(sweep_dir: Path, only: str | None = None) -> list[str]:
@@ -19,7 +19,7 @@ def cancel_sweep(sweep_dir: Path, only: str | None = None) -> list[str]:
     data = manifest.read(sweep_dir)
     if data is None:
         raise FileNotFoundError(f"{sweep_dir} has no {manifest.MANIFEST}")
-    pattern = re.compile(only) if only else None
+    pattern = only_pattern(only)
     chosen = {r["run_id"] for r in data.get("runs", [])
               if not pattern or pattern.search(r["name"]) or pattern.search(r["run_id"])}
     by_kind: dict[str, list[str]] = {}
@@ -40,7 +40,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     try:
         cancelled = cancel_sweep(args.sweep_dir, args.only)
-    except FileNotFoundError as err:
+    except (FileNotFoundError, GridError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"cancelled {len(cancelled)} job(s)" + (f": {', '.join(cancelled)}" if cancelled else " (none active)"))

@@ -19,7 +19,6 @@ from __future__ import annotations
 import argparse
 import math
 import os
-import re
 import subprocess
 import sys
 import time
@@ -31,7 +30,7 @@ from gat import config as gat_config
 from sweeps import costs, executors, manifest, resources
 from sweeps.job import RunJob, RunTask
 from sweeps.plan import Plan, PlannedRun, RunStatus, flatten, make_plan, read_statuses
-from sweeps.spec import REPO_ROOT, GridError, GridSpec, Point, load_grid, validate_points
+from sweeps.spec import REPO_ROOT, GridError, GridSpec, Point, load_grid, only_pattern, validate_points
 
 
 def default_sweep_dir(spec: GridSpec) -> Path:
@@ -41,9 +40,9 @@ def default_sweep_dir(spec: GridSpec) -> Path:
 
 def select(plan: Plan, only: str | None) -> list[PlannedRun]:
     """Runs whose name or ID matches `only` (a regular expression), or all."""
-    if not only:
+    pattern = only_pattern(only)
+    if pattern is None:
         return list(plan.runs)
-    pattern = re.compile(only)
     return [r for r in plan.runs if pattern.search(r.name) or pattern.search(r.run_id)]
 
 

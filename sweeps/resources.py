@@ -21,6 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
+from gat import config as gat_config
 from sweeps.spec import GridError, value_matches
 
 DERIVED = ("params", "gflops")  # rule keys computed from gat.models.describe
@@ -53,21 +54,29 @@ def parse(section: dict[str, Any]) -> tuple[Resources, list[tuple[dict[str, Any]
     extra = set(section) - _FIELDS - {"rules", "estimate"}
     if extra:
         raise GridError(f"resources: unknown key {sorted(extra)[0]!r} (allowed: {', '.join(sorted(_FIELDS))}, rules, estimate)")
-    defaults = Resources(**{k: v for k, v in section.items() if k in _FIELDS})
+    defaults = _checked(Resources, {k: v for k, v in section.items() if k in _FIELDS}, "resources")
     rules = []
     for index, rule in enumerate(section.get("rules") or []):
         if not isinstance(rule, dict) or not isinstance(rule.get("when"), dict):
             raise GridError(f"resources.rules[{index}]: expected a mapping with a `when:` mapping")
         changes = {k: v for k, v in rule.items() if k != "when"}
-        bad = set(changes) - _FIELDS
-        if bad:
-            raise GridError(f"resources.rules[{index}]: unknown key {sorted(bad)[0]!r}")
+        _checked(Resources, changes, f"resources.rules[{index}]")
         rules.append((rule["when"], changes))
-    try:
-        estimate = Estimate(**(section.get("estimate") or {}))
-    except TypeError as err:
-        raise GridError(f"resources.estimate: {err}") from err
+    estimate = _checked(Estimate, section.get("estimate"), "resources.estimate")
     return defaults, rules, estimate
+
+
+def _checked(cls: type, data: Any, where: str) -> Any:
+    """`cls` from `data` with types checked, counts at least 0 and rates above 0."""
+    try:
+        value = gat_config.build_dataclass(cls, data, where)
+    except gat_config.ConfigError as err:
+        raise GridError(str(err)) from err
+    for item in fields(value):
+        number = getattr(value, item.name)
+        if isinstance(number, (int, float)) and (number <= 0 if isinstance(number, float) else number < 0):
+            raise GridError(f"{where}.{item.name}: {number!r} is out of range (must be {'> 0' if isinstance(number, float) else '>= 0'})")
+    return value
 
 
 def needs_model_stats(rules: list[tuple[dict[str, Any], dict[str, Any]]]) -> bool:

@@ -25,7 +25,7 @@ from __future__ import annotations
 
 import itertools
 import re
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -108,11 +108,11 @@ def resolve_grid_path(name: str | Path) -> Path:
 def read_grid_file(source: str | Path) -> tuple[Path, str, Any]:
     """(path, text, parsed YAML) of a grid or search file; a bare name resolves to the bundle."""
     path = resolve_grid_path(source)
-    text = path.read_text()
     try:
-        return path, text, yaml.safe_load(text) or {}
-    except yaml.YAMLError as err:
-        raise GridError(f"{path}: not valid YAML: {err}") from err
+        data = gat_config.read_yaml_file(path)
+    except gat_config.ConfigError as err:
+        raise GridError(str(err)) from err
+    return path, path.read_text(), data or {}
 
 
 def load_grid(source: str | Path, overrides: dict[str, Any] | None = None) -> GridSpec:
@@ -162,12 +162,25 @@ def parse_grid(
     include = _filters(data.get("include"), "include")
     exclude = _filters(data.get("exclude"), "exclude")
     name = str(data.get("name") or (path.stem if path else "grid"))
+    if not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9._-]*", name):
+        raise GridError(f"name: {name!r} is not a plain folder name (letters, digits, '.', '_', '-'); "
+                        "use --out to write a sweep elsewhere")
     return GridSpec(
         name=name, path=path, text=text if text is not None else yaml.safe_dump(data, sort_keys=False),
         base=base, base_source=base_source, fixed=fixed, groups=groups, axes=axes,
         include=include, exclude=exclude, resources=_mapping(data.get("resources"), "resources"),
         executor=_executor(data.get("executor")),
     )
+
+
+def only_pattern(only: str | None) -> re.Pattern[str] | None:
+    """The compiled `--only REGEX` (None for no filter); a bad expression is a GridError."""
+    if not only:
+        return None
+    try:
+        return re.compile(only)
+    except re.error as err:
+        raise GridError(f"--only {only!r}: not a regular expression ({err}); e.g. 'w64' or 'w(32|64)-'") from err
 
 
 def expand(spec: GridSpec) -> list[Point]:
@@ -274,6 +287,16 @@ def _filters(value: Any, where: str) -> list[dict[str, Any]]:
         return []
     if not isinstance(value, list) or not all(isinstance(v, dict) for v in value):
         raise GridError(f"{where}: expected a list of mappings, got {value!r}")
+    for entry in value:
+        for key, wanted in entry.items():
+            if isinstance(wanted, str) and wanted.lstrip()[:1] in ("<", ">", "=", "!"):
+                found = _COMPARISON.match(wanted)
+                try:
+                    float(found.group(2)) if found else float("x")
+                except ValueError:
+                    raise GridError(
+                        f"{where}: {key}: {wanted!r} is not a comparison (expected e.g. '>=512', '<1e-3', '!=0')"
+                    ) from None
     return value
 
 
@@ -292,19 +315,17 @@ def _load_base(base: Any, grid_path: Path | None) -> tuple[dict[str, Any], str]:
     for candidate in candidates:
         if candidate.is_file():
             try:
-                return yaml.safe_load(candidate.read_text()) or {}, str(candidate)
-            except yaml.YAMLError as err:
-                raise GridError(f"base {candidate}: not valid YAML: {err}") from err
+                return gat_config.read_yaml_file(candidate) or {}, str(candidate)
+            except gat_config.ConfigError as err:
+                raise GridError(f"base: {err}") from err
     raise GridError(f"base config not found: {base} (looked in {', '.join(str(c.parent) for c in candidates)})")
 
 
 def _executor(value: Any) -> ExecutorSpec:
-    data = _mapping(value, "executor")
-    allowed = {f.name for f in fields(ExecutorSpec)}
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise GridError(f"executor: unknown key {unknown[0]!r} (allowed: {', '.join(sorted(allowed))})")
-    spec = ExecutorSpec(**data)
+    try:
+        spec = gat_config.build_dataclass(ExecutorSpec, _mapping(value, "executor"), "executor")
+    except gat_config.ConfigError as err:
+        raise GridError(str(err)) from err
     if spec.kind not in EXECUTOR_KINDS:
         raise GridError(f"executor.kind={spec.kind!r} is not one of: {', '.join(EXECUTOR_KINDS)}")
     if spec.array_parallelism < 1:

@@ -46,7 +46,7 @@ def test_set_section_reaches_every_point_and_g_d_sizes_are_separate_axes():
     ({"zip": [{"model.width": [32, 64], "model.heads": [2]}]}, "zip[0]: axes have different lengths"),
     ({"axes": {"seed": [0]}, "axis": {}}, "unknown grid section 'axis'"),
     ({"axes": {"seed": [0]}, "executor": {"kind": "kubernetes"}}, "executor.kind='kubernetes'"),
-    ({"axes": {"seed": [0]}, "executor": {"paralelism": 2}}, "executor: unknown key 'paralelism'"),
+    ({"axes": {"seed": [0]}, "executor": {"paralelism": 2}}, "unknown key executor.paralelism"),
     ({}, "at least one axis"),
 ])
 def test_structural_errors(sections, message):
