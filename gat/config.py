@@ -7,6 +7,7 @@ config is written as plain YAML into every run folder, so a run folder alone say
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 import types
 import typing
@@ -219,8 +220,18 @@ def read_yaml_file(path: str | Path) -> Any:
     return load_yaml(text, str(path))
 
 
+@functools.lru_cache(maxsize=None)
 def _field_types(cls: type) -> dict[str, Any]:
     return typing.get_type_hints(cls)
+
+
+def _plain_copy(data: Any) -> Any:
+    """A deep copy of nested mappings and sequences (tuples become lists, as YAML would give)."""
+    if isinstance(data, dict):
+        return {key: _plain_copy(value) for key, value in data.items()}
+    if isinstance(data, (list, tuple)):
+        return [_plain_copy(value) for value in data]
+    return data
 
 
 def _coerce(value: Any, annotation: Any, key: str) -> Any:
@@ -315,7 +326,7 @@ def get_value(config: RunConfig, dotted: str) -> Any:
 
 def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
     """Return a copy of nested `data` with dotted keys set (`{"model.width": 512}`)."""
-    out = yaml.safe_load(yaml.safe_dump(data)) or {}
+    out = _plain_copy(data or {})
     for dotted, value in overrides.items():
         node = out
         parts = dotted.split(".")
@@ -364,7 +375,7 @@ def _resolve_model_name(data: dict[str, Any]) -> dict[str, Any]:
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
     """Validate nested dicts into a RunConfig; errors name the offending key."""
-    data = _resolve_model_name(yaml.safe_load(yaml.safe_dump(data or {})) or {})
+    data = _resolve_model_name(_plain_copy(data or {}))
     config = _build(RunConfig, data, "")
     validate(config)
     return config
@@ -389,6 +400,11 @@ def save_config(config: RunConfig, path: str | Path) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
     tmp.replace(path)
+
+
+# Sections whose keys are checked against each other (by `validate` and by building the model);
+# a key outside them is valid or not on its own, whatever the other keys say.
+INTERACTING_SECTIONS = ("model.", "mng.", "repa.", "data.")
 
 
 def validate(config: RunConfig) -> None:

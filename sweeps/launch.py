@@ -78,11 +78,13 @@ def decide(state: str, queued: bool, rerun_failed: bool) -> str:
 
 
 def validate_plan(plan: Plan) -> None:
-    """Every run through gat.config.from_dict, then each distinct model shape through
-    gat.models.describe (which catches what only building the nets can, e.g. more MNG levels
-    than blocks); also checks the fast normalisation agrees with the trainer's."""
+    """Every run's values through gat.config (each axis value once, each combination of the
+    interacting keys once), then each distinct model shape through gat.models.describe (which
+    catches what only building the nets can, e.g. more MNG levels than blocks); also checks the
+    fast normalisation agrees with the trainer's."""
     points = [Point(r.coords, r.overrides) for r in plan.runs]
-    for run, cfg in zip(plan.runs, validate_points(plan.spec, points)):
+    for index, cfg in validate_points(plan.spec, points).items():
+        run = plan.runs[index]
         resolved = flatten(gat_config.to_dict(cfg))
         if resolved != run.flat:
             diff = sorted(k for k in set(resolved) | set(run.flat) if resolved.get(k) != run.flat.get(k))

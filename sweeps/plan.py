@@ -35,6 +35,7 @@ COSMETIC = frozenset((
     "model.grad_checkpointing", "train.ckpt_every", "train.snapshot_every", "model.name",
 ))
 ID_LENGTH = 8
+COLLISION_ID_LENGTH = 16
 FINAL = ("completed", "diverged")
 # Derived states: `pending` (never started), `running` (a live lease), `interrupted` (status says
 # running but nobody holds the lease: resume it), plus the trainer's final/failed states.
@@ -148,11 +149,15 @@ def _model_size(name: str) -> dict[str, int]:
     return {f"model.{k}": getattr(size, k) for k in ("width", "depth", "heads", "patch")}
 
 
-def run_id(flat: dict[str, Any]) -> str:
-    """The short hash naming a run: SHA-1 of the JSON list of its sorted non-cosmetic [key, value] pairs."""
-    identity = [[k, flat[k]] for k in sorted(flat.keys() - COSMETIC)]
-    text = json.dumps(identity, separators=(",", ":"), default=str)
-    return hashlib.sha1(text.encode()).hexdigest()[:ID_LENGTH]
+def run_identity(flat: dict[str, Any]) -> str:
+    """What makes two runs the same run: the JSON list of the sorted non-cosmetic [key, value] pairs."""
+    return json.dumps([[k, flat[k]] for k in sorted(flat.keys() - COSMETIC)], separators=(",", ":"), default=str)
+
+
+def run_id(flat: dict[str, Any], length: int | None = None) -> str:
+    """The short hash naming a run: the first `length` (default ID_LENGTH) hex digits of SHA-1
+    of its identity."""
+    return hashlib.sha1(run_identity(flat).encode()).hexdigest()[: length or ID_LENGTH]
 
 
 def run_name(flat: dict[str, Any], axes: list[str], rid: str) -> str:
@@ -192,6 +197,10 @@ def make_plan(spec: GridSpec, sweep_dir: Path) -> Plan:
     for point in expand(spec):
         flat = normalise(start, point.overrides)
         rid = run_id(flat)
+        if rid in seen and run_identity(seen[rid].flat) != run_identity(flat):
+            # A different config whose 8-digit id collides (expected about once in 10^5 points):
+            # it gets the longer id rather than being merged away.
+            rid = run_id(flat, COLLISION_ID_LENGTH)
         if rid in seen:
             merged += 1
             continue

@@ -183,3 +183,16 @@ def test_executor_spec_defaults_keep_signal_well_before_limit():
 ])
 def test_decide(state, queued, rerun, action):
     assert launch.decide(state, queued, rerun) == action
+
+
+def test_colliding_short_ids_are_not_merged(monkeypatch, tmp_path):
+    """Two different configs whose short ids collide stay two runs; true duplicates merge."""
+    from sweeps import plan as plan_module
+    from sweeps.spec import parse_grid
+
+    monkeypatch.setattr(plan_module, "ID_LENGTH", 1)  # 16 possible ids: collisions are certain
+    spec = parse_grid({"axes": {"seed": list(range(40)), "logging.progress": ["bar", "lines"]}})
+    plan = plan_module.make_plan(spec, tmp_path)
+    assert len(plan.runs) == 40 and plan.merged == 40  # progress is cosmetic: true duplicates
+    assert len({r.run_id for r in plan.runs}) == 40
+    assert {r.flat["seed"] for r in plan.runs} == set(range(40))

@@ -35,8 +35,8 @@ def test_set_section_reaches_every_point_and_g_d_sizes_are_separate_axes():
     spec = grid(set={"train.steps": 5}, axes={"model.width": [32], "model.d_width": [None, 64]})
     points = expand(spec)
     assert [p.overrides["train.steps"] for p in points] == [5, 5]
-    configs = validate_points(spec, points)
-    assert [c.model.d_width for c in configs] == [None, 64]
+    configs = validate_points(spec, points)  # model.d_width interacts: both points are checked whole
+    assert {i: c.model.d_width for i, c in configs.items()} == {0: None, 1: 64}
 
 
 @pytest.mark.parametrize("sections, message", [
