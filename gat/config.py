@@ -402,6 +402,14 @@ def save_config(config: RunConfig, path: str | Path) -> None:
     tmp.replace(path)
 
 
+# Keys that change neither what a run computes nor its identity: how it is logged, how often it
+# checkpoints, how data is loaded. A run may resume with new values (recorded in config.yaml),
+# and the sweep engine leaves them out of the run id.
+COSMETIC_KEYS = frozenset((
+    "logging.wandb", "logging.wandb_project", "logging.progress", "data.num_workers",
+    "model.grad_checkpointing", "train.ckpt_every", "train.snapshot_every", "model.name",
+))
+
 # Sections whose keys are checked against each other (by `validate` and by building the model);
 # a key outside them is valid or not on its own, whatever the other keys say.
 INTERACTING_SECTIONS = ("model.", "mng.", "repa.", "data.")

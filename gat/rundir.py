@@ -10,6 +10,7 @@ import os
 import platform
 import socket
 import subprocess
+import warnings
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -87,11 +88,29 @@ def read_stats(run_dir: Path) -> list[dict[str, Any]]:
 
 
 def truncate_stats(run_dir: Path, step: int) -> None:
-    """Drop stats lines after `step`: on resume they are recomputed from the checkpoint at `step`."""
+    """Drop stats lines after `step`: on resume they are recomputed from the checkpoint at `step`.
+
+    A line that does not parse is not silently lost: a torn last line (a kill mid-write) is
+    dropped, while a damaged line before it is moved to `stats.jsonl.corrupt` with a warning.
+    """
     path = run_dir / STATS
     if not path.is_file():
         return
-    kept = [json.dumps(r, allow_nan=False) for r in read_stats(run_dir) if r.get("step", 0) <= step]
+    lines = path.read_text().splitlines()
+    kept, corrupt = [], []
+    for index, line in enumerate(lines):
+        try:
+            record = json.loads(line)
+        except ValueError:
+            if index < len(lines) - 1 and line.strip():
+                corrupt.append(line)
+            continue
+        if record.get("step", 0) <= step:
+            kept.append(json.dumps(record, allow_nan=False))
+    if corrupt:
+        with open(path.with_name(STATS + ".corrupt"), "a") as aside:
+            aside.write("".join(line + "\n" for line in corrupt))
+        warnings.warn(f"{path}: {len(corrupt)} damaged line(s) moved to {STATS}.corrupt")
     tmp = path.with_name(path.name + ".tmp")
     tmp.write_text("".join(line + "\n" for line in kept))
     os.replace(tmp, path)

@@ -40,7 +40,7 @@ from torch import Tensor, nn
 
 from gat import checkpoint, diagnostics, distributed, rundir
 from gat import eval as gat_eval
-from gat.config import ConfigError, RunConfig, load_config, parse_set, save_config, to_dict
+from gat.config import COSMETIC_KEYS, ConfigError, RunConfig, load_config, parse_set, save_config, to_dict
 from gat.data import load_dataset, load_decoder
 from gat.encoders import load_encoder
 from gat.lr_rules import learning_rate, param_groups
@@ -439,18 +439,22 @@ class WandbLog:
 # The run
 
 
-def check_run_dir(config: RunConfig, run_dir: Path) -> dict[str, Any] | None:
-    """Refuse a folder that holds another config; return its status (None for a fresh folder)."""
+def check_run_dir(config: RunConfig, run_dir: Path, announce: bool = True) -> dict[str, Any] | None:
+    """Refuse a folder that holds another config; return its status (None for a fresh folder).
+    Keys in COSMETIC_KEYS may differ: the run resumes with the new values (said when `announce`)."""
     existing = run_dir / rundir.CONFIG
     if existing.is_file():
         theirs = to_dict(load_config(existing))
         ours = to_dict(config)
-        if theirs != ours:
-            diff = sorted(_diff_keys(theirs, ours))
+        diff = sorted(_diff_keys(theirs, ours))
+        changed = [key for key in diff if key not in COSMETIC_KEYS]
+        if changed:
             raise ConfigMismatchError(
-                f"{run_dir} holds a run with a different config (differs at: {', '.join(diff)}); "
+                f"{run_dir} holds a run with a different config (differs at: {', '.join(changed)}); "
                 "use another --out folder"
             )
+        if diff and announce:
+            print(f"{run_dir}: resuming with new {', '.join(diff)} (they do not change the run; config.yaml is updated)")
     return rundir.read_status(run_dir)
 
 
@@ -554,7 +558,7 @@ def run(config: RunConfig, run_dir: str | Path) -> str:
 
 def _run(config: RunConfig, run_dir: Path, where: distributed.DistEnv) -> str:
     device = resolve_device(config, where.local_rank)
-    status = check_run_dir(config, run_dir)
+    status = check_run_dir(config, run_dir, where.is_main)
     if status is not None and status["state"] in rundir.FINAL_STATES:
         if where.is_main:
             print(f"{run_dir}: already {status['state']} at step {status['step']}; nothing to do")
@@ -617,6 +621,9 @@ def _run(config: RunConfig, run_dir: Path, where: distributed.DistEnv) -> str:
             if main and (step % t.ckpt_every == 0 or step == t.steps):
                 state = training_state(nets, step, meter, wall_s, dims)
                 checkpoint.save(run_dir / "checkpoints", state, snapshot=step % t.snapshot_every == 0)
+                # The recorded step follows the checkpoints, so a later failure to resume never
+                # reports less progress than a good checkpoint holds.
+                rundir.write_status(run_dir, "running", step)
             del previous
 
         if main:

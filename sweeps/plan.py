@@ -30,10 +30,7 @@ from gat import config as gat_config
 from sweeps import lease as leases
 from sweeps.spec import GridSpec, Point, expand
 
-COSMETIC = frozenset((
-    "logging.wandb", "logging.wandb_project", "logging.progress", "data.num_workers",
-    "model.grad_checkpointing", "train.ckpt_every", "train.snapshot_every", "model.name",
-))
+COSMETIC = gat_config.COSMETIC_KEYS
 ID_LENGTH = 8
 COLLISION_ID_LENGTH = 16
 FINAL = ("completed", "diverged")

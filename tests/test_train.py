@@ -390,3 +390,30 @@ def test_planned_and_tabled_training_flops_agree(synthetic, tmp_path):
     row = load_results([run_dir]).sort_values("step").iloc[-1]
     assert row["images_seen"] == config.train.steps * config.train.batch
     assert row["train_flops"] == pytest.approx(planned, rel=1e-6)
+
+
+def test_resume_accepts_cosmetic_changes_and_keeps_the_recorded_step(synthetic, tmp_path, monkeypatch, capsys):
+    """Checkpoint/log cadence may change on resume (recorded in config.yaml); anything else is
+    refused without moving the recorded step back or touching the checkpoints."""
+    run_dir = tmp_path / "run"
+    run_until_checkpoint(monkeypatch, tiny_config(), run_dir, stop_step=4)
+    # Killed right after the step-4 save: status.json already says step 2 (the save before).
+    assert rundir.read_status(run_dir)["step"] == 2
+    with pytest.raises(gat.train.ConfigMismatchError, match="differs at: train.batch"):
+        gat.train.run(tiny_config(**{"train.batch": 4}), run_dir)
+    assert rundir.read_status(run_dir)["step"] == 2
+    assert torch.load(run_dir / "checkpoints" / "latest.pt", weights_only=False)["step"] == 4
+    assert gat.train.run(tiny_config(**{"train.ckpt_every": 3, "logging.progress": "bar"}), run_dir) == "completed"
+    assert "resuming with new logging.progress, train.ckpt_every" in capsys.readouterr().out
+    saved = load_config(run_dir / "config.yaml")
+    assert saved.train.ckpt_every == 3 and saved.logging.progress == "bar"
+
+
+def test_a_damaged_stats_line_is_kept_aside(tmp_path):
+    run_dir = tmp_path
+    lines = ['{"step": 2, "loss_d": 1.0}', '{"step": 4, "loss_d": 0.9', '{"step": 6, "loss_d": 0.8}', '{"step": 8, "lo']
+    (run_dir / "stats.jsonl").write_text("\n".join(lines) + "\n")
+    with pytest.warns(UserWarning, match="1 damaged line"):
+        rundir.truncate_stats(run_dir, 6)
+    assert [r["step"] for r in rundir.read_stats(run_dir)] == [2, 6]
+    assert (run_dir / "stats.jsonl.corrupt").read_text() == lines[1] + "\n"  # the torn last line is just dropped
