@@ -1,8 +1,11 @@
-"""`python -m sweeps.cancel SWEEP_DIR [--only REGEX]`: cancel a sweep's queued and running jobs.
+"""`python -m sweeps.cancel SWEEP_DIR [--only REGEX]`: stop exactly the runs named, on any executor.
 
-Jobs come from the manifest. A cancelled run keeps `running` in its status.json with no lease,
-which reads as `interrupted`; the next launch resumes it from its checkpoint. On the local
-executor one worker serves several runs, so cancelling one of its runs stops the whole worker.
+Each chosen run gets a cancel request (`runs/<name>/.sweep/cancel.json`). The job holding the
+run stops its trainer within a couple of seconds and moves on to its next run; a job that has
+not reached it yet skips it. A job whose runs are all chosen is also cancelled outright (a
+queued SLURM job then never starts). A stopped run keeps `running` in its status.json with no
+lease, which reads as `interrupted`; the next launch clears the request and resumes it from its
+checkpoint.
 """
 from __future__ import annotations
 
@@ -11,25 +14,32 @@ import sys
 from pathlib import Path
 
 from sweeps import executors, manifest
+from sweeps.job import request_cancel
 from sweeps.spec import GridError, only_pattern
 
 
-def cancel_sweep(sweep_dir: Path, only: str | None = None) -> list[str]:
-    """Cancel the jobs of the runs matching `only` (all when None); returns the cancelled ids."""
+def cancel_sweep(sweep_dir: Path, only: str | None = None) -> tuple[list[str], list[str]]:
+    """Cancel the runs matching `only` (all when None); returns (run names, job ids stopped
+    outright). No run matching is an error."""
     data = manifest.read(sweep_dir)
     if data is None:
         raise FileNotFoundError(f"{sweep_dir} has no {manifest.MANIFEST}")
     pattern = only_pattern(only)
-    chosen = {r["run_id"] for r in data.get("runs", [])
-              if not pattern or pattern.search(r["name"]) or pattern.search(r["run_id"])}
+    runs = data.get("runs", [])
+    chosen = [r for r in runs if not pattern or pattern.search(r["name"]) or pattern.search(r["run_id"])]
+    if not chosen:
+        raise GridError(f"--only {only!r} matches none of the {len(runs)} runs in {sweep_dir}")
+    for run in chosen:
+        request_cancel(Path(sweep_dir) / run["dir"])
+    chosen_ids = {r["run_id"] for r in chosen}
     by_kind: dict[str, list[str]] = {}
     for job in data.get("jobs", []):
-        if chosen & set(job["run_ids"]):
+        if set(job["run_ids"]) <= chosen_ids:  # a job also holding other runs keeps running them
             by_kind.setdefault(job.get("executor", "slurm"), []).append(job["job_id"])
-    cancelled = []
+    stopped = []
     for kind, ids in by_kind.items():
-        cancelled += executors.cancel(kind, ids)
-    return cancelled
+        stopped += executors.cancel(kind, ids)
+    return [r["name"] for r in chosen], stopped
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -39,11 +49,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--only", metavar="REGEX", help="only runs whose name or id matches")
     args = p.parse_args(argv)
     try:
-        cancelled = cancel_sweep(args.sweep_dir, args.only)
+        names, stopped = cancel_sweep(args.sweep_dir, args.only)
     except (FileNotFoundError, GridError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
-    print(f"cancelled {len(cancelled)} job(s)" + (f": {', '.join(cancelled)}" if cancelled else " (none active)"))
+    print(f"cancel requested for {len(names)} run(s); {len(stopped)} job(s) holding only those runs stopped"
+          + (f": {', '.join(stopped)}" if stopped else ""))
     return 0
 
 

@@ -46,6 +46,28 @@ _FOLLOW_TIMEOUT_S = 600.0
 _STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
 
 
+CANCEL_REQUEST = "cancel.json"  # in RUN_DIR/.sweep/: `sweeps.cancel` asks for this run to stop
+
+
+def request_cancel(run_dir: Path) -> None:
+    """Ask whichever job holds (or will hold) the run to stop it; the next launch clears it."""
+    folder = Path(run_dir) / SWEEP_SUBDIR
+    folder.mkdir(parents=True, exist_ok=True)
+    tmp = folder / (CANCEL_REQUEST + ".tmp")
+    tmp.write_text(json.dumps({"requested": utc_now(), "pid": os.getpid()}) + "\n")
+    os.replace(tmp, folder / CANCEL_REQUEST)
+
+
+def clear_cancel(run_dir: Path) -> None:
+    """Withdraw a cancel request (a launch submitting the run again)."""
+    (Path(run_dir) / SWEEP_SUBDIR / CANCEL_REQUEST).unlink(missing_ok=True)
+
+
+def cancel_requested(run_dir: Path) -> bool:
+    """Whether `sweeps.cancel` asked for this run to stop."""
+    return (Path(run_dir) / SWEEP_SUBDIR / CANCEL_REQUEST).is_file()
+
+
 class RunsFailed(RuntimeError):
     """Raised at the end of a job when some of its runs failed, so the scheduler shows FAILED too."""
 
@@ -162,6 +184,7 @@ class RunJob(submitit.helpers.Checkpointable):
         self.launch_id = launch_id
         self.trainer = trainer
         self._child: subprocess.Popen[bytes] | None = None
+        self._stopped_because = ""
         self._lease: leases.Lease | None = None
         self._current: RunTask | None = None
         self._num_tasks = 1
@@ -207,6 +230,10 @@ class RunJob(submitit.helpers.Checkpointable):
             return {**base, "state": "skipped", "reason": "another job holds the run's lease"}
         self._lease, self._current = lease, task
         try:
+            if cancel_requested(run_dir):
+                append_event(run_dir, "cancelled", **common)
+                self._decide(run_dir, job_id, restart, 0, "stop")
+                return {**base, "state": "cancelled", "reason": "cancelled by sweeps.cancel before it started"}
             status = read_trainer_status(run_dir) or {}
             state = status.get("state")
             if state in FINAL or (state == "failed" and not self.rerun_failed):
@@ -234,7 +261,7 @@ class RunJob(submitit.helpers.Checkpointable):
         log = run_dir / SWEEP_SUBDIR / "trainer.log"
         rc = self._start_and_wait(task, lease)
         if rc is None:
-            return "interrupted", "the lease was taken over (this job stalled past lease_stale_s)"
+            return "interrupted", self._stopped_because
         status = read_trainer_status(run_dir) or {}
         state = status.get("state")
         if state in FINAL or state == "failed":
@@ -248,7 +275,9 @@ class RunJob(submitit.helpers.Checkpointable):
         return "failed", reason
 
     def _start_and_wait(self, task: RunTask, lease: leases.Lease | None) -> int | None:
-        """Run the trainer to its end; None when the lease was lost (the trainer is stopped)."""
+        """Run the trainer to its end; None when it was stopped because the lease was lost or
+        the run was cancelled (`_stopped_because` says which). The run then stays `running`
+        and resumes from its checkpoint at the next launch."""
         run_dir = Path(task.run_dir)
         folder = run_dir / SWEEP_SUBDIR
         folder.mkdir(parents=True, exist_ok=True)
@@ -277,8 +306,13 @@ class RunJob(submitit.helpers.Checkpointable):
                         return self._child.wait(timeout=_POLL_S)
                     except subprocess.TimeoutExpired:
                         if lease is not None and lease.lost.is_set():
-                            self._stop_child()
-                            return None
+                            self._stopped_because = "the lease was taken over (this job stalled past lease_stale_s)"
+                        elif lease is not None and cancel_requested(run_dir):
+                            self._stopped_because = "cancelled by sweeps.cancel"
+                        else:
+                            continue
+                        self._stop_child()
+                        return None
             except BaseException:
                 # cancelled (KeyboardInterrupt from the local controller) or exiting: never leave
                 # a trainer writing a folder whose lease is about to be freed

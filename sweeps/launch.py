@@ -28,7 +28,7 @@ from typing import Any
 
 from gat import config as gat_config
 from sweeps import costs, executors, manifest, resources
-from sweeps.job import RunJob, RunTask
+from sweeps.job import RunJob, RunTask, cancel_requested, clear_cancel
 from sweeps.plan import Plan, PlannedRun, RunStatus, flatten, make_plan, read_statuses
 from sweeps.spec import REPO_ROOT, GridError, GridSpec, Point, load_grid, only_pattern, validate_points
 
@@ -184,7 +184,9 @@ def launch(args: argparse.Namespace) -> int:
     for run in chosen:
         status = statuses[run.run_id]
         res = resources.resolve(run.flat, defaults, rules, stats=lambda r=run: costs.model_stats(r.flat) or {})
-        rows.append((run, status, decide(status.state, run.run_id in queued, args.rerun_failed), res))
+        # A cancelled run's old job skips it or has stopped it: it counts as not queued.
+        in_queue = run.run_id in queued and not cancel_requested(run.dir)
+        rows.append((run, status, decide(status.state, in_queue, args.rerun_failed), res))
     if args.dry_run:
         print(dry_run_table(plan, rows, estimate))
         return 0
@@ -213,6 +215,8 @@ def launch(args: argparse.Namespace) -> int:
     # Longest first: with limited parallelism, a big run started last sets the sweep's end.
     for run, res in sorted(to_submit, key=lambda item: -_estimated_flops(item[0])):
         groups.setdefault(res, []).append(run)
+    for run, _ in to_submit:  # submitting a run again withdraws an earlier sweeps.cancel
+        clear_cancel(run.dir)
     submitted = []
     for res, runs in groups.items():
         fns = build_jobs(kind, runs, spec, {**common, "cpus_per_task": res.cpus_per_task})

@@ -118,7 +118,8 @@ def collect(sweep_dir: Path, *, only: str | None = None, stale_s: float = _DEFAU
             state = "queued" if live[job_id] == "PENDING" or state == "pending" else state
         elif state == "interrupted" and job_id in ended:
             reason = reason or f"job {job_id} ended {ended[job_id]}"
-        last_job = next((e.get("job_id") for e in reversed(events) if e.get("job_id")), None)
+        # The job that last trained the run, not one that merely found it done and skipped it.
+        last_job = next((e.get("job_id") for e in reversed(events) if e.get("event") == "start" and e.get("job_id")), None)
         logged_step, metric = last_progress(run_dir)
         step = max((s for s in (status.step, logged_step) if s is not None), default=None)
         rows.append(RunRow(

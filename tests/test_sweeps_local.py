@@ -150,6 +150,43 @@ def test_cancel_then_relaunch_resumes(tmp_path, stub_trainer, monkeypatch, capsy
     assert len([r for r in first_resume if "start" in r]) == 2
 
 
+def test_cancel_only_stops_the_named_run_on_a_shared_local_worker(tmp_path, stub_trainer, monkeypatch, capsys):
+    """Local workers share one list of runs; cancelling one run must not stop the other."""
+    monkeypatch.setenv("STUB_STEP_S", "0.1")
+    grid = write_grid(tmp_path / "g.yaml", steps=60, ckpt_every=10, seed=[0, 1])
+    sweep = tmp_path / "sweep"
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "local"]) == 0
+    dirs = wait_for(lambda: sorted((sweep / "runs").glob("*")) if len(list((sweep / "runs").glob("*"))) == 2 else None)
+    wait_for(lambda: all(stats_lines(d) >= 5 for d in dirs))
+    victim, other = (d for d in dirs if "-s0-" in d.name), (d for d in dirs if "-s1-" in d.name)
+    victim, other = next(victim), next(other)
+    names, stopped = cancel_sweep(sweep, only="-s0-")
+    assert names == [victim.name] and stopped == []  # both workers also hold s1: none is killed
+    wait_for(lambda: run_rows(sweep)[other.name].state == "completed", timeout=60)
+    rows = run_rows(sweep)
+    assert rows[victim.name].state == "interrupted" and rows[victim.name].step < 60
+    ends = [e for e in read_events(victim) if e["event"] == "end"]
+    assert ends[-1]["reason"] == "cancelled by sweeps.cancel"
+    with pytest.raises(launch.GridError, match="matches none"):
+        cancel_sweep(sweep, only="w96")
+    monkeypatch.setenv("STUB_STEP_S", "0.0")
+    capsys.readouterr()
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "local", "--wait"]) == 0
+    assert run_rows(sweep)[victim.name].state == "completed"
+
+
+def test_status_names_the_job_that_trained_the_run(tmp_path, stub_trainer):
+    from sweeps.job import append_event
+
+    grid = write_grid(tmp_path / "g.yaml", seed=[0])
+    sweep = tmp_path / "sweep"
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "debug"]) == 0
+    (row,) = run_rows(sweep).values()
+    trained_by = row.job
+    append_event(sweep / row.dir, "skip", state="completed", job_id="later-job")  # a later job found it done
+    assert run_rows(sweep)[row.name].job == trained_by != "later-job"
+
+
 def test_only_and_status_cli(tmp_path, stub_trainer, capsys):
     grid = write_grid(tmp_path / "g.yaml")
     sweep = tmp_path / "sweep"
