@@ -17,6 +17,8 @@ from typing import Any
 
 import yaml
 
+from gat.rundir import write_text_atomic
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown, of the wrong type or out of range."""
@@ -396,10 +398,7 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list
 
 def save_config(config: RunConfig, path: str | Path) -> None:
     """Write the resolved config as YAML (atomically: a half-written config never exists)."""
-    path = Path(path)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(to_dict(config), sort_keys=False))
-    tmp.replace(path)
+    write_text_atomic(Path(path), yaml.safe_dump(to_dict(config), sort_keys=False))
 
 
 # Keys that change neither what a run computes nor its identity: how it is logged, how often it

@@ -34,15 +34,28 @@ def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
-    """Write JSON so that a reader sees the old file or the new one, never half of one."""
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write a file so that a reader sees the old one or the new one, never half of one. On
+    failure (a full disk, a read-only file system) the temp file is removed and the old file
+    stays; the OSError propagates."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as handle:
-        json.dump(data, handle, indent=2)
-        handle.write("\n")
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as handle:
+            handle.write(text)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            tmp.unlink(missing_ok=True)
+        except OSError:
+            pass  # read-only: nothing was created either
+        raise
+
+
+def write_json_atomic(path: Path, data: Any) -> None:
+    """Write JSON atomically (see `write_text_atomic`)."""
+    write_text_atomic(path, json.dumps(data, indent=2) + "\n")
 
 
 def read_json(path: Path) -> Any | None:
@@ -111,9 +124,7 @@ def truncate_stats(run_dir: Path, step: int) -> None:
         with open(path.with_name(STATS + ".corrupt"), "a") as aside:
             aside.write("".join(line + "\n" for line in corrupt))
         warnings.warn(f"{path}: {len(corrupt)} damaged line(s) moved to {STATS}.corrupt")
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text("".join(line + "\n" for line in kept))
-    os.replace(tmp, path)
+    write_text_atomic(path, "".join(line + "\n" for line in kept))
 
 
 def _finite(value: Any) -> Any:

@@ -633,7 +633,10 @@ def _run(config: RunConfig, run_dir: Path, where: distributed.DistEnv) -> str:
         return outcome
     except Exception as err:
         if main:
-            rundir.write_status(run_dir, "failed", step, f"{type(err).__name__}: {err}")
+            try:
+                rundir.write_status(run_dir, "failed", step, f"{type(err).__name__}: {err}")
+            except OSError as status_err:  # the disk that failed the run may refuse this too
+                err.add_note(f"status.json could not record the failure either: {status_err}")
         outcome = "failed"
         raise
     finally:  # also on KeyboardInterrupt/SystemExit, which leave the run `running` (resumable)
@@ -677,6 +680,12 @@ def main(argv: list[str] | None = None) -> int:
     except (ConfigError, ConfigMismatchError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a full disk, a read-only or unwritable folder: not a bug to trace
+        where = f" ({err.filename})" if err.filename else ""
+        notes = "; ".join(getattr(err, "__notes__", []))
+        print(f"error: {err.strerror or err}{where}: the run stopped; free space or fix permissions, then rerun "
+              f"to resume from the last checkpoint" + (f" ({notes})" if notes else ""), file=sys.stderr)
+        return 1
     except Exception:
         traceback.print_exc()
         return 1

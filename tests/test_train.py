@@ -17,11 +17,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 
 import gat.sample
 import gat.train
 from gat import checkpoint, rundir
-from gat.config import load_config
+from gat.config import load_config, to_dict
 from gat.data.dataset import LatentDataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -378,7 +379,6 @@ def test_planned_and_tabled_training_flops_agree(synthetic, tmp_path):
     """The dry run's FLOPs (sweeps.costs) and results.csv's train_flops (analysis.load) count
     the same run the same way: both go through gat.flops."""
     from analysis.load import load_results
-    from gat.config import to_dict
     from sweeps import costs
     from sweeps.plan import flatten
 
@@ -417,3 +417,35 @@ def test_a_damaged_stats_line_is_kept_aside(tmp_path):
         rundir.truncate_stats(run_dir, 6)
     assert [r["step"] for r in rundir.read_stats(run_dir)] == [2, 6]
     assert (run_dir / "stats.jsonl.corrupt").read_text() == lines[1] + "\n"  # the torn last line is just dropped
+
+
+def test_a_full_disk_fails_the_run_cleanly_and_the_rerun_resumes(synthetic, tmp_path, monkeypatch):
+    run_dir = tmp_path / "run"
+    real_save = torch.save
+
+    def disk_full_at_step_4(obj, f, *args, **kwargs):
+        if isinstance(obj, dict) and obj.get("step") == 4:
+            f.write(b"partial")
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(checkpoint.torch, "save", disk_full_at_step_4)
+    with pytest.raises(OSError, match="No space left"):
+        gat.train.run(tiny_config(), run_dir)
+    status = rundir.read_status(run_dir)
+    assert status["state"] == "failed" and "No space left on device" in status["reason"] and status["step"] == 4
+    assert not list(run_dir.rglob("*.tmp"))
+    monkeypatch.setattr(checkpoint.torch, "save", real_save)
+    assert gat.train.run(tiny_config(), run_dir) == "completed"  # resumes from the step-2 checkpoint
+
+
+def test_an_unwritable_run_folder_is_one_error_line(synthetic, tmp_path, monkeypatch, capsys):
+    def read_only(path, text):
+        raise OSError(30, "Read-only file system", str(path))
+
+    monkeypatch.setattr(rundir, "write_text_atomic", read_only)
+    config = tmp_path / "c.yaml"
+    config.write_text(yaml.safe_dump(to_dict(tiny_config())))
+    assert gat.train.main([str(config), "--out", str(tmp_path / "run")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: Read-only file system") and err.count("\n") == 1 and "Traceback" not in err
