@@ -35,6 +35,7 @@ from typing import Any, Callable
 import submitit
 import yaml
 
+from gat import rundir
 from sweeps import lease as leases
 from sweeps.plan import FINAL, SWEEP_SUBDIR
 
@@ -126,9 +127,7 @@ def _write_failed(run_dir: Path, reason: str) -> None:
     """Record a failure the trainer could not record itself (it crashed or never started)."""
     previous = read_trainer_status(run_dir) or {}
     data = {"state": "failed", "step": previous.get("step") or 0, "reason": reason, "updated": utc_now()}
-    tmp = run_dir / "status.json.sweep.tmp"
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, run_dir / "status.json")
+    rundir.write_json_atomic(run_dir / "status.json", data)
 
 
 def _die_with_parent() -> Callable[[], None] | None:
