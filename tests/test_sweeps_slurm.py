@@ -158,3 +158,85 @@ def test_real_trainer_end_to_end(slurm_cluster, tmp_path, monkeypatch):
         return [(r["step"], r["loss_d"], r["loss_g"]) for r in map(json.loads, (run / "stats.jsonl").read_text().splitlines())]
 
     assert losses(target) == losses(ref)
+
+
+def trainer_pids(run_dir: Path) -> list[int]:
+    """PIDs of the trainer processes working on a run folder."""
+    out = subprocess.run(["pgrep", "-f", f"{run_dir}/.sweep/request.yaml"], capture_output=True, text=True).stdout
+    return [int(pid) for pid in out.split()]
+
+
+def damage_checkpoint(path: Path) -> None:
+    """Overwrite 4 KB inside a checkpoint's tensor data with zeros (the file still unpickles)."""
+    data = bytearray(path.read_bytes())
+    start = len(data) // 3
+    data[start : start + 4096] = bytes(4096)
+    path.write_bytes(bytes(data))
+
+
+@pytest.mark.slow
+def test_chaos_ends_with_the_undisturbed_results(slurm_cluster, tmp_path, monkeypatch):
+    """Four tiny real runs on SLURM while trainers are killed with -9, one job is scancelled,
+    another requeued, and a stopped run's checkpoint is damaged in place. Relaunching until
+    everything is final gives every run the stats and metrics of an undisturbed sweep."""
+    monkeypatch.delenv("GATSCALE_TRAINER", raising=False)
+    fixed = {"train.steps": 80, "train.log_every": 5, "train.ckpt_every": 5, "train.snapshot_every": 80,
+             "eval.every": 40, "eval.num_samples": 64}
+    if os.environ.get("GATSCALE_TEST_FMNIST_VAE"):
+        fixed["data.vae"] = os.environ["GATSCALE_TEST_FMNIST_VAE"]
+    grid = tmp_path / "chaos.yaml"
+    grid.write_text(yaml.safe_dump({
+        "base": "gat/configs/fmnist_smoke.yaml", "set": fixed, "axes": {"seed": [0, 1, 2, 3]},
+        "resources": {"gpus": 0, "cpus_per_task": 1, "timeout_min": 20},
+        "executor": {"array_parallelism": 4, "retries": 3, "lease_heartbeat_s": 1, "lease_stale_s": 8},
+    }))
+    reference, sweep = tmp_path / "reference", tmp_path / "sweep"
+    assert launch.main([str(grid), "--out", str(reference), "--executor", "local", "--wait"]) == 0
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "slurm"]) == 0
+    runs = {r["coords"]["seed"]: r for r in manifest.read(sweep)["runs"]}
+    folder = {seed: sweep / r["dir"] for seed, r in runs.items()}
+    job_of = {seed: next(j["job_id"] for j in manifest.read(sweep)["jobs"] if r["run_id"] in j["run_ids"])
+              for seed, r in runs.items()}
+
+    def mid_run(seed: int) -> bool:
+        return stats_lines(folder[seed]) >= 2 and bool(trainer_pids(folder[seed]))
+
+    faults = []
+    wait_for(lambda: mid_run(0), timeout=300, poll=0.2)
+    for pid in trainer_pids(folder[0]):  # kill -9 a trainer: the job retries, the run resumes
+        os.kill(pid, 9)
+    faults.append("kill -9 trainer of seed 0")
+    wait_for(lambda: mid_run(1), timeout=300, poll=0.2)
+    subprocess.run(["scancel", job_of[1]], check=True)  # the run is left interrupted
+    faults.append("scancel seed 1")
+    wait_for(lambda: mid_run(2), timeout=300, poll=0.2)
+    subprocess.run(["scontrol", "requeue", job_of[2]], check=True)
+    faults.append("requeue seed 2")
+    wait_for(lambda: mid_run(3), timeout=300, poll=0.2)
+    for pid in trainer_pids(folder[3]):
+        os.kill(pid, 9)
+    faults.append("kill -9 trainer of seed 3")
+    # the scancelled run is stopped: damage its newest checkpoint in place
+    wait_for(lambda: not trainer_pids(folder[1]), timeout=60)
+    damage_checkpoint(folder[1] / "checkpoints" / "latest.pt")
+    faults.append("damaged seed 1's latest.pt")
+    # a requeued job waits for its BeginTime (SLURM's requeue hold): lift it, as an operator would
+    time.sleep(2)
+    subprocess.run(["scontrol", "update", f"jobid={job_of[2]}", "StartTime=now"], check=False)
+
+    ids = [r["run_id"] for r in runs.values()]
+    for _ in range(4):  # relaunch until everything is final
+        if all(s == "completed" for s in status.watch(sweep, ids, 8).values()):
+            break
+        launch.main([str(grid), "--out", str(sweep), "--executor", "slurm"])
+    rows = {r.run_id: r for r in status.collect(sweep)}
+    assert {r.state for r in rows.values()} == {"completed"}, (faults, [(r.name, r.state, r.reason) for r in rows.values()])
+    assert "latest.pt is unreadable" in (folder[1] / ".sweep" / "trainer.log").read_text()  # skipped, never resumed from
+
+    def record(run: Path) -> list[tuple]:
+        lines = map(json.loads, (run / "stats.jsonl").read_text().splitlines())
+        return [(r["step"], r["loss_d"], r["loss_g"], r.get("metrics")) for r in lines]
+
+    for seed, run in runs.items():
+        assert record(folder[seed]) == record(reference / run["dir"]), (seed, faults)
+    assert all(rows[runs[seed]["run_id"]].attempts >= 2 for seed in (0, 1, 3))
