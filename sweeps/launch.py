@@ -303,6 +303,10 @@ def main(argv: list[str] | None = None) -> int:
     except (GridError, gat_config.ConfigError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except OSError as err:  # a read-only or full sweep folder
+        where = f" ({err.filename})" if err.filename else ""
+        print(f"error: cannot write the sweep folder{where}: {err.strerror or err}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

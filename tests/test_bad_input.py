@@ -90,3 +90,13 @@ def test_plot_scaling_edge_values(tmp_path: Path, capsys: pytest.CaptureFixture[
     else:
         fit = json.loads((out / "fit.json").read_text())
         assert {e["run_id"]: e["why"] for e in fit["excluded"]} == expected
+
+
+def test_an_unwritable_sweep_folder_is_one_error_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    grid = tmp_path / "grid.yaml"
+    grid.write_text(GOOD)
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")  # chmod cannot stop root; a file in the way can
+    assert launch.main([str(grid), "--out", str(blocker / "sweep"), "--executor", "debug"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: cannot write the sweep folder") and err.count("\n") == 1
