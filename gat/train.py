@@ -670,7 +670,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         config = load_config(args.config, parse_set(args.overrides))
     except ConfigError as err:
-        print(f"config error: {err}", file=sys.stderr)
+        print(f"error: {err}", file=sys.stderr)
         return 2
     if args.dry_run:
         dry_run(config)
