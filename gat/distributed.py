@@ -10,7 +10,8 @@ built. Only rank 0 writes files.
 from __future__ import annotations
 
 import os
-import re
+import shutil
+import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any, Iterable
@@ -41,19 +42,19 @@ class DistEnv:
 
 
 def expand_nodelist(nodelist: str) -> list[str]:
-    """SLURM's compact host list ("gpu[01-03,07],login1") as host names, in order."""
-    hosts: list[str] = []
-    for prefix, ranges, plain in re.findall(r"([^,\[]+)\[([^\]]+)\]|([^,\[\]]+)", nodelist):
-        if plain:
-            hosts.append(plain)
-            continue
-        for part in ranges.split(","):
-            low, _, high = part.partition("-")
-            if not high:
-                hosts.append(prefix + low)
-                continue
-            hosts.extend(f"{prefix}{i:0{len(low)}d}" for i in range(int(low), int(high) + 1))
-    return hosts
+    """SLURM's compact host list ("gpu[01-03,07],login1", "node[1-2]-ib", "rack[1-2]-n[01-02]")
+    as host names, in order: by `scontrol show hostnames` where SLURM is installed (the
+    scheduler's own parser), else by submitit's parser (pinned in pyproject: private API)."""
+    if shutil.which("scontrol"):
+        try:
+            out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30)
+            if out.returncode == 0 and out.stdout.split():
+                return out.stdout.split()
+        except (OSError, subprocess.SubprocessError):
+            pass
+    from submitit.slurm.slurm import _parse_node_list
+
+    return _parse_node_list(nodelist)
 
 
 def detect(environ: dict[str, str] | None = None) -> DistEnv:

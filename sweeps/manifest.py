@@ -1,21 +1,22 @@
 """The sweep folder's `manifest.json` (docs/run_folder.md): grid, plan, git commit, jobs.
 
 Several launches of one grid may update it at once, so every change is a read-modify-write
-under an O_EXCL lock file, written to a temporary file and renamed into place.
+under a `filelock` lock, written to a temporary file and renamed into place.
 """
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import time
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
+
+from filelock import FileLock, Timeout
+
+from gat.rundir import write_text_atomic
 
 MANIFEST = "manifest.json"
-_LOCK_STALE_S = 60.0  # the lock is held for one file write; older means its holder died
+_LOCK_TIMEOUT_S = 60.0  # the lock is held for one file write
 
 
 def utc_now() -> str:
@@ -40,40 +41,19 @@ def read(sweep_dir: Path) -> dict[str, Any] | None:
         return None
 
 
-@contextmanager
-def _locked(sweep_dir: Path, timeout_s: float = 30.0) -> Iterator[None]:
-    lock = Path(sweep_dir) / (MANIFEST + ".lock")
-    deadline = time.time() + timeout_s
-    while True:
-        try:
-            os.close(os.open(lock, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-            break
-        except FileExistsError:
-            try:
-                if time.time() - lock.stat().st_mtime > _LOCK_STALE_S:
-                    lock.unlink(missing_ok=True)
-                    continue
-            except FileNotFoundError:
-                continue
-            if time.time() > deadline:
-                raise TimeoutError(f"{lock} is held by another process (delete it if none is running)")
-            time.sleep(0.05)
-    try:
-        yield
-    finally:
-        lock.unlink(missing_ok=True)
-
-
 def update(sweep_dir: Path, change: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
     """Apply `change` to the manifest (an empty one if absent) atomically; returns the result."""
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(sweep_dir):
-        data = read(sweep_dir) or {"runs": [], "jobs": []}
-        change(data)
-        tmp = sweep_dir / f"{MANIFEST}.{os.getpid()}.tmp"
-        tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-        os.replace(tmp, sweep_dir / MANIFEST)
+    # flock-based: the kernel releases it when its holder dies, so there is no stale lock to guess at
+    lock = FileLock(sweep_dir / (MANIFEST + ".lock"), timeout=_LOCK_TIMEOUT_S)
+    try:
+        with lock:
+            data = read(sweep_dir) or {"runs": [], "jobs": []}
+            change(data)
+            write_text_atomic(sweep_dir / MANIFEST, json.dumps(data, indent=1, default=str) + "\n")
+    except Timeout as err:
+        raise TimeoutError(f"{lock.lock_file} was held by another launch for over {_LOCK_TIMEOUT_S:.0f} s") from err
     return data
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import socket
 
 import pytest
@@ -67,9 +68,23 @@ def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
         assert a["grad_norm_g"] == pytest.approx(b["grad_norm_g"], rel=1e-4)
 
 
-def test_expand_nodelist():
-    assert distributed.expand_nodelist("gpu[01-03,07],login1") == ["gpu01", "gpu02", "gpu03", "gpu07", "login1"]
-    assert distributed.expand_nodelist("node5") == ["node5"]
+NODELISTS = {
+    "gpu[01-03,07],login1": ["gpu01", "gpu02", "gpu03", "gpu07", "login1"],
+    "node5": ["node5"],
+    "a,b": ["a", "b"],
+    "node[1-2]-ib": ["node1-ib", "node2-ib"],  # a suffix after the brackets
+    "rack[1-2]-n[01-02]": ["rack1-n01", "rack1-n02", "rack2-n01", "rack2-n02"],  # two bracket groups
+}
+
+
+@pytest.mark.parametrize("parser", ["scontrol", "submitit"])
+def test_expand_nodelist(parser, monkeypatch):
+    if parser == "submitit":
+        monkeypatch.setattr(distributed.shutil, "which", lambda name: None)
+    elif shutil.which("scontrol") is None:
+        pytest.skip("scontrol is not installed")
+    for nodelist, hosts in NODELISTS.items():
+        assert distributed.expand_nodelist(nodelist) == hosts, nodelist
 
 
 def test_detect_reads_torchrun_then_slurm():

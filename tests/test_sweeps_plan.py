@@ -196,3 +196,23 @@ def test_colliding_short_ids_are_not_merged(monkeypatch, tmp_path):
     assert len(plan.runs) == 40 and plan.merged == 40  # progress is cosmetic: true duplicates
     assert len({r.run_id for r in plan.runs}) == 40
     assert {r.flat["seed"] for r in plan.runs} == set(range(40))
+
+
+def _append_jobs(sweep_dir: str, writer: int, count: int) -> None:
+    for i in range(count):
+        manifest.update(Path(sweep_dir), lambda data, i=i: data["jobs"].append({"job_id": f"{writer}-{i}"}))
+
+
+def test_two_concurrent_manifest_writers_lose_nothing(tmp_path):
+    import multiprocessing
+
+    context = multiprocessing.get_context("spawn")
+    writers = [context.Process(target=_append_jobs, args=(str(tmp_path), w, 40)) for w in range(2)]
+    for process in writers:
+        process.start()
+    for process in writers:
+        process.join(120)
+        assert process.exitcode == 0
+    jobs = [j["job_id"] for j in manifest.read(tmp_path)["jobs"]]
+    assert sorted(jobs) == sorted(f"{w}-{i}" for w in range(2) for i in range(40))
+    assert not list(tmp_path.glob("*.tmp"))
