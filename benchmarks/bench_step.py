@@ -87,7 +87,7 @@ def gatscale_step(case: dict):
     return lambda: train.train_step(nets, inputs, config, generator, amp)
 
 
-def _allow_timm_without_torchvision() -> None:
+def allow_timm_without_torchvision() -> None:
     """timm imports torchvision at import time, and no torchvision wheel matches a CPU-only
     torch from PyPI. The GAT modules use none of it, so placeholder modules stand in."""
     import importlib.abc
@@ -134,7 +134,7 @@ def official_step(case: dict, path: str):
     import torch
     from torch import nn
 
-    _allow_timm_without_torchvision()
+    allow_timm_without_torchvision()
     sys.path.insert(0, path)
     from losses.Rp_loss import RpGANLoss
     from models.discriminator import GATD_models

@@ -66,46 +66,6 @@ QK_SCALE = 0.03
 SEED = 11  # the first seed whose four colour masks each mix coloured and plain samples
 
 
-def _allow_timm_without_torchvision() -> None:
-    """timm imports torchvision at import time; the official models use none of it, so empty
-    placeholder modules stand in (as benchmarks/bench_step.py does)."""
-    import importlib.abc
-    import importlib.machinery
-    import importlib.util
-    import types
-
-    if importlib.util.find_spec("torchvision") is not None:
-        return
-
-    class Placeholder(type):
-        def __getattr__(cls, name: str):
-            if name.startswith("__"):
-                raise AttributeError(name)
-            return f"{cls.__name__}.{name}"
-
-    class Module(types.ModuleType):
-        __path__: list[str] = []
-
-        def __getattr__(self, name: str):
-            if name.startswith("__"):
-                raise AttributeError(name)
-            return Placeholder(name, (), {})
-
-    class Finder(importlib.abc.MetaPathFinder, importlib.abc.Loader):
-        def find_spec(self, name, path=None, target=None):
-            if name.split(".")[0] == "torchvision":
-                return importlib.machinery.ModuleSpec(name, self, is_package=True)
-            return None
-
-        def create_module(self, spec):
-            return Module(spec.name)
-
-        def exec_module(self, module) -> None:
-            pass
-
-    sys.meta_path.insert(0, Finder())
-
-
 def _checkout(path: Path, scratch: Path) -> tuple[Path, str]:
     """The folder to import the official modules from, and its commit."""
     def git(*args: str) -> str:
@@ -275,7 +235,10 @@ def _step(loss_fn, G: Recorded, D: Recorded, inputs: dict, Rp_loss) -> dict:
 
 
 def record(official: Path) -> dict:
-    _allow_timm_without_torchvision()
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+    from bench_step import allow_timm_without_torchvision  # the step benchmark times the same code
+
+    allow_timm_without_torchvision()
     sys.path.insert(0, str(official))
     import losses.diffaug as diffaug
     import losses.Rp_loss as Rp_loss
@@ -358,7 +321,7 @@ def _assert_same_draws(a, b, path: str = "") -> None:
 
 
 def main(argv: list[str]) -> int:
-    if len(argv) not in (1, 2):
+    if len(argv) not in (1, 2) or any(arg.startswith("-") for arg in argv):
         print(__doc__, file=sys.stderr)
         return 2
     out = Path(argv[1]) if len(argv) == 2 else DEFAULT_OUT
