@@ -551,7 +551,11 @@ def run(config: RunConfig, run_dir: str | Path) -> str:
     run_dir = Path(run_dir)
     where = distributed.init(resolve_device(config).type)
     try:
-        return _run(config, run_dir, where)
+        state = _run(config, run_dir, where)
+        # Every rank has closed its logs before any tears the group down: a rank leaving while
+        # another still talks to the store can abort the other (seen once in CI under gloo).
+        distributed.barrier()
+        return state
     finally:
         distributed.shutdown()
 

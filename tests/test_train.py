@@ -257,7 +257,10 @@ def test_wandb_offline_keeps_one_run_id_across_resumes(synthetic, monkeypatch, t
     run_id = (run_dir / "wandb_id").read_text().strip()
     assert gat.train.run(config, run_dir) == "completed"
     assert (run_dir / "wandb_id").read_text().strip() == run_id
-    assert len(list((run_dir / "wandb").glob(f"offline-run-*-{run_id}"))) == 2  # one per attempt, one id
+    # W&B names offline folders by start second and run id: one per attempt, or one shared when
+    # both attempts started within the same second. Never a second id.
+    folders = list((run_dir / "wandb").glob("offline-run-*"))
+    assert 1 <= len(folders) <= 2 and all(f.name.endswith(f"-{run_id}") for f in folders)
 
 
 # --------------------------------------------------------------------------------------------
