@@ -632,7 +632,6 @@ def _run(config: RunConfig, run_dir: Path, where: distributed.DistEnv) -> str:
 
         if main:
             rundir.write_status(run_dir, "completed", step)
-        distributed.barrier()
         outcome = "completed"
         return outcome
     except Exception as err:

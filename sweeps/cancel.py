@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sweeps import executors, manifest
 from sweeps.job import request_cancel
-from sweeps.spec import GridError, only_pattern
+from sweeps.spec import GridError, only_filter
 
 
 def cancel_sweep(sweep_dir: Path, only: str | None = None) -> tuple[list[str], list[str]]:
@@ -24,9 +24,9 @@ def cancel_sweep(sweep_dir: Path, only: str | None = None) -> tuple[list[str], l
     data = manifest.read(sweep_dir)
     if data is None:
         raise FileNotFoundError(f"{sweep_dir} has no {manifest.MANIFEST}")
-    pattern = only_pattern(only)
+    wanted = only_filter(only)
     runs = data.get("runs", [])
-    chosen = [r for r in runs if not pattern or pattern.search(r["name"]) or pattern.search(r["run_id"])]
+    chosen = [r for r in runs if wanted(r["name"], r["run_id"])]
     if not chosen:
         raise GridError(f"--only {only!r} matches none of the {len(runs)} runs in {sweep_dir}")
     for run in chosen:

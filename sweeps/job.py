@@ -54,9 +54,7 @@ def request_cancel(run_dir: Path) -> None:
     """Ask whichever job holds (or will hold) the run to stop it; the next launch clears it."""
     folder = Path(run_dir) / SWEEP_SUBDIR
     folder.mkdir(parents=True, exist_ok=True)
-    tmp = folder / (CANCEL_REQUEST + ".tmp")
-    tmp.write_text(json.dumps({"requested": utc_now(), "pid": os.getpid()}) + "\n")
-    os.replace(tmp, folder / CANCEL_REQUEST)
+    rundir.write_json_atomic(folder / CANCEL_REQUEST, {"requested": utc_now(), "pid": os.getpid()})
 
 
 def clear_cancel(run_dir: Path) -> None:
@@ -282,9 +280,7 @@ class RunJob(submitit.helpers.Checkpointable):
         folder.mkdir(parents=True, exist_ok=True)
         request = folder / "request.yaml"
         if lease is not None:  # rank 0 writes it; followers read the same file
-            tmp = folder / "request.yaml.tmp"
-            tmp.write_text(yaml.safe_dump(task.config, sort_keys=False))
-            os.replace(tmp, request)
+            rundir.write_text_atomic(request, yaml.safe_dump(task.config, sort_keys=False))
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (self.code_root, env.get("PYTHONPATH")) if p)
         # torch starts one thread per core it sees, and SLURM without task/cgroup (or the local

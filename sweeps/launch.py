@@ -30,7 +30,7 @@ from gat import config as gat_config
 from sweeps import costs, executors, manifest, resources
 from sweeps.job import RunJob, RunTask, cancel_requested, clear_cancel
 from sweeps.plan import Plan, PlannedRun, RunStatus, flatten, make_plan, read_statuses
-from sweeps.spec import REPO_ROOT, GridError, GridSpec, Point, load_grid, only_pattern, validate_points
+from sweeps.spec import REPO_ROOT, GridError, GridSpec, Point, load_grid, only_filter, validate_points
 
 
 def default_sweep_dir(spec: GridSpec) -> Path:
@@ -40,10 +40,8 @@ def default_sweep_dir(spec: GridSpec) -> Path:
 
 def select(plan: Plan, only: str | None) -> list[PlannedRun]:
     """Runs whose name or ID matches `only` (a regular expression), or all."""
-    pattern = only_pattern(only)
-    if pattern is None:
-        return list(plan.runs)
-    return [r for r in plan.runs if pattern.search(r.name) or pattern.search(r.run_id)]
+    wanted = only_filter(only)
+    return [r for r in plan.runs if wanted(r.name, r.run_id)]
 
 
 def queued_runs(sweep_dir: Path) -> dict[str, str]:

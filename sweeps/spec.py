@@ -27,7 +27,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import yaml
 
@@ -173,14 +173,16 @@ def parse_grid(
     )
 
 
-def only_pattern(only: str | None) -> re.Pattern[str] | None:
-    """The compiled `--only REGEX` (None for no filter); a bad expression is a GridError."""
+def only_filter(only: str | None) -> Callable[[str, str], bool]:
+    """`--only REGEX` as a test of (run name, run id): true when either matches, always true
+    without a filter; a bad expression is a GridError."""
     if not only:
-        return None
+        return lambda name, run_id: True
     try:
-        return re.compile(only)
+        pattern = re.compile(only)
     except re.error as err:
         raise GridError(f"--only {only!r}: not a regular expression ({err}); e.g. 'w64' or 'w(32|64)-'") from err
+    return lambda name, run_id: bool(pattern.search(name) or pattern.search(run_id))
 
 
 def expand(spec: GridSpec) -> list[Point]:
@@ -213,14 +215,25 @@ def value_matches(value: Any, wanted: Any) -> bool:
     if isinstance(wanted, list):
         return value in wanted
     if isinstance(wanted, str):
-        found = _COMPARISON.match(wanted)
+        found = _comparison(wanted)
         if found and isinstance(value, (int, float)) and not isinstance(value, bool):
-            op, bound = found.group(1), float(found.group(2))
+            op, bound = found
             return {
                 "<": value < bound, "<=": value <= bound, ">": value > bound,
                 ">=": value >= bound, "==": value == bound, "!=": value != bound,
             }[op]
     return value == wanted
+
+
+def _comparison(text: str) -> tuple[str, float] | None:
+    """(operator, bound) of a filter string like ">=512", or None when it is not one."""
+    found = _COMPARISON.match(text)
+    if not found:
+        return None
+    try:
+        return found.group(1), float(found.group(2))
+    except ValueError:
+        return None
 
 
 def point_config(spec: GridSpec, point: Point) -> dict[str, Any]:
@@ -300,14 +313,8 @@ def _filters(value: Any, where: str) -> list[dict[str, Any]]:
         raise GridError(f"{where}: expected a list of mappings, got {value!r}")
     for entry in value:
         for key, wanted in entry.items():
-            if isinstance(wanted, str) and wanted.lstrip()[:1] in ("<", ">", "=", "!"):
-                found = _COMPARISON.match(wanted)
-                try:
-                    float(found.group(2)) if found else float("x")
-                except ValueError:
-                    raise GridError(
-                        f"{where}: {key}: {wanted!r} is not a comparison (expected e.g. '>=512', '<1e-3', '!=0')"
-                    ) from None
+            if isinstance(wanted, str) and wanted.lstrip()[:1] in ("<", ">", "=", "!") and _comparison(wanted) is None:
+                raise GridError(f"{where}: {key}: {wanted!r} is not a comparison (expected e.g. '>=512', '<1e-3', '!=0')")
     return value
 
 

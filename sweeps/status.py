@@ -24,7 +24,7 @@ import yaml
 from sweeps import executors, manifest
 from sweeps.job import read_events
 from sweeps.plan import STATES, read_status
-from sweeps.spec import ExecutorSpec, GridError, load_grid, only_pattern
+from sweeps.spec import ExecutorSpec, GridError, load_grid, only_filter
 
 FINAL_OR_FAILED = ("completed", "diverged", "failed")
 _DEFAULT_STALE_S = ExecutorSpec().lease_stale_s
@@ -91,8 +91,8 @@ def collect(sweep_dir: Path, *, only: str | None = None, stale_s: float = _DEFAU
     data = manifest.read(sweep_dir)
     if data is None:
         raise GridError(f"{sweep_dir} has no {manifest.MANIFEST} (launch the grid first)")
-    pattern = only_pattern(only)
-    runs = [r for r in data.get("runs", []) if not pattern or pattern.search(r["name"]) or pattern.search(r["run_id"])]
+    wanted = only_filter(only)
+    runs = [r for r in data.get("runs", []) if wanted(r["name"], r["run_id"])]
     job_of: dict[str, tuple[str, str]] = {}
     for job in data.get("jobs", []):
         for rid in job["run_ids"]:

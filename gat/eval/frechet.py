@@ -64,11 +64,6 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     return float(max(distance, 0.0))
 
 
-def extract_features(extractor: FeatureExtractor, images: torch.Tensor, batch: int = 250) -> torch.Tensor:
-    """Features [N, dim] of images [N,3,H,W] in [0,1], `batch` at a time."""
-    return torch.cat([extractor(part) for part in images.split(batch)])
-
-
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
@@ -109,9 +104,9 @@ def source_stats(
             data = np.load(path)
         except (OSError, ValueError) as err:
             raise ValueError(f"{path}: not a readable .npz ({err})") from err
+        if not hasattr(data, "keys"):
+            raise ValueError(f"{path}: expected an .npz archive, got a single array")
         with data:
-            if not hasattr(data, "keys"):
-                raise ValueError(f"{path}: expected an .npz archive, got a single array")
             if "mu" in data and "sigma" in data:
                 return data["mu"].astype(np.float64), data["sigma"].astype(np.float64), None
             if "arr_0" not in data:
