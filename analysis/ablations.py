@@ -19,21 +19,33 @@ empirical optimum at one width into what each LR rule predicts at the others, fo
 ``plot_lr_optima_overlay`` (``python -m sweeps.tune`` writes the optima).
 
 Tables come from ``analysis.load.load_results``; figures use ``analysis.plots``' house style.
+
+Reports: ``early_layer_report`` and ``instability_report`` make a study's tables and every
+figure they allow, from its run folders when they are on disk, else from the tables committed in
+``STUDY_DIR/analysis/`` (a fresh clone has no run folders). The notebooks early_layer_use and
+instability show them; ``python -m analysis.ablations STUDY_DIR [--out DIR]`` writes them.
 """
 from __future__ import annotations
 
+import argparse
 import json
 import re
+import sys
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import matplotlib
 import matplotlib.pyplot as plt
 import numpy as np
 import pandas as pd
 import seaborn as sns
+from tqdm import tqdm
 
 from analysis import plots
-from analysis.load import AnalysisError
+from analysis.load import ID_DTYPES, AnalysisError, load_study_runs, study_coords
+from gat import cli
 from gat.lr_rules import RULES, learning_rate
 
 RULE, LR, WIDTH, MNG = "train.lr_rule", "train.base_lr", "model.width", "mng.mode"
@@ -140,13 +152,12 @@ def probe_runs(table: pd.DataFrame, *, num: int = 64, seed: int = 0, decode: boo
     ``BlockEffects`` (per-block, per-sample ablation in latents and pixels, update ratios, PCA maps)."""
     from gat.probe import probe_run  # torch and the model code load only when probing
 
-    effects = {}
-    for run in runs(table).to_dict(orient="records"):
-        if run["status"] in states and (Path(run["run_dir"]) / "checkpoints").is_dir():
-            effects[run["run_id"]] = probe_run(run["run_dir"], num=num, seed=seed, decode=decode, pca_samples=pca_samples)
-    if not effects:
+    chosen = [run for run in runs(table).to_dict(orient="records")
+              if run["status"] in states and (Path(run["run_dir"]) / "checkpoints").is_dir()]
+    if not chosen:
         raise AnalysisError(f"no run in state {', '.join(states)} has a checkpoint to probe")
-    return effects
+    return {run["run_id"]: probe_run(run["run_dir"], num=num, seed=seed, decode=decode, pca_samples=pca_samples)
+            for run in tqdm(chosen, desc="probing", unit="run", disable=None)}  # disable=None: on a terminal only
 
 
 def probe_frame(table: pd.DataFrame, effects: dict[str, Any]) -> pd.DataFrame:
@@ -179,6 +190,16 @@ def early_share_table(table: pd.DataFrame, effects: dict[str, Any], *, n_boot: i
                              "seed": info.loc[run_id, "seed"], "space": space,
                              **early_share(ablation, n_boot=n_boot, level=level, seed=seed)})
     return pd.DataFrame(rows)
+
+
+def widest_pca_maps(table: pd.DataFrame, effects: dict[str, Any]) -> dict[str, np.ndarray]:
+    """For ``plot_pca_maps``: the PCA maps of the widest probed run (lowest seed) of each MNG
+    mode, labelled "MNG <mode>"."""
+    probed = runs(table)
+    probed = probed[probed["run_id"].isin(effects)]
+    widest = probed.sort_values([WIDTH, "seed"], ascending=[False, True]).drop_duplicates(MNG)
+    widest = widest.assign(**{MNG: widest[MNG].astype(str)}).set_index(MNG)
+    return {f"MNG {mode}": effects[widest.loc[mode, "run_id"]].pca_maps for mode in _mng_order(widest.index.to_series())}
 
 
 def _mng_order(values: pd.Series) -> list[str]:
@@ -370,7 +391,7 @@ def plot_grad_norms(traces: pd.DataFrame) -> plt.Figure:
             ax.set_xlabel(plots.axis_label("step"))
             ax.set_ylabel("grad norm (before clipping)")
     for width, colour in colours.items():
-        axes[0, -1].plot([], [], color=colour, label=plots.size_label(width))
+        axes[0, -1].plot([], [], color=colour, label=str(int(width)))
     axes[0, -1].legend(title="width", loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return fig
 
@@ -492,3 +513,203 @@ def plot_lr_optima_overlay(optima: pd.DataFrame, predictions: pd.DataFrame,
     ax.set_ylabel("optimal learning rate (hidden matrices)")
     ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), borderaxespad=0.0)
     return fig
+
+
+# --- reports: what the notebooks show and the command line writes ---------------------------
+
+@dataclass
+class Report:
+    """What a report made of a study, by name: tidy tables (written as ``<name>.csv``), figures
+    (``<name>.png``), and for each table or figure it could not make, why (``missing``)."""
+
+    study: Path
+    source: str  # "run folders" or "committed tables"
+    tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    figures: dict[str, plt.Figure] = field(default_factory=dict)
+    missing: dict[str, str] = field(default_factory=dict)
+
+    def add_table(self, name: str, table: pd.DataFrame, if_empty: str = "no run has the data") -> None:
+        """Keep ``table`` as ``name`` (``if_empty`` says why there is none when it has no row).
+        ``run_dir`` is dropped: a path on one machine, and these tables get committed."""
+        if table.empty:
+            self.missing[name] = if_empty
+        else:
+            self.tables[name] = table.drop(columns="run_dir", errors="ignore")
+
+    def read_committed(self, names: Sequence[str]) -> None:
+        """The tables ``<study>/analysis/<name>.csv`` that exist; the others are missing."""
+        for name in names:
+            path = self.study / "analysis" / f"{name}.csv"
+            if path.is_file():
+                self.tables[name] = pd.read_csv(path, dtype=ID_DTYPES)
+            else:
+                self.missing[name] = f"needs the run folders of {self.study} (absent) or a committed {path.name}"
+
+    def draw(self, name: str, needs: str, plot: Callable[[pd.DataFrame], plt.Figure]) -> None:
+        """Figure ``name``, drawn by ``plot`` from the table ``needs``, or why not."""
+        if needs not in self.tables:
+            self.missing[name] = self.missing.get(needs, f"no {needs} table")
+            return
+        try:
+            self.figures[name] = plot(self.tables[needs])
+        except AnalysisError as err:
+            self.missing[name] = str(err)
+
+    def save(self, out: Path) -> list[Path]:
+        """Write every table and figure into ``out``; the figures are closed (a notebook can
+        still display them)."""
+        out.mkdir(parents=True, exist_ok=True)
+        written = []
+        for name, table in self.tables.items():
+            table.to_csv(out / f"{name}.csv", index=False)
+            written.append(out / f"{name}.csv")
+        return written + [plots.save_figure(fig, out / f"{name}.png") for name, fig in self.figures.items()]
+
+    def show(self, *names: str) -> None:
+        """In a notebook: each named table and figure; for one not made, why, and the study's
+        committed PNG of it when there is one (labelled as such)."""
+        from IPython.display import Image, display
+
+        for name in names:
+            if name in self.tables:
+                display(self.tables[name].round(4))
+            if name in self.figures:
+                display(self.figures[name])
+            elif name in self.missing:
+                print(f"{name}: not made here: {self.missing[name]}")
+                committed = self.study / "analysis" / f"{name}.png"
+                if committed.is_file():
+                    print(f"the committed figure ({committed}):")
+                    display(Image(filename=str(committed)))
+
+
+EARLY_TABLES = ("block_profiles", "probe_blocks", "early_share")
+INSTABILITY_TABLES = ("output_change", "divergence", "grad_norm_traces")
+
+
+def early_layer_report(study: str | Path, *, probe_samples: int = 64, bootstrap: int = 1000) -> Report:
+    """Early-layer use (§5.1) of a study over ``mng.mode``. Tables: ``block_profiles`` (the
+    trainer's per-block diagnostics), ``probe_blocks`` (block ablation on each completed run's
+    EMA generator, ``probe_samples`` probes), ``early_share`` (``bootstrap`` resamples). Figures:
+    ``block_profiles_training``, ``block_ablation_probe``, ``early_share``, and ``pca_maps`` (from
+    the checkpoints, so only with run folders)."""
+    study = Path(study)
+    table = load_study_runs(study)
+    report = Report(study, "committed tables" if table is None else "run folders")
+    if table is None:
+        report.read_committed(EARLY_TABLES)
+        report.missing["pca_maps"] = f"drawn from the runs' checkpoints, and {study} has no run folders"
+    else:
+        report.add_table("block_profiles", block_profiles(table), "no eval tick logged g_block_ablation")
+        try:
+            effects = probe_runs(table, num=probe_samples)
+        except AnalysisError as err:
+            report.missing.update(dict.fromkeys(("probe_blocks", "early_share", "pca_maps"), str(err)))
+        else:
+            report.add_table("probe_blocks", probe_frame(table, effects))
+            report.add_table("early_share", early_share_table(table, effects, n_boot=bootstrap))
+            report.figures["pca_maps"] = plot_pca_maps(widest_pca_maps(table, effects))
+    report.draw("block_profiles_training", "block_profiles", plot_block_profiles)
+    report.draw("block_ablation_probe", "probe_blocks", lambda frame: plot_block_profiles(frame, value="value"))
+    report.draw("early_share", "early_share", plot_early_share)
+    return report
+
+
+def instability_report(study: str | Path, *, coord_check: str | Path | None = None) -> Report:
+    """Instability with width (§5.2) of a study over widths and LR rules. Tables:
+    ``output_change``, ``divergence``, ``grad_norm_traces`` (each run's logged pre-clip norms) and
+    ``coord_slopes`` (from ``coord_check``, default ``<study>/coord_check/coord_check.csv``).
+    Figures: ``output_change``, ``divergence_rate``, ``divergence_step``, ``grad_norms``,
+    ``coord_check``."""
+    study = Path(study)
+    table = load_study_runs(study)
+    report = Report(study, "committed tables" if table is None else "run folders")
+    if table is None:
+        report.read_committed(INSTABILITY_TABLES)
+    else:
+        traces = stats_traces(table)
+        report.add_table("output_change", output_change_by_width(traces),
+                         "no eval tick logged g_output_change or d_logit_change")
+        report.add_table("divergence", divergence_summary(table))
+        norms = ["grad_norm_g", "grad_norm_d"]
+        report.add_table("grad_norm_traces", traces[[*RUN_COLUMNS, "step", *norms]].dropna(subset=norms, how="all"),
+                         "no stats line logged grad_norm_g or grad_norm_d")
+    coord_path = Path(coord_check) if coord_check else study / "coord_check" / "coord_check.csv"
+    if coord_path.is_file():
+        coords = load_coord_check(coord_path)
+        slopes = coord_slopes(coords).pivot_table(index=["net", "module"], columns="rule", values="slope")
+        report.add_table("coord_slopes", slopes.reset_index().rename_axis(columns=None))
+        report.figures["coord_check"] = plot_coord_check(coords)
+    else:
+        report.missing["coord_slopes"] = report.missing["coord_check"] = (
+            f"no {coord_path}; make it with python -m gat.coord_check --widths 32 64 128 256 "
+            f"--rules constant width_aware mup --steps 5 --out {coord_path.parent}")
+    report.draw("output_change", "output_change", plot_output_change)
+    report.draw("divergence_rate", "divergence", plots.divergence_heatmaps)
+    report.draw("divergence_step", "divergence", plot_divergence)
+    report.draw("grad_norms", "grad_norm_traces", plot_grad_norms)
+    return report
+
+
+REPORTS = ("early_layer_use", "instability")
+# The grid axes whose variation calls for each report when --report is not given.
+REPORT_AXES = {"early_layer_use": {MNG}, "instability": {RULE, LR}}
+
+
+def default_reports(study: Path) -> list[str]:
+    """The reports a sweep folder calls for, by the grid axes its manifest varies."""
+    coords = study_coords(study)
+    varied = {axis for axis in coords.columns if coords[axis].astype(str).nunique() > 1}
+    chosen = [name for name in REPORTS if REPORT_AXES[name] & varied]
+    if not chosen:
+        raise AnalysisError(f"{study} varies none of {MNG}, {RULE}, {LR} (it varies "
+                            f"{', '.join(sorted(varied)) or 'nothing'}); name a report with --report")
+    return chosen
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = cli.Parser("analysis.ablations", __doc__)
+    parser.add_argument("study", type=Path, metavar="STUDY_DIR",
+                        help="a sweep folder: its run folders are used when on disk, else the tables committed "
+                             "in STUDY_DIR/analysis/")
+    parser.add_argument("--out", type=Path, help="folder to write the figures and tables into (default: STUDY_DIR/analysis)")
+    parser.add_argument("--report", choices=REPORTS, action="append",
+                        help="report to make (repeatable; default: early_layer_use when the study varies mng.mode, "
+                             "instability when it varies train.lr_rule or train.base_lr)")
+    parser.add_argument("--probe-samples", type=int, default=64,
+                        help="fixed (z, y) probes per run for the checkpoint probes (early_layer_use)")
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="bootstrap resamples of the probes for the early-share interval (early_layer_use)")
+    parser.add_argument("--coord-check", type=Path, metavar="CSV",
+                        help="python -m gat.coord_check's CSV (instability; default: STUDY_DIR/coord_check/coord_check.csv)")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point; returns the exit status (2 for unusable input)."""
+    args = parse_args(argv)
+    return cli.run(lambda: _write_reports(args))
+
+
+def _write_reports(args: argparse.Namespace) -> int:
+    matplotlib.use("Agg")  # files only: no display on cluster nodes
+    plots.apply_style()
+    names = args.report or default_reports(args.study)
+    made = {name: (early_layer_report(args.study, probe_samples=args.probe_samples, bootstrap=args.bootstrap)
+                   if name == "early_layer_use" else instability_report(args.study, coord_check=args.coord_check))
+            for name in names}
+    if not any(report.figures for report in made.values()):
+        why = "; ".join(f"{item}: {reason}" for report in made.values() for item, reason in report.missing.items())
+        raise AnalysisError(f"{args.study}: no figure could be made ({why})")
+    out = args.out or args.study / "analysis"
+    for name, report in made.items():
+        written = report.save(out)
+        cli.say(f"{name}, from the {report.source}: wrote {len(written)} file(s) to {out}")
+        for item, reason in report.missing.items():
+            cli.say(f"  not made: {item}: {reason}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

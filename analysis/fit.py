@@ -28,6 +28,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 from scipy import optimize, stats
+from tqdm import tqdm
 
 DEFAULT_HUBER_DELTA = 0.1
 DEFAULT_RESAMPLES = 1000
@@ -167,7 +168,8 @@ def bootstrap_power_law(
     draws = rng.integers(0, len(labels), size=(n_resamples, len(labels)))
     needed = 3 if irreducible else 2
     samples = []
-    for draw in draws:
+    # A bar on a terminal only (disable=None): 1,000 refits of a large study take a while.
+    for draw in tqdm(draws, desc="bootstrap", unit="fit", leave=False, disable=None):
         index = np.concatenate([members[k] for k in draw])
         lx, ly = _logs(*reduce(x[index], y[index]))
         if len(np.unique(lx)) < needed:

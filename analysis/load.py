@@ -37,6 +37,7 @@ import orjson
 import pandas as pd
 import yaml
 
+from gat.errors import UserError
 from gat.flops import training_flops_per_image
 from gat.metric_names import is_metric, metric_rank
 CONFIG_COLUMNS = (
@@ -55,9 +56,13 @@ RUN_MARKERS = ("status.json", "stats.jsonl", "config.yaml")
 # Folders inside a run folder that never hold runs; skipping them keeps the scan fast.
 _SKIP_DIRS = {"checkpoints", "samples", "wandb", "__pycache__", ".git"}
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10× faster
+# The tidy table plot_scaling writes into a study, committed where run folders are not.
+COMMITTED_TABLE = Path("analysis") / "results.csv"
+# Read back from CSV as text: a run id of hex digits ("34e03280") would otherwise become a number.
+ID_DTYPES = {"run_id": str, "sweep": str}
 
 
-class AnalysisError(ValueError):
+class AnalysisError(UserError, ValueError):
     """Input the analysis cannot use (missing folder, no runs, no metric, bad table)."""
 
 
@@ -108,6 +113,40 @@ def load_results(paths: Iterable[str | Path]) -> pd.DataFrame:
     table.attrs["metrics"] = sorted(metrics.columns, key=metric_rank)
     table.attrs["coords"] = coords
     return table
+
+
+def load_study_runs(study: str | Path) -> pd.DataFrame | None:
+    """``load_results`` of a study folder when at least one of its run folders is on disk, else
+    None: a fresh clone has the committed tables of results/<study>/analysis/ but no run folders
+    (they are not committed)."""
+    study = Path(study)
+    if not study.is_dir():
+        raise AnalysisError(f"{study}: no such folder")
+    if not any(entry["run_dir"].is_dir() for entry in _discover(study)):
+        return None
+    return load_results([study])
+
+
+def study_coords(study: str | Path) -> pd.DataFrame:
+    """The grid coordinates of every run in a sweep folder's manifest, one row per run (no run
+    folder needed)."""
+    study = Path(study)
+    if not (study / "manifest.json").is_file():
+        raise AnalysisError(f"{study}: no manifest.json (not a sweep folder)")
+    return pd.DataFrame([entry["coords"] for entry in _sweep_runs(study)])
+
+
+def load_study_table(study: str | Path) -> pd.DataFrame:
+    """A study's tidy table: from its run folders when any is on disk, else the committed table
+    ``<study>/analysis/results.csv`` that ``python -m analysis.plot_scaling`` wrote from them."""
+    table = load_study_runs(study)
+    if table is not None:
+        return table
+    committed = Path(study) / COMMITTED_TABLE
+    if not committed.is_file():
+        raise AnalysisError(f"{study}: no run folders and no {COMMITTED_TABLE} (make it with "
+                            f"python -m analysis.plot_scaling {study} while the run folders exist)")
+    return load_table(committed)
 
 
 @contextmanager
@@ -163,7 +202,7 @@ def _read_csv(path: Path) -> pd.DataFrame:
     """A CSV whose lines starting with ``#`` are comments (provenance of published points).
     pandas' ``comment=`` would also cut values containing ``#``, so whole lines are skipped."""
     lines = [line for line in path.read_text().splitlines() if not line.startswith("#")]
-    return pd.read_csv(io.StringIO("\n".join(lines)))
+    return pd.read_csv(io.StringIO("\n".join(lines)), dtype=ID_DTYPES)
 
 
 def save_table(table: pd.DataFrame, path: str | Path) -> Path:

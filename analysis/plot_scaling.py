@@ -1,12 +1,15 @@
-"""Scaling report of a study: ``python -m analysis.plot_scaling [RESULTS_DIR ...] [--table CSV]``.
+"""Scaling report of a study: final metric vs size, compute frontier, fits with bootstrap CIs.
 
-Writes into ``--out``: ``scaling_<x>.png`` (final metric vs size, fit and r), ``compute.png``
-(learning curves over training compute, frontier and its fit band), ``learning_curves.png``,
+``python -m analysis.plot_scaling STUDY_DIR ... [--out DIR]`` or ``--table CSV``. Writes into
+``--out``: ``scaling_<x>.png`` (final metric vs size, fit and r), ``compute.png`` (learning
+curves over training compute, frontier and its fit band), ``learning_curves.png``,
 ``residuals.png``, ``fit.json`` (fits with bootstrap CIs, exclusions and why), ``results.csv``
 and ``results.parquet`` (the tidy table) and ``report.md``. Only completed runs enter a fit;
 diverged, failed and unfinished runs are listed in ``fit.json`` and drawn with their own marker.
-`--where COLUMN=VALUE` keeps a slice of a study (one MNG mode, one LR rule). Errors in the input
-print one line and exit with status 2.
+A compute frontier whose points all come from one run is one learning curve, not a frontier
+across sizes: it is neither drawn nor fitted, and the report says so. `--where COLUMN=VALUE`
+keeps a slice of a study (one MNG mode, one LR rule). Errors in the input print one line and
+exit with status 2.
 """
 from __future__ import annotations
 
@@ -14,6 +17,7 @@ import argparse
 import json
 import math
 import sys
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +33,7 @@ from analysis import plots  # noqa: E402
 from analysis.load import (  # noqa: E402
     AnalysisError, default_metric, final_rows, load_results, load_table, save_table,
 )
+from gat.cli import Parser, run, say  # noqa: E402
 
 X_CHOICES = ("gflops", "params", "train_flops")
 
@@ -100,7 +105,7 @@ def analyse(study: Study, out: Path, n_resamples: int, seed: int, irreducible: b
     }
     if used[x].nunique() >= (4 if irreducible else 3):
         result["final"]["holdout"] = fitting.holdout(used[x], used[metric], irreducible=irreducible).to_dict()
-    r_text = f"r = {final_fit.fit.r:.3f} (log-log)"
+    r_text = f"r = {plots.number(final_fit.fit.r)} (log-log)"
     figures = {"scaling": plots.save_figure(plots.metric_vs_size(used, excluded, x, metric, final_fit, r_text),
                                             out / f"scaling_{x}.png")}
     resid = result["final"]["residuals"]
@@ -114,7 +119,11 @@ def analyse(study: Study, out: Path, n_resamples: int, seed: int, irreducible: b
                                                        out / "learning_curves.png")
     if "train_flops" in curves and curves["train_flops"].notna().any():
         front = fitting.frontier(curves, "train_flops", metric)
-        if front["train_flops"].nunique() >= (3 if irreducible else 2):
+        problem = frontier_problem(front, irreducible)
+        if problem:
+            result["frontier"] = {"skipped": problem}
+            front = front.iloc[:0]
+        else:
             frontier_fit = fitting.bootstrap_power_law(
                 curves["train_flops"], curves[metric], curves["run_id"], n_resamples=n_resamples, seed=seed,
                 reduce=fitting.frontier_arrays, irreducible=irreducible,
@@ -124,37 +133,57 @@ def analyse(study: Study, out: Path, n_resamples: int, seed: int, irreducible: b
         figures["compute"] = plots.save_figure(plots.metric_vs_compute(curves, gone, front, metric, frontier_fit),
                                                out / "compute.png")
 
+    result["summary"] = summary(study, result, final_fit, frontier_fit)
     result = fitting.to_jsonable(result)  # NaN (e.g. r from 2 points) → null: fit.json stays JSON
     (out / "fit.json").write_text(json.dumps(result, indent=2, allow_nan=False))
     save_table(study.table, out / "results.csv")
     save_table(study.table, out / "results.parquet")
-    (out / "report.md").write_text(report(study, result, final_fit, frontier_fit, figures, out))
+    (out / "report.md").write_text(report(study, result["summary"], figures, out))
     return result
 
 
-def report(study: Study, result: dict[str, Any], final_fit: fitting.BootstrapFit,
-           frontier_fit: fitting.BootstrapFit | None, figures: dict[str, Path], out: Path) -> str:
-    """report.md: a one-paragraph summary, then the figures."""
-    metric_name = plots.axis_label(study.metric).split(" (")[0]
-    f, (lo, hi) = final_fit.fit, final_fit.ci["b"]
-    level = int(round(final_fit.level * 100))
-    summary = (
-        f"Over {len(study.used)} completed runs, {metric_name} ∝ {study.x}^−b with b = {f.b:.3f} "
-        f"({level}% CI {lo:.3f}–{hi:.3f}, {final_fit.n_resamples} bootstrap resamples of runs), "
-        f"a = {f.a:.4g}; Pearson r in log-log space = {_number(f.r, 3)}"
-        f" (semi-log r, {metric_name} vs log {study.x}: {_number(result['final']['r_semilog'], 3)})."
+def frontier_problem(front: pd.DataFrame, irreducible: bool = False) -> str:
+    """Why the compute frontier ``front`` gets neither a drawing nor a fit ("" when it gets both)."""
+    runs = front["run_id"].unique()
+    if len(runs) == 1:
+        return (f"all {len(front)} points of the compute frontier come from one run ({runs[0]}): that is "
+                "one learning curve, not a frontier across sizes, so none is drawn or fitted")
+    needed = 3 if irreducible else 2
+    distinct = front["train_flops"].nunique()
+    if distinct < needed:
+        return f"the compute frontier has {distinct} distinct compute value(s) and a fit needs {needed}"
+    return ""
+
+
+def summary(study: Study, result: dict[str, Any], final_fit: fitting.BootstrapFit,
+            frontier_fit: fitting.BootstrapFit | None) -> str:
+    """The report's paragraph (also fit.json's ``summary``): the laws, r, the hold-out and the
+    exclusions, every number with one sign."""
+    name, x_name = plots.metric_name(study.metric), plots.X_SYMBOLS.get(study.x, study.x)
+    f = final_fit.fit
+    text = (
+        f"Over {len(study.used)} completed runs, {plots.law_text(final_fit, study.metric, study.x)} "
+        f"from {final_fit.n_resamples} bootstrap resamples of runs, a = {f.a:.4g}; Pearson r in log-log "
+        f"space = {plots.number(f.r)} (semi-log r, {name} vs log {x_name}: "
+        f"{plots.number(result['final']['r_semilog'])})."
     )
     if frontier_fit is not None:
-        ff, (flo, fhi) = frontier_fit.fit, frontier_fit.ci["b"]
-        summary += (f" On the compute-efficient frontier, {metric_name} ∝ C^−{ff.b:.3f} "
-                    f"({level}% CI {flo:.3f}–{fhi:.3f}), C in training FLOPs.")
+        text += (f" On the compute-efficient frontier, {plots.law_text(frontier_fit, study.metric, 'train_flops')}, "
+                 "C in training FLOPs.")
+    elif "skipped" in result.get("frontier", {}):
+        text += f" No compute-frontier fit: {result['frontier']['skipped']}."
     if "holdout" in result["final"]:
         held = result["final"]["holdout"]
-        summary += (f" Fitted without the largest size, the law predicts it within "
-                    f"{100 * held['mean_abs_log_error']:.1f}% (mean |log error|).")
+        text += (f" Fitted without the largest size, the law predicts it within "
+                 f"{100 * held['mean_abs_log_error']:.1f}% (mean |log error|).")
     if len(study.excluded):
-        summary += f" {len(study.excluded)} run(s) excluded from the fits (listed in fit.json, drawn with ✕)."
-    body = [f"# Scaling report: {metric_name} vs {study.x}", "", summary, ""]
+        text += f" {len(study.excluded)} run(s) excluded from the fits (listed in fit.json, drawn with ✕)."
+    return text
+
+
+def report(study: Study, summary_text: str, figures: dict[str, Path], out: Path) -> str:
+    """report.md: the summary paragraph, then the figures."""
+    body = [f"# Scaling report: {plots.metric_name(study.metric)} vs {study.x}", "", summary_text, ""]
     body += [f"![{name}]({path.relative_to(out)})" for name, path in figures.items()]
     return "\n".join(body) + "\n"
 
@@ -173,18 +202,24 @@ def _curves(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     """The command line."""
-    parser = argparse.ArgumentParser(prog="python -m analysis.plot_scaling", description=__doc__.split("\n")[0])
-    parser.add_argument("results", nargs="*", type=Path, help="sweep/run folders or parents (default: results/)")
-    parser.add_argument("--table", type=Path, help="a CSV of the tidy shape instead of run folders")
+    parser = Parser("analysis.plot_scaling", __doc__)
+    parser.add_argument("results", nargs="*", type=Path, metavar="STUDY_DIR",
+                        help="sweep folders, run folders, or folders holding them")
+    parser.add_argument("--table", type=Path, metavar="CSV",
+                        help="a table of the tidy shape (e.g. published points) instead of STUDY_DIR")
     parser.add_argument("--x", choices=X_CHOICES, default="gflops", help="size axis of the final-metric fit")
     parser.add_argument("--metric", help="metric column (default: FID vs reference stats, then FID vs training images, then fd_fmnist)")
-    parser.add_argument("--out", type=Path, help="output folder (default: <first results dir>/analysis)")
+    parser.add_argument("--out", type=Path, help="folder to write the report into (default: STUDY_DIR/analysis, "
+                        "with --table the folder analysis/<table name> next to the table)")
     parser.add_argument("--bootstrap", type=int, default=fitting.DEFAULT_RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--irreducible", action="store_true", help="fit y = a·x^−b + c (c ≥ 0) instead of a·x^−b")
+    parser.add_argument("--irreducible", action="store_true", help="fit y = a·x^(−b) + c (c ≥ 0) instead of a·x^(−b)")
     parser.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
                         help="keep only runs with this grid coordinate, e.g. mng.mode=exp (repeatable)")
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    if bool(args.results) == (args.table is not None):
+        parser.error("give the study folder(s) to analyse or --table CSV, one of the two")
+    return args
 
 
 def select_rows(table: pd.DataFrame, conditions: list[str]) -> pd.DataFrame:
@@ -209,10 +244,17 @@ def load_study(args: argparse.Namespace) -> Study:
         required = [args.x] + ([args.metric] if args.metric else [])
         table = load_table(args.table, required=required)
     else:
-        table = load_results(args.results or [Path("results")])
-    table = select_rows(table, args.where)
-    metric = args.metric or default_metric(table)
-    for column in (metric, args.x):
+        table = load_results(args.results)
+    return make_study(table, args.x, args.metric, args.where)
+
+
+def make_study(table: pd.DataFrame, x: str = "gflops", metric: str | None = None,
+               where: Sequence[str] = ()) -> Study:
+    """The report's view of a tidy table: the rows matching every ``where`` condition, ``metric``
+    (default: ``default_metric``) and ``x`` checked numeric, and the fitted/excluded split."""
+    table = select_rows(table, list(where))
+    metric = metric or default_metric(table)
+    for column in (metric, x):
         if column not in table or table[column].isna().all():
             raise AnalysisError(f"no values of {column!r} in the results (columns: {', '.join(map(str, table.columns))})")
         numbers = pd.to_numeric(table[column], errors="coerce")
@@ -222,36 +264,42 @@ def load_study(args: argparse.Namespace) -> Study:
             raise AnalysisError(f"non-numeric {column} value {bad.iloc[0]!r} (run {row['run_id']}): {column} must be a number")
         table = table.assign(**{column: numbers})
     final = plots.with_size_labels(final_rows(table, metric))
-    used, excluded = split_runs(final, metric, args.x)
-    return Study(table, metric, args.x, used, excluded)
+    used, excluded = split_runs(final, metric, x)
+    return Study(table, metric, x, used, excluded)
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point; returns the exit status (2 for unusable input)."""
     args = parse_args(argv)
-    try:
-        study = load_study(args)
-        out = args.out or ((args.results[0] if args.results else Path("results")) / "analysis"
-                           if args.table is None else Path("results") / "analysis" / args.table.stem)
-        out.mkdir(parents=True, exist_ok=True)
-        result = analyse(study, out, args.bootstrap, args.seed, args.irreducible)
-    except AnalysisError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return run(lambda: _report(args))
+
+
+def _report(args: argparse.Namespace) -> int:
+    study = load_study(args)  # before anything is written: bad input leaves no folder behind
+    if args.out is not None:
+        out = args.out
+    elif args.table is not None:
+        out = args.table.parent / "analysis" / args.table.stem
+    else:
+        out = args.results[0] / "analysis"
+    out.mkdir(parents=True, exist_ok=True)
+    result = analyse(study, out, args.bootstrap, args.seed, args.irreducible)
     final = result["final"]
     low, high = final["ci"]["b"]
     # the fit is metric = a * x^(-b) (+ c): b > 0 means the metric falls as x grows
-    print(f"{study.metric} vs {study.x}: {study.metric} ∝ {study.x}^(-b), b = {_number(final['fit']['b'])} "
-          f"[{final.get('level', 0.95):.0%} CI {_number(low)}, {_number(high)}], "
-          f"r(log-log) = {_number(final['fit']['r'])}, r(semi-log) = {_number(final['r_semilog'])}, "
-          f"n = {final['fit']['n']}, excluded = {len(result['excluded'])}")
-    print(f"wrote {out}")
+    say(f"{study.metric} vs {study.x}: {study.metric} ∝ {study.x}^(-b), b = {_number(final['fit']['b'])} "
+        f"[{final.get('level', 0.95):.0%} CI {_number(low)} to {_number(high)}], "
+        f"r(log-log) = {_number(final['fit']['r'])}, r(semi-log) = {_number(final['r_semilog'])}, "
+        f"n = {final['fit']['n']}, excluded = {len(result['excluded'])}")
+    if "skipped" in result.get("frontier", {}):
+        say(f"note: no compute-frontier fit: {result['frontier']['skipped']}")
+    say(f"wrote {out}")
     return 0
 
 
-def _number(value: float | None, digits: int = 4) -> str:
-    """`digits` decimals, or "n/a" where fit.json has null (e.g. r from 2 points)."""
-    return "n/a" if value is None or not math.isfinite(value) else f"{value:.{digits}f}"
+def _number(value: float | None) -> str:
+    """The terminal's numbers: 4 decimals, ASCII minus (copied into shells and spreadsheets)."""
+    return plots.number(value, 4, minus="-")
 
 
 if __name__ == "__main__":

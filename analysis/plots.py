@@ -2,13 +2,14 @@
 
 One style: seaborn's whitegrid with the colour-blind-safe "colorblind" palette, log axes where
 the field uses them (DiT's FID vs GFLOPs, Kaplan/Chinchilla's metric vs compute, μP's metric vs
-log LR), units in the axis labels, sizes named as in the paper (S/B/L/XL by width), 150 dpi PNGs
-with a tight layout. Runs excluded from a fit (diverged, failed, unfinished) are always drawn,
+log LR), units in the axis labels, sizes named as in the paper (S/B/L/XL by width) or in words
+("width 32, patch 2"), numbers with one typographic minus sign, 150 dpi PNGs with a tight layout. Runs excluded from a fit (diverged, failed, unfinished) are always drawn,
 hollow, with one marker per state (``STATUS_MARKERS``); a run without any metric value sits on
 the top edge of its panel.
 """
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -32,6 +33,7 @@ AXIS_LABELS = {
     "images_seen": "images seen",
     "train.base_lr": "base learning rate",
 }
+X_SYMBOLS = {"gflops": "GFLOPs", "params": "N", "train_flops": "C"}  # the x of a fitted law
 EXCLUDED = {"marker": "X", "s": 70, "facecolor": "white", "edgecolor": "black", "linewidths": 1.2, "zorder": 5}
 STATUS_MARKERS = {"diverged": "X", "failed": "P", "running": "o", "pending": "s", "unknown": "o"}
 
@@ -51,13 +53,15 @@ def axis_label(column: str) -> str:
 
 
 def size_label(width: float | None, patch: float | None = None, model: str | None = None) -> str:
-    """A legend name: S/B/L/XL when the width is a DiT width, else ``w<width>``; ``/patch``
-    appended when known. Without a width, ``model`` (e.g. a published table's "S/4")."""
+    """A legend name: the paper's "S/2" for a DiT width (S/B/L/XL, ``/patch`` when known), else
+    "width 32, patch 2" (or "width 32"). Without a width, ``model`` (a published table's "S/4")."""
     if width is None or pd.isna(width):
         return str(model) if model is not None and not pd.isna(model) else "?"
     width = int(width)
-    name = SIZE_NAMES.get(width, f"w{width}")
-    return f"{name}/{int(patch)}" if patch is not None and not pd.isna(patch) else name
+    has_patch = patch is not None and not pd.isna(patch)
+    if width in SIZE_NAMES:
+        return f"{SIZE_NAMES[width]}/{int(patch)}" if has_patch else SIZE_NAMES[width]
+    return f"width {width}, patch {int(patch)}" if has_patch else f"width {width}"
 
 
 def with_size_labels(table: pd.DataFrame) -> pd.DataFrame:
@@ -124,7 +128,7 @@ def draw_excluded(ax: plt.Axes, rows: pd.DataFrame, x: str, y: str) -> None:
 def metric_vs_size(final: pd.DataFrame, excluded: pd.DataFrame, x: str, metric: str,
                    fit: BootstrapFit, r_text: str) -> plt.Figure:
     """DiT-style: the final metric of each run vs its size (log-log), fit line and band, the
-    exponent's CI and ``r_text`` in the title."""
+    law with its exponent's CI and ``r_text`` in the title."""
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
     _log_axes(ax, x, metric)
     palette = size_palette(pd.concat([final, excluded]))
@@ -132,7 +136,7 @@ def metric_vs_size(final: pd.DataFrame, excluded: pd.DataFrame, x: str, metric: 
                     palette=palette, s=60, ax=ax, zorder=3, edgecolor="black", linewidth=0.4)
     lo, hi = final[x].min(), final[x].max()
     draw_fit(ax, fit, (lo / 1.3, hi * 1.3), "power-law fit")
-    ax.set_title(f"{fit_label(fit, metric, x)}, {r_text}")
+    ax.set_title(f"{law_text(fit, metric, x)}\n{r_text}")
     draw_excluded(ax, excluded, x, metric)
     _finish(fig, legend=ax)
     return fig
@@ -140,7 +144,8 @@ def metric_vs_size(final: pd.DataFrame, excluded: pd.DataFrame, x: str, metric: 
 
 def metric_vs_compute(curves: pd.DataFrame, excluded: pd.DataFrame, front: pd.DataFrame, metric: str,
                       fit: BootstrapFit | None) -> plt.Figure:
-    """Learning curves over training compute coloured by size, the frontier and its fit."""
+    """Learning curves over training compute coloured by size, and the frontier with its fit
+    (``front`` empty and ``fit`` None: neither is drawn)."""
     fig, ax = plt.subplots(figsize=(7.0, 4.8))
     _log_axes(ax, "train_flops", metric)
     palette = size_palette(pd.concat([curves, excluded]))
@@ -155,7 +160,7 @@ def metric_vs_compute(curves: pd.DataFrame, excluded: pd.DataFrame, front: pd.Da
         ax.scatter(front["train_flops"], front[metric], color="black", s=14, zorder=4, label="frontier")
     if fit is not None:
         draw_fit(ax, fit, (front["train_flops"].min(), front["train_flops"].max() * 1.5), "frontier fit")
-        ax.set_title(f"frontier: {fit_label(fit, metric, 'train_flops')}")
+        ax.set_title(f"frontier: {law_text(fit, metric, 'train_flops')}")
     _finish(fig, legend=ax)
     return fig
 
@@ -200,12 +205,31 @@ def residual_panels(x: Sequence[float], residuals: Sequence[float], x_column: st
     return fig
 
 
-def fit_label(fit: BootstrapFit, metric: str, x: str) -> str:
-    """The law with its exponent's CI, e.g. "FID ∝ GFLOPs^−0.493 [0.437, 0.549]" (+ c if fitted)."""
+def number(value: float | None, digits: int = 3, minus: str = "−") -> str:
+    """``value`` to ``digits`` decimals with at most one sign, the typographic minus by default
+    (``minus="-"`` for terminals); "n/a" where there is no value (None, NaN: r from 2 points)."""
+    if value is None or not math.isfinite(value):
+        return "n/a"
+    text = f"{value:.{digits}f}"
+    if float(text) == 0:
+        text = text.lstrip("-")  # no "−0.000"
+    return text.replace("-", minus)
+
+
+def law_text(fit: BootstrapFit, metric: str, x: str) -> str:
+    """The fitted law with each sign stated once: "FD ∝ GFLOPs^(−b), b = −0.034 (95% CI −0.106
+    to −0.002)"; with the irreducible term "FD = a·GFLOPs^(−b) + c, b = …, c = 12.3"."""
     low, high = fit.ci["b"]
-    x_name = {"gflops": "GFLOPs", "params": "N", "train_flops": "C"}.get(x, x)
-    tail = f" + {fit.fit.c:.3g}" if fit.fit.irreducible else ""
-    return f"{axis_label(metric).split(' (')[0]} ∝ {x_name}^−{fit.fit.b:.3f} [{low:.3f}, {high:.3f}]{tail}"
+    name, x_name = metric_name(metric), X_SYMBOLS.get(x, x)
+    law = f"{name} = a·{x_name}^(−b) + c" if fit.fit.irreducible else f"{name} ∝ {x_name}^(−b)"
+    text = (f"{law}, b = {number(fit.fit.b)} "
+            f"({round(fit.level * 100)}% CI {number(low)} to {number(high)})")
+    return text + (f", c = {fit.fit.c:.3g}" if fit.fit.irreducible else "")
+
+
+def metric_name(metric: str) -> str:
+    """A metric's display name without its unit note ("FD", "FID-50k")."""
+    return axis_label(metric).split(" (")[0]
 
 
 def _log_axes(ax: plt.Axes, x: str, metric: str) -> None:
@@ -269,7 +293,7 @@ def divergence_heatmaps(grid: pd.DataFrame) -> plt.Figure:
     for ax, rule in zip(axes.flat, rules):
         cells = grid[grid["train.lr_rule"] == rule].pivot(index="model.width", columns="train.base_lr",
                                                            values="frac_diverged")
-        cells.index = [size_label(w) for w in cells.index]
+        cells.index = [int(w) for w in cells.index]  # the axis label says "width"
         cells.columns = [f"{lr:.2g}" for lr in cells.columns]
         sns.heatmap(cells, ax=ax, vmin=0, vmax=1, cmap="mako_r", annot=True, fmt=".2g", cbar=ax is axes.flat[-1],
                     cbar_kws={"label": "fraction of seeds diverged"}, linewidths=0.5, linecolor="white")

@@ -1,9 +1,10 @@
 """Time full GAT training steps (D step + G step, as gat.train runs them) on random latents.
 
-    python -m gat.bench NAME --batch B --steps N [--device cpu|cuda] [--latent-size 32]
-                        [--config YAML] [--set k=v ...]
+    python -m gat.bench [CONFIG] --model NAME --batch B --steps N [--device auto|cpu|cuda]
+                        [--latent-size 32] [--set k=v ...]
 
-NAME is a registry name (GAT-B/2) or wWIDTH-dDEPTH-hHEADS-pPATCH. Prints ms per step, images/s
+CONFIG is a trainer YAML to start from (default: the paper's recipe); NAME is a registry name
+(GAT-B/2) or wWIDTH-dDEPTH-hHEADS-pPATCH. Prints ms per step, images/s
 and peak memory; on CUDA also the achieved TFLOP/s and MFU. FLOPs per step are `gat.flops`'
 count (the one the planner and the analysis use) from the registry's forward multiply-add
 counts, ignoring activation-checkpoint recompute, REPA, EMA and the optimiser. The peak is the
@@ -11,16 +12,18 @@ dense bf16 tensor-core figure of the detected GPU (table below; override with --
 """
 from __future__ import annotations
 
-import argparse
 import sys
 import time
+from pathlib import Path
 
 import torch
 
-from gat import train
-from gat.flops import training_flops_per_image
+from gat import cli, train
 from gat.config import load_config, parse_set
+from gat.errors import ConfigError, UserError
+from gat.flops import training_flops_per_image
 from gat.models import registry
+from gat.sizes import parse_size
 
 # Dense (non-sparse) bf16 peak TFLOP/s by device-name substring, from the vendors' datasheets.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "4090": 165.0}
@@ -42,20 +45,31 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; prints one line of results."""
-    parser = argparse.ArgumentParser(prog="python -m gat.bench", description=__doc__.split("\n\n")[0])
-    parser.add_argument("name", help="registry name (GAT-B/2) or w384-d12-h6-p2")
-    parser.add_argument("--batch", type=int, required=True)
-    parser.add_argument("--steps", type=int, required=True)
+    parser = cli.Parser("gat.bench", __doc__)
+    parser.add_argument("config", nargs="?", default=None,
+                        help="trainer config YAML to start from: a path or a bundled name (default: the paper's recipe)")
+    parser.add_argument("--model", required=True, help="registry name (GAT-B/2) or w384-d12-h6-p2")
+    parser.add_argument("--batch", type=int, required=True, help="training batch (images per D and G step)")
+    parser.add_argument("--steps", type=int, required=True, help="timed steps")
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, kernels, compile)")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (auto: a GPU when there is one)")
     parser.add_argument("--latent-size", type=int, default=32, help="latent side (32 for 256² SD-VAE latents)")
-    parser.add_argument("--num-classes", type=int, default=1000)
+    parser.add_argument("--num-classes", type=int, default=1000, help="classes of the conditional models")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU")
-    parser.add_argument("--config", default=None, help="a trainer YAML to start from (default: the paper's recipe)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (repeatable)")
     args = parser.parse_args(argv)
+    for name in ("batch", "steps", "latent_size", "num_classes"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+    return cli.run(lambda: bench(args))
 
-    overrides = {"model.name": args.name, "train.batch": args.batch, "device": args.device, **parse_set(args.overrides)}
+
+def bench(args) -> int:
+    """Time the steps `args` describes and print the result line."""
+    if args.config is not None and not Path(args.config).is_file() and _is_size(args.config):
+        raise UserError(f"{args.config} is a model size, not a config file: pass --model {args.config}")
+    overrides = {"model.name": args.model, "train.batch": args.batch, "device": args.device, **parse_set(args.overrides)}
     config = load_config(args.config, overrides)
     device = train.resolve_device(config)
     dims = {"latent_channels": 4, "latent_size": args.latent_size, "num_classes": args.num_classes}
@@ -82,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     seconds = (time.perf_counter() - started) / args.steps
 
     summary = registry.describe(config, **dims, repa_dim=nets.encoder.dim if nets.encoder is not None else None)
-    line = (f"{args.name} batch {args.batch} on {train.device_name(device)}: {seconds * 1e3:.1f} ms/step, "
+    line = (f"{args.model} batch {args.batch} on {train.device_name(device)}: {seconds * 1e3:.1f} ms/step, "
             f"{args.batch / seconds:.1f} images/s, peak memory {train.peak_memory_mb(device):.0f} MiB")
     flops = step_flops(summary, args.batch, config.loss.penalty)
     achieved = flops / seconds / 1e12
@@ -90,8 +104,16 @@ def main(argv: list[str] | None = None) -> int:
     peak = peak_tflops(device, args.peak_tflops)
     if peak:
         line += f", MFU {100 * achieved / peak:.1f}% of {peak:g} TFLOP/s bf16 peak"
-    print(line)
+    cli.say(line)
     return 0
+
+
+def _is_size(text: str) -> bool:
+    try:
+        parse_size(text)
+    except ConfigError:
+        return False
+    return True
 
 
 if __name__ == "__main__":

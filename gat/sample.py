@@ -12,7 +12,6 @@ evaluation is untruncated, as in the official training loop.
 """
 from __future__ import annotations
 
-import argparse
 import math
 import sys
 from pathlib import Path
@@ -21,10 +20,12 @@ from typing import Iterator
 import numpy as np
 import torch
 from torch import Tensor, nn
+from tqdm import tqdm
 
-from gat import checkpoint
+from gat import checkpoint, cli
 from gat.config import load_config
 from gat.data import load_decoder
+from gat.errors import UserError
 from gat.models import registry
 
 
@@ -70,28 +71,39 @@ def load_ema_generator(run_dir: Path, device: torch.device, step: int | None = N
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: write `--num` samples of RUN_DIR's EMA generator to `--out`."""
-    parser = argparse.ArgumentParser(prog="python -m gat.sample", description=__doc__.split("\n\n")[0])
-    parser.add_argument("run_dir", type=Path)
+    parser = cli.Parser("gat.sample", __doc__)
+    parser.add_argument("run_dir", type=Path, help="a run folder written by gat.train")
     parser.add_argument("--num", type=int, required=True, help="number of samples")
-    parser.add_argument("--out", type=Path, required=True, help="output .npz (arr_0 images, arr_1 labels)")
+    parser.add_argument("--out", type=Path, required=True, help="the .npz to write (arr_0 images, arr_1 labels)")
     parser.add_argument("--psi", type=float, default=0.3,
                         help="truncation toward the class mean w; 0.3 as the official sampler, 0 = no truncation")
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--seed", type=int, default=0, help="seed of z and the labels")
     parser.add_argument("--step", type=int, default=None, help="use the step-XXXXXXX.pt snapshot instead of the newest")
-    parser.add_argument("--batch", type=int, default=64)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--batch", type=int, default=64, help="samples per generator call")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (auto: a GPU when there is one)")
     args = parser.parse_args(argv)
+    if args.num < 1 or args.batch < 1:
+        parser.error("--num and --batch must be at least 1")
+    return cli.run(lambda: write_samples(args))
 
-    device = torch.device(args.device)
+
+def write_samples(args) -> int:
+    """Sample, decode and write the archive; a progress bar on a terminal."""
+    if not (args.run_dir / "config.yaml").is_file():
+        raise UserError(f"{args.run_dir} is not a run folder (no config.yaml)")
+    device = cli.device(args.device)
     G, dims = load_ema_generator(args.run_dir, device, args.step)
     decoder = load_decoder(load_config(args.run_dir / "config.yaml").data).to(device)
     images, labels = [], []
-    for latents, y in generate(G, args.num, dims["num_classes"], args.seed, device, psi=args.psi, batch=args.batch):
-        images.append(to_uint8(decoder(latents)))
-        labels.append(y.cpu().numpy())
+    chunks = generate(G, args.num, dims["num_classes"], args.seed, device, psi=args.psi, batch=args.batch)
+    with tqdm(total=args.num, unit="img", desc="sampling", disable=None) as bar:
+        for latents, y in chunks:
+            images.append(to_uint8(decoder(latents)))
+            labels.append(y.cpu().numpy())
+            bar.update(len(y))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(args.out, arr_0=np.concatenate(images), arr_1=np.concatenate(labels).astype(np.int64))
-    print(f"wrote {args.num} samples to {args.out}")
+    cli.say(f"wrote {args.num} samples to {args.out}")
     return 0
 
 

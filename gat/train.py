@@ -19,7 +19,6 @@ steps equals 2N steps bitwise on CPU. A non-finite loss or gradient ends the run
 """
 from __future__ import annotations
 
-import argparse
 import contextlib
 import copy
 import hashlib
@@ -28,8 +27,6 @@ import math
 import resource
 import sys
 import time
-import traceback
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
@@ -39,6 +36,8 @@ import yaml
 from torch import Tensor, nn
 
 from gat import checkpoint, diagnostics, distributed, rundir
+from gat import cli
+from gat.errors import UserError
 from gat import eval as gat_eval
 from gat.config import COSMETIC_KEYS, ConfigError, RunConfig, load_config, parse_set, save_config, to_dict
 from gat.data import load_dataset, load_decoder
@@ -48,12 +47,13 @@ from gat.models import registry
 from gat.metric_names import metric_name
 from gat.objective import discriminator_loss, generator_loss
 from gat.sample import generate, image_grid
+from gat.wandb_log import WandbLog
 
 LOGGED_TERMS = ("loss_d", "loss_g", "r1", "r2", "repa", "grad_norm_g", "grad_norm_d")
 GRID_SIZE = 64  # images per sample grid (8×8)
 
 
-class ConfigMismatchError(RuntimeError):
+class ConfigMismatchError(UserError, RuntimeError):
     """RUN_DIR already holds a run with another configuration."""
 
 
@@ -313,17 +313,21 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def save_sample_grids(run_dir: Path, step: int, G_ema: nn.Module, decoder: Callable[[Tensor], Tensor],
-                      config: RunConfig, num_classes: int, device: torch.device) -> None:
+                      config: RunConfig, num_classes: int, device: torch.device) -> dict[float, Path]:
     """samples/step-XXXXXXX.png (no truncation) and …-psi{eval.sample_psi}.png, one class per
-    column cycle, the same z at every step so grids can be compared over training."""
+    column cycle, the same z at every step so grids can be compared over training. Returns the
+    files written, by psi."""
     from PIL import Image
 
     folder = run_dir / rundir.SAMPLES
     folder.mkdir(exist_ok=True)
     labels = torch.arange(GRID_SIZE) % num_classes
+    written = {}
     for psi, suffix in ((0.0, ""), (config.eval.sample_psi, f"-psi{config.eval.sample_psi:g}")):
         chunks = [decoder(x) for x, _ in generate(G_ema, GRID_SIZE, num_classes, config.seed, device, psi=psi, labels=labels)]
-        Image.fromarray(image_grid(torch.cat(chunks))).save(folder / f"step-{step:07d}{suffix}.png")
+        written[psi] = folder / f"step-{step:07d}{suffix}.png"
+        Image.fromarray(image_grid(torch.cat(chunks))).save(written[psi])
+    return written
 
 
 class Evaluator:
@@ -335,11 +339,11 @@ class Evaluator:
         self.num_classes = dataset.num_classes
         self.metric = metric_name(config.eval.extractor, config.eval.num_samples, bool(config.eval.ref_stats))
         if config.eval.extractor == "inception" and not config.eval.ref_stats:
-            print(
+            cli.say(
                 f"warning: eval.ref_stats is empty, so FID is measured against {config.eval.num_samples} training "
                 f"images and logged as {self.metric}; it is not comparable with published FID. For ImageNet-256, "
                 "set eval.ref_stats to ADM's VIRTUAL_imagenet256_labeled.npz (see README, 'Comparable FID')",
-                file=sys.stderr, flush=True,
+                file=sys.stderr,
             )
         self.extractor = gat_eval.load_extractor(config.eval, device)
         if config.eval.ref_stats:
@@ -359,7 +363,7 @@ class Evaluator:
 
 
 # ---------------------------------------------------------------------------------------------
-# Progress and W&B (rank 0)
+# Progress (rank 0)
 
 
 class Progress:
@@ -389,50 +393,6 @@ class Progress:
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
-
-
-class WandbLog:
-    """Optional W&B mirror of stats.jsonl; the run id lives in RUN_DIR/wandb_id so a resumed or
-    requeued run continues the same W&B run. Any W&B failure only disables it."""
-
-    def __init__(self, config: RunConfig, run_dir: Path):
-        self.run = None
-        mode = config.logging.wandb
-        if mode == "off":
-            return
-        id_file = run_dir / rundir.WANDB_ID
-        try:
-            import wandb
-
-            if not id_file.is_file():
-                id_file.write_text(uuid.uuid4().hex[:12] + "\n")
-            self.run = wandb.init(
-                project=config.logging.wandb_project, id=id_file.read_text().strip(), resume="allow",
-                name=run_dir.name, dir=str(run_dir), mode=mode, config=to_dict(config),
-                settings=wandb.Settings(init_timeout=60, silent=True),
-            )
-        except Exception as err:  # W&B must never take a run down
-            print(f"warning: W&B disabled ({type(err).__name__}: {err})", file=sys.stderr)
-
-    def log(self, record: dict[str, Any]) -> None:
-        if self.run is None:
-            return
-        flat = {k: v for k, v in record.items() if isinstance(v, (int, float)) and k != "step"}
-        flat.update({f"metrics/{k}": v for k, v in record.get("metrics", {}).items()})
-        for key, value in record.get("diagnostics", {}).items():
-            if isinstance(value, list):
-                flat.update({f"diagnostics/{key}/{i}": v for i, v in enumerate(value)})
-            else:
-                flat[f"diagnostics/{key}"] = value
-        try:
-            self.run.log(flat, step=record["step"])
-        except Exception as err:
-            print(f"warning: W&B log failed ({err})", file=sys.stderr)
-
-    def finish(self, exit_code: int = 0) -> None:
-        if self.run is not None:
-            with contextlib.suppress(Exception):
-                self.run.finish(exit_code=exit_code)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -503,7 +463,7 @@ class Reporter:
             return
         self.config, self.run_dir, self.nets, self.device = config, run_dir, nets, device
         self.num_classes = dataset.num_classes
-        self.wandb = WandbLog(config, run_dir)
+        self.wandb = WandbLog(config, run_dir, start)
         self.progress = Progress(config, start, config.train.steps)
         self.decoder = load_decoder(config.data).to(device)
         wants_fd = config.eval.extractor != "none" and config.eval.num_samples > 0
@@ -527,12 +487,14 @@ class Reporter:
             images_per_s=batch / means["sec_per_step"] if means["sec_per_step"] > 0 else None,
             peak_mem_mb=peak_memory_mb(self.device),
         )
+        samples: dict[float, Path] = {}
         if previous is not None:
             record["metrics"] = self.evaluator(self.nets.G_ema) if self.evaluator is not None else {}
             record["diagnostics"] = diagnostics.measure(self.nets.G, self.nets.D, *previous, self.probe)
-            save_sample_grids(self.run_dir, step, self.nets.G_ema, self.decoder, self.config, self.num_classes, self.device)
+            samples = save_sample_grids(self.run_dir, step, self.nets.G_ema, self.decoder, self.config,
+                                        self.num_classes, self.device)
         rundir.append_stats(self.run_dir, record)
-        self.wandb.log(record)
+        self.wandb.log(record, samples)
         self.progress.report(record)
 
     def close(self, state: str) -> None:
@@ -663,37 +625,32 @@ def dry_run(config: RunConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code (0 also for a diverged run: it is a result)."""
-    parser = argparse.ArgumentParser(prog="python -m gat.train", description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", help="trainer config YAML (see gat/configs/)")
-    parser.add_argument("--out", required=True, help="the run folder (created, or resumed if it holds a run)")
+    parser = cli.Parser("gat.train", __doc__)
+    parser.add_argument("config", help="trainer config YAML: a path, or a bundled name (fmnist.yaml, imagenet256.yaml)")
+    parser.add_argument("--out", required=True, help="the run folder to write (created, or resumed if it holds a run)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.steps=100 (repeatable)")
+    parser.add_argument("--device", help="auto | cpu | cuda[:N]; shorthand for --set device=...")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and model summary, write nothing")
     args = parser.parse_args(argv)
-    try:
-        config = load_config(args.config, parse_set(args.overrides))
-    except ConfigError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.dry_run:
-        dry_run(config)
+
+    def body() -> int:
+        overrides = parse_set(args.overrides)
+        if args.device is not None:
+            overrides["device"] = args.device
+        config = load_config(args.config, overrides)
+        if args.dry_run:
+            dry_run(config)
+            return 0
+        try:
+            state = run(config, Path(args.out))
+        except OSError as err:  # a full disk, a read-only or unwritable folder: not a bug to trace
+            err.add_note("the run stopped; free space or fix permissions, then rerun to resume from the last checkpoint")
+            raise
+        cli.say(f"{args.out}: {state}")
         return 0
-    try:
-        state = run(config, Path(args.out))
-    except (ConfigError, ConfigMismatchError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a full disk, a read-only or unwritable folder: not a bug to trace
-        where = f" ({err.filename})" if err.filename else ""
-        notes = "; ".join(getattr(err, "__notes__", []))
-        print(f"error: {err.strerror or err}{where}: the run stopped; free space or fix permissions, then rerun "
-              f"to resume from the last checkpoint" + (f" ({notes})" if notes else ""), file=sys.stderr)
-        return 1
-    except Exception:
-        traceback.print_exc()
-        return 1
-    print(f"{args.out}: {state}")
-    return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -2,7 +2,8 @@
 # Bring up a single-node SLURM cluster (slurmctld + slurmd + munge) on this
 # machine, as root, without systemd and without cgroups: the cluster gatscale's
 # `@pytest.mark.slurm` tests run against. Idempotent: a second call is ~0.2 s.
-# Adapted from the tested recipe in /work/shared/slurm (see its README).
+# Uses Debian's SLURM (slurmctld, slurmd) and munge packages; the options of the
+# slurm.conf it writes are documented at https://slurm.schedmd.com/slurm.conf.html.
 #
 # Usage:  bash scripts/slurm_up.sh            # no accounting DB (sacct will NOT work)
 #         WITH_DBD=1 bash scripts/slurm_up.sh # also mariadb + slurmdbd (sacct works;

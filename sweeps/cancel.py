@@ -9,10 +9,10 @@ checkpoint.
 """
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 
+from gat import cli
 from sweeps import executors, manifest
 from sweeps.job import request_cancel
 from sweeps.spec import GridError, only_filter
@@ -23,7 +23,7 @@ def cancel_sweep(sweep_dir: Path, only: str | None = None) -> tuple[list[str], l
     outright). No run matching is an error."""
     data = manifest.read(sweep_dir)
     if data is None:
-        raise FileNotFoundError(f"{sweep_dir} has no {manifest.MANIFEST}")
+        raise GridError(f"{sweep_dir}: not a sweep folder (no {manifest.MANIFEST})")
     wanted = only_filter(only)
     runs = data.get("runs", [])
     chosen = [r for r in runs if wanted(r["name"], r["run_id"])]
@@ -44,18 +44,18 @@ def cancel_sweep(sweep_dir: Path, only: str | None = None) -> tuple[list[str], l
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point."""
-    p = argparse.ArgumentParser(prog="python -m sweeps.cancel", description=__doc__.split("\n\n")[0])
-    p.add_argument("sweep_dir", type=Path)
-    p.add_argument("--only", metavar="REGEX", help="only runs whose name or id matches")
+    p = cli.Parser("sweeps.cancel", __doc__)
+    p.add_argument("sweep_dir", type=Path, help="the sweep folder (what sweeps.launch wrote)")
+    p.add_argument("--only", metavar="REGEX", help="only runs whose name or id matches (default: every run)")
     args = p.parse_args(argv)
-    try:
+
+    def body() -> int:
         names, stopped = cancel_sweep(args.sweep_dir, args.only)
-    except (FileNotFoundError, GridError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(f"cancel requested for {len(names)} run(s); {len(stopped)} job(s) holding only those runs stopped"
-          + (f": {', '.join(stopped)}" if stopped else ""))
-    return 0
+        cli.say(f"cancel requested for {len(names)} run(s); {len(stopped)} job(s) holding only those runs stopped"
+                + (f": {', '.join(stopped)}" if stopped else ""))
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

@@ -37,7 +37,7 @@ import yaml
 
 from gat import rundir
 from sweeps import lease as leases
-from sweeps.plan import FINAL, SWEEP_SUBDIR
+from sweeps.plan import FINAL, SWEEP_SUBDIR, TRAINER_LOG
 
 _POLL_S = 2.0
 _STOP_GRACE_S = 30.0  # how long the trainer gets to exit after SIGTERM before SIGKILL
@@ -255,7 +255,7 @@ class RunJob(submitit.helpers.Checkpointable):
     def _train(self, task: RunTask, lease: leases.Lease) -> tuple[str, str | None]:
         """One trainer process over the run folder; returns (state, reason)."""
         run_dir = Path(task.run_dir)
-        log = run_dir / SWEEP_SUBDIR / "trainer.log"
+        log = run_dir / SWEEP_SUBDIR / TRAINER_LOG
         rc = self._start_and_wait(task, lease)
         if rc is None:
             return "interrupted", self._stopped_because
@@ -289,7 +289,7 @@ class RunJob(submitit.helpers.Checkpointable):
         # whatever the launching shell set: CPU results repeat bit for bit only at one thread
         # count, so it must follow the grid, not the executor or the shell.
         env["OMP_NUM_THREADS"] = str(self.cpus_per_task)
-        with open(folder / "trainer.log", "ab") as log:
+        with open(folder / TRAINER_LOG, "ab") as log:
             self._child = subprocess.Popen(
                 [sys.executable, "-m", self.trainer, str(request), "--out", str(run_dir)],
                 cwd=self.code_root, env=env, stdout=log, stderr=subprocess.STDOUT,

@@ -5,7 +5,7 @@ skipped, interrupted ones resume from their checkpoint, failed ones rerun only w
 `--rerun-failed`, and runs that a live job holds or has queued are left alone. Two launches at
 once cannot train one point twice: each job takes the run's lease before training.
 
-    python -m sweeps.launch scaling_grid.yaml                 # bundled grid, results/scaling_grid/
+    python -m sweeps.launch scaling_grid.yaml                 # bundled grid, studies/scaling_grid/
     python -m sweeps.launch my_grid.yaml --dry-run            # table with FLOPs and GPU-hours
     python -m sweeps.launch my_grid.yaml --only 'w384' --wait # a subset, then watch it
     python -m sweeps.launch my_grid.yaml --executor local --set train.steps=200
@@ -26,16 +26,15 @@ import uuid
 from pathlib import Path
 from typing import Any
 
+from gat import cli
 from gat import config as gat_config
+from gat import rundir
+from gat.errors import UserError
 from sweeps import costs, executors, manifest, resources
 from sweeps.job import RunJob, RunTask, cancel_requested, clear_cancel
 from sweeps.plan import Plan, PlannedRun, RunStatus, flatten, make_plan, read_statuses
-from sweeps.spec import REPO_ROOT, GridError, GridSpec, Point, load_grid, only_filter, validate_points
-
-
-def default_sweep_dir(spec: GridSpec) -> Path:
-    """`results/<grid name>/` under the current directory."""
-    return Path("results") / spec.name
+from sweeps.status import watch
+from sweeps.spec import GridError, GridSpec, Point, default_sweep_dir, load_grid, only_filter, validate_points
 
 
 def select(plan: Plan, only: str | None) -> list[PlannedRun]:
@@ -97,14 +96,17 @@ def validate_plan(plan: Plan) -> None:
 def snapshot_code(dest: Path) -> Path:
     """Copy the repo's tracked and untracked-but-not-ignored files to `dest` (queued jobs then
     run the code as it was at submission)."""
+    checkout = rundir.source_checkout()
+    if checkout is None:
+        raise GridError("executor.snapshot_code needs gatscale to run from its git checkout, not an install")
     listing = subprocess.run(
         ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=REPO_ROOT, capture_output=True, timeout=60,
+        cwd=checkout, capture_output=True, timeout=60,
     )
     if listing.returncode != 0:
-        raise GridError(f"executor.snapshot_code needs a git checkout at {REPO_ROOT}")
+        raise GridError(f"executor.snapshot_code: git ls-files failed in {checkout}")
     for rel in filter(None, listing.stdout.decode().split("\0")):
-        source = REPO_ROOT / rel
+        source = checkout / rel
         if source.is_file():
             target = dest / rel
             target.parent.mkdir(parents=True, exist_ok=True)
@@ -169,7 +171,7 @@ def launch(args: argparse.Namespace) -> int:
         spec.executor.kind = args.executor
     if args.parallelism:
         spec.executor.array_parallelism = args.parallelism
-    sweep_dir = Path(args.out) if args.out else default_sweep_dir(spec)
+    sweep_dir = Path(args.out) if args.out else default_sweep_dir(spec.name)
     defaults, rules, estimate = resources.parse(spec.resources)
     plan = make_plan(spec, sweep_dir)
     validate_plan(plan)
@@ -203,7 +205,7 @@ def launch(args: argparse.Namespace) -> int:
     if not to_submit:
         return _watch(plan, chosen, sweep_dir, launch_id, set()) if args.wait else 0
 
-    code_root = str(REPO_ROOT)
+    code_root = str(rundir.SOURCE_ROOT)
     if spec.executor.snapshot_code:
         code_root = str(snapshot_code(sweep_dir.resolve() / "code" / launch_id))
     common = dict(code_root=code_root, retries=spec.executor.retries, rerun_failed=args.rerun_failed,
@@ -245,7 +247,7 @@ def _estimated_flops(run: PlannedRun) -> float:
 
 def _record_plan(plan: Plan, sweep_dir: Path) -> int:
     """Add the plan's runs to the manifest; returns how many recorded runs the plan lacks."""
-    commit = manifest.git_commit(REPO_ROOT)
+    commit, _ = rundir.git_state()
     entries = [{"run_id": r.run_id, "name": r.name, "dir": f"runs/{r.name}", "coords": r.coords,
                 "overrides": r.overrides} for r in plan.runs]
     planned = {r.run_id for r in plan.runs}
@@ -269,7 +271,6 @@ def _count(items: Any) -> dict[str, int]:
 
 def _watch(plan: Plan, runs: list[PlannedRun], sweep_dir: Path, launch_id: str, submitted: set[str]) -> int:
     """Watch until every run is final (or nothing is left queued); 1 if any failed."""
-    from sweeps.status import watch
 
     states = watch(sweep_dir, [r.run_id for r in runs], plan.spec.executor.lease_stale_s,
                    launch_id=launch_id, submitted=submitted)
@@ -280,15 +281,15 @@ def _watch(plan: Plan, runs: list[PlannedRun], sweep_dir: Path, launch_id: str, 
 
 def parser() -> argparse.ArgumentParser:
     """The launcher's command line."""
-    p = argparse.ArgumentParser(prog="python -m sweeps.launch", description=__doc__.split("\n\n")[0])
-    p.add_argument("grid", help="grid YAML (a bare name is looked up in sweeps/configs/)")
-    p.add_argument("--out", help="sweep folder (default results/<grid name>/)")
+    p = cli.Parser("sweeps.launch", __doc__)
+    p.add_argument("grid", help="grid YAML: a path, or a bundled grid's name (scaling_grid.yaml)")
+    p.add_argument("--out", help="sweep folder to write (default studies/<grid name>/)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every point (repeatable)")
     p.add_argument("--only", metavar="REGEX", help="only runs whose name or id matches")
     p.add_argument("--dry-run", action="store_true", help="print the plan with costs; submit and write nothing")
     p.add_argument("--rerun-failed", action="store_true", help="also rerun runs whose state is failed")
     p.add_argument("--executor", choices=("auto", "slurm", "local", "debug"), help="override executor.kind")
-    p.add_argument("--parallelism", type=int, help="override executor.array_parallelism")
+    p.add_argument("--parallelism", type=int, help="jobs in flight at once (overrides executor.array_parallelism)")
     p.add_argument("--wait", action="store_true", help="watch with a progress bar until every run is final")
     return p
 
@@ -296,15 +297,15 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; grid and config errors print one line and return 2 (nothing is written)."""
     args = parser().parse_args(argv)
-    try:
-        return launch(args)
-    except (GridError, gat_config.ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    except OSError as err:  # a read-only or full sweep folder
-        where = f" ({err.filename})" if err.filename else ""
-        print(f"error: cannot write the sweep folder{where}: {err.strerror or err}", file=sys.stderr)
-        return 2
+
+    def body() -> int:
+        try:
+            return launch(args)
+        except OSError as err:  # a read-only or full sweep folder, or a file where a folder goes
+            where = f" ({err.filename})" if err.filename else ""
+            raise UserError(f"cannot write the sweep folder{where}: {err.strerror or err}") from err
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":

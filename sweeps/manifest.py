@@ -6,7 +6,6 @@ under a `filelock` lock, written to a temporary file and renamed into place.
 from __future__ import annotations
 
 import json
-import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
@@ -22,15 +21,6 @@ _LOCK_TIMEOUT_S = 60.0  # the lock is held for one file write
 def utc_now() -> str:
     """ISO-8601 UTC with seconds, as the run folder's timestamps."""
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def git_commit(repo: Path) -> str | None:
-    """HEAD of the checkout at `repo` (None outside git)."""
-    try:
-        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=repo, capture_output=True, text=True, timeout=10)
-    except (OSError, subprocess.SubprocessError):
-        return None
-    return out.stdout.strip() or None
 
 
 def read(sweep_dir: Path) -> dict[str, Any] | None:

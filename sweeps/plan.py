@@ -27,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from gat import config as gat_config
+from gat.sizes import parse_size
 from sweeps import lease as leases
 from sweeps.spec import GridSpec, Point, expand
 
@@ -45,11 +46,13 @@ LABELS = {
 }
 ALWAYS = ("model.width", "model.depth", "model.patch")
 SWEEP_SUBDIR = ".sweep"  # the sweep engine's own files inside a run folder
+TRAINER_LOG = "trainer.log"  # in SWEEP_SUBDIR: the trainer's stdout and stderr
 
 
 @dataclass
 class PlannedRun:
-    """One point of the plan: identity, where it lives, and what it overrides."""
+    """One point of the plan: identity, where it lives, and what it overrides. `group` is the
+    grid's name, the W&B group of its runs unless the grid sets `logging.wandb_group`."""
 
     run_id: str
     name: str
@@ -57,10 +60,15 @@ class PlannedRun:
     overrides: dict[str, Any]
     flat: dict[str, Any]
     dir: Path
+    group: str
+
+    def wandb_context(self) -> dict[str, Any]:
+        """The cosmetic logging keys the sweep adds to the run's config (see `wandb_context`)."""
+        return wandb_context(self.flat, self.group, self.coords)
 
     def config(self) -> dict[str, Any]:
         """The run's trainer config as nested data (what the job hands to `gat.train`)."""
-        return unflatten(self.flat)
+        return unflatten({**self.flat, **self.wandb_context()})
 
 
 @dataclass
@@ -85,9 +93,8 @@ class RunStatus:
 
 
 @lru_cache(maxsize=1)
-def _defaults() -> tuple[dict[str, Any], dict[str, Any]]:
-    """Flat default config and each key's annotation (computed once)."""
-    flat = flatten(gat_config.to_dict(gat_config.RunConfig()))
+def _key_types() -> dict[str, Any]:
+    """Each config key's annotation, by dotted key (computed once)."""
     types: dict[str, Any] = {}
 
     def walk(cls: type, prefix: str) -> None:
@@ -98,18 +105,32 @@ def _defaults() -> tuple[dict[str, Any], dict[str, Any]]:
                 types[prefix + name] = annotation
 
     walk(gat_config.RunConfig, "")
-    return flat, types
+    return types
+
+
+@lru_cache(maxsize=1)
+def _defaults() -> tuple[dict[str, Any], dict[str, Any]]:
+    """Flat default config and each key's annotation (computed once)."""
+    return flatten(gat_config.to_dict(gat_config.RunConfig())), _key_types()
 
 
 def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as one dict of dotted keys."""
+    """Nested mappings as one dict of dotted keys. A config key whose value is a mapping
+    (`logging.grid_point`) stays one key: its own keys are data, not config sections."""
     out: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, dict):
+        if isinstance(value, dict) and prefix + key not in _key_types():
             out.update(flatten(value, f"{prefix}{key}."))
         else:
             out[prefix + key] = value
     return out
+
+
+def wandb_context(flat: dict[str, Any], group: str, coords: dict[str, Any]) -> dict[str, Any]:
+    """The cosmetic logging keys a sweep or search adds to a run's config: its W&B group (the
+    grid's name unless the grid sets one) and its coordinates. They stay out of `flat`, the
+    point's config as the grid states it (what the run id hashes and the plan is checked against)."""
+    return {"logging.wandb_group": flat.get("logging.wandb_group") or group, "logging.grid_point": dict(coords)}
 
 
 def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
@@ -140,8 +161,6 @@ def normalise(base_flat: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
 
 @lru_cache(maxsize=None)
 def _model_size(name: str) -> dict[str, int]:
-    from gat.models.registry import parse_size
-
     size = parse_size(name)
     return {f"model.{k}": getattr(size, k) for k in ("width", "depth", "heads", "patch")}
 
@@ -202,7 +221,7 @@ def make_plan(spec: GridSpec, sweep_dir: Path) -> Plan:
             merged += 1
             continue
         name = run_name(flat, spec.axes, rid)
-        seen[rid] = PlannedRun(rid, name, point.coords, point.overrides, flat, runs_dir / name)
+        seen[rid] = PlannedRun(rid, name, point.coords, point.overrides, flat, runs_dir / name, spec.name)
     return Plan(spec=spec, sweep_dir=Path(sweep_dir), runs=list(seen.values()), merged=merged)
 
 

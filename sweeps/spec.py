@@ -3,7 +3,7 @@
 A grid file (see `sweeps/configs/*.yaml`) has these sections; only `axes` or `zip` is needed:
 
 ```yaml
-base: gat/configs/fmnist.yaml   # trainer config: a path (relative to this file, then the repo) or a mapping
+base: gat/configs/fmnist.yaml   # trainer config: a path (relative to this file, else a bundled gat/configs name) or a mapping
 set: {train.steps: 2000}        # overrides applied to every point
 axes:                           # product over these dotted config keys
   model.width: [32, 64]
@@ -32,15 +32,15 @@ from typing import Any, Callable
 import yaml
 
 from gat import config as gat_config
+from gat.errors import UserError
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED = Path(__file__).resolve().parent / "configs"
 SECTIONS = ("name", "base", "set", "axes", "zip", "include", "exclude", "resources", "executor")
 EXECUTOR_KINDS = ("auto", "slurm", "local", "debug")
 _COMPARISON = re.compile(r"^\s*(<=|>=|<|>|==|!=)\s*(\S+)\s*$")
 
 
-class GridError(ValueError):
+class GridError(UserError, ValueError):
     """A grid file is malformed or one of its points is not a valid trainer config."""
 
 
@@ -91,6 +91,13 @@ class Point:
 
     coords: dict[str, Any]
     overrides: dict[str, Any]
+
+
+def default_sweep_dir(name: str) -> Path:
+    """`studies/<name>/` under the current directory: untracked in a gatscale checkout, so
+    running a bundled grid never rewrites the committed `results/` (only
+    scripts/reproduce_results.sh does, with --out)."""
+    return Path("studies") / name
 
 
 def resolve_grid_path(name: str | Path) -> Path:
@@ -326,17 +333,17 @@ def _load_base(base: Any, grid_path: Path | None) -> tuple[dict[str, Any], str]:
         return base, "inline"
     if not isinstance(base, str):
         raise GridError(f"base: expected a path or a mapping, got {base!r}")
-    candidates = [Path(base)] if Path(base).is_absolute() else []
-    if grid_path is not None:
-        candidates.append(grid_path.parent / base)
-    candidates += [REPO_ROOT / base, Path.cwd() / base]
-    for candidate in candidates:
-        if candidate.is_file():
-            try:
-                return gat_config.read_yaml_file(candidate) or {}, str(candidate)
-            except gat_config.ConfigError as err:
-                raise GridError(f"base: {err}") from err
-    raise GridError(f"base config not found: {base} (looked in {', '.join(str(c.parent) for c in candidates)})")
+    # Relative to the grid file first (cwd for a grid given as data), then the bundled configs.
+    path = Path(base)
+    if not path.is_absolute():
+        path = (grid_path.parent if grid_path is not None else Path.cwd()) / base
+    source = path if path.is_file() else gat_config.bundled_config(base)
+    if source is None:
+        raise GridError(f"base config not found: {base} (looked in {path.parent} and among the bundled configs)")
+    try:
+        return gat_config.read_yaml_file(source) or {}, str(source)
+    except gat_config.ConfigError as err:
+        raise GridError(f"base: {err}") from err
 
 
 def _executor(value: Any) -> ExecutorSpec:

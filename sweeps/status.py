@@ -9,9 +9,9 @@ queued, and sacct (when accounting is on) names how a vanished job ended (TIMEOU
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -21,10 +21,11 @@ from typing import Any
 
 import yaml
 
+from gat import cli
 from sweeps import executors, manifest
 from sweeps.job import read_events
-from sweeps.plan import STATES, read_status
-from sweeps.spec import ExecutorSpec, GridError, load_grid, only_filter
+from sweeps.plan import STATES, SWEEP_SUBDIR, TRAINER_LOG, read_status
+from sweeps.spec import ExecutorSpec, GridError, default_sweep_dir, load_grid, only_filter
 
 FINAL_OR_FAILED = ("completed", "diverged", "failed")
 _DEFAULT_STALE_S = ExecutorSpec().lease_stale_s
@@ -69,6 +70,31 @@ def last_progress(run_dir: Path) -> tuple[int | None, str]:
         if not fallback and isinstance(record.get("loss_g"), (int, float)):
             fallback = f"loss_g={record['loss_g']:.4g}"
     return step, fallback
+
+
+_TQDM = re.compile(r"^(?P<what>.*?):\s*\d+%\|.*?\|\s*(?P<count>\d+/\d+)")
+
+
+def activity(run_dir: Path, step: int | None) -> str:
+    """What a running run is doing now: `step s/S` once it trains, else the newest line of its
+    trainer log (one-off data encoding as `encoding ... x/N`, or waiting for another job's)."""
+    if step is not None:
+        try:
+            total = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["steps"]
+        except (OSError, yaml.YAMLError, KeyError, TypeError):
+            return f"step {step}"
+        return f"step {step}/{total}"
+    try:
+        with open(run_dir / SWEEP_SUBDIR / TRAINER_LOG, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 4096))
+            tail = handle.read().decode(errors="replace")
+    except OSError:
+        return "starting"
+    fragments = [f.strip() for f in re.split(r"[\r\n]", tail) if f.strip()]
+    if not fragments:
+        return "starting"
+    match = _TQDM.match(fragments[-1])  # a progress bar: keep its label and count
+    return f"{match['what']} {match['count']}" if match else fragments[-1][:60]
 
 
 def sacct_states(job_ids: list[str]) -> dict[str, str]:
@@ -169,7 +195,9 @@ def watch(sweep_dir: Path, run_ids: list[str], stale_s: float, *, launch_id: str
                        and (rid not in submitted or rid in touched)}
             done = len(settled)
             counts = {s: list(states.values()).count(s) for s in set(states.values())}
-            bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in sorted(counts.items())), refresh=False)
+            doing = [f"{r.name}: {activity(Path(sweep_dir) / r.dir, r.step)}" for r in rows if r.state == "running"]
+            bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
+                                + (f" | {'; '.join(doing)}" if doing else ""), refresh=False)
             bar.update(done - bar.n)  # redraws at most every mininterval
             if done == len(wanted):
                 break
@@ -196,35 +224,39 @@ def _local_jobs(sweep_dir: Path, launch_id: str | None) -> list[str]:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI: print the status table (or JSON with --json)."""
-    p = argparse.ArgumentParser(prog="python -m sweeps.status", description=__doc__.split("\n\n")[0])
-    p.add_argument("target", help="sweep folder, or a grid YAML (its default sweep folder)")
-    p.add_argument("--out", help="sweep folder when TARGET is a grid")
+    p = cli.Parser("sweeps.status", __doc__)
+    p.add_argument("target", help="sweep folder, or a grid YAML (then its default folder, studies/<grid name>/)")
     p.add_argument("--only", metavar="REGEX", help="only runs whose name or id matches")
     p.add_argument("--json", action="store_true", help="print rows as JSON lines")
     args = p.parse_args(argv)
-    try:
-        sweep_dir, stale_s = resolve_target(args.target, args.out)
+
+    def body() -> int:
+        sweep_dir, stale_s = resolve_target(args.target)
         rows = collect(sweep_dir, only=args.only, stale_s=stale_s)
-    except GridError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    text = "\n".join(json.dumps(vars(row)) for row in rows) if args.json else render(rows)
-    try:
-        print(text, flush=True)
-    except BrokenPipeError:  # `| head`: the reader has what it wanted
-        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-    return 0
+        if args.only and not rows:
+            raise GridError(f"--only {args.only!r} matches no run in {sweep_dir}")
+        text = "\n".join(json.dumps(vars(row)) for row in rows) if args.json else render(rows)
+        try:
+            print(text, flush=True)
+        except BrokenPipeError:  # `| head`: the reader has what it wanted
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+
+    return cli.run(body)
 
 
-def resolve_target(target: str, out: str | None) -> tuple[Path, float]:
+def resolve_target(target: str) -> tuple[Path, float]:
     """A sweep folder and its lease staleness from a folder or grid argument."""
     path = Path(target)
     if path.is_dir():
         return path, _stale_from_manifest(path)
+    if path.suffix not in (".yaml", ".yml"):
+        raise GridError(f"{target}: no such sweep folder (give a sweep folder, or the grid YAML it was launched from)")
     spec = load_grid(target)
-    from sweeps.launch import default_sweep_dir
-
-    return (Path(out) if out else default_sweep_dir(spec)), spec.executor.lease_stale_s
+    sweep_dir = default_sweep_dir(spec.name)
+    if not sweep_dir.is_dir():
+        raise GridError(f"{sweep_dir}: no sweep folder for {target} here (launched with --out? give that folder)")
+    return sweep_dir, spec.executor.lease_stale_s
 
 
 def _stale_from_manifest(sweep_dir: Path) -> float:

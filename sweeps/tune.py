@@ -9,7 +9,7 @@ trial trains, this driver reads the eval metric from its stats.jsonl, reports it
 and stops the job when the median pruner says so. A diverged run scores +inf (too high an LR
 is an answer, not an error).
 
-    python -m sweeps.tune lr_search.yaml                    # results/lr_search/
+    python -m sweeps.tune lr_search.yaml                    # studies/lr_search/
     python -m sweeps.tune lr_search.yaml --n-trials 16      # continue the same studies to 16
     python -m sweeps.tune lr_search.yaml --executor debug --set train.steps=50
 
@@ -42,6 +42,8 @@ import optuna
 from optuna.storages import RetryHeartbeatStaleTrialCallback
 from optuna.trial import TrialState
 
+from gat import cli
+from gat.errors import UserError
 from gat import config as gat_config
 from gat import rundir
 from gat.lr_rules import learning_rate
@@ -49,8 +51,9 @@ from sweeps import costs, executors, manifest, resources
 from sweeps import lease as leases
 from sweeps.job import RunJob, RunTask
 from sweeps.launch import snapshot_code
-from sweeps.plan import FINAL, base_flat, normalise, read_status, run_id, run_name, unflatten
-from sweeps.spec import REPO_ROOT, GridError, GridSpec, Point, expand, parse_grid, read_grid_file, validate_points
+from sweeps.plan import FINAL, base_flat, normalise, read_status, run_id, run_name, unflatten, wandb_context
+from sweeps.spec import (GridError, GridSpec, Point, default_sweep_dir, expand, parse_grid, read_grid_file,
+                         validate_points)
 
 PARAM = "train.base_lr"
 JOURNAL, SQLITE, DRIVER_LEASE = "optuna.journal", "optuna.db", "driver.lease"
@@ -162,7 +165,7 @@ class Tuner:
         self.defaults, self.rules, _ = resources.parse(grid.resources)
         self.storage = open_storage(study_dir, search.storage)
         self.launch_id = "tune-" + time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        self.code_root = str(REPO_ROOT)
+        self.code_root = str(rundir.SOURCE_ROOT)
         if grid.executor.snapshot_code:
             self.code_root = str(snapshot_code(study_dir.resolve() / "code" / self.launch_id))
         self.studies = [self._study(point, index) for index, point in enumerate(self.points)]
@@ -195,9 +198,10 @@ class Tuner:
         flat = normalise(self.start_flat, overrides)
         rid = run_id(flat)
         name = run_name(flat, [*self.grid.axes, PARAM], rid)
-        task = RunTask(rid, name, str((self.study_dir / "runs" / name).resolve()), unflatten(flat))
-        entry = {"run_id": rid, "name": name, "dir": f"runs/{name}", "coords": {**point.coords, PARAM: lr},
-                 "overrides": overrides}
+        coords = {**point.coords, PARAM: lr}
+        config = unflatten({**flat, **wandb_context(flat, self.grid.name, coords)})
+        task = RunTask(rid, name, str((self.study_dir / "runs" / name).resolve()), config)
+        entry = {"run_id": rid, "name": name, "dir": f"runs/{name}", "coords": coords, "overrides": overrides}
         return task, entry, flat
 
     def start_trial(self, study: optuna.Study) -> None:
@@ -247,6 +251,11 @@ class Tuner:
         study.tell(trial, value)
         return f"{state}, {self.search.metric}={value:.4g}"
 
+    def progress(self, study: optuna.Study) -> str:
+        """`<study> [finished/target]`, the prefix of each trial's line: the driver's progress."""
+        finished = sum(t.state.is_finished() for t in study.get_trials(deepcopy=False))
+        return f"{study.study_name} [{finished}/{self.search.n_trials}]"
+
     def poll(self, flight: InFlight) -> bool:
         """Report new eval values, prune or finish; True when the trial is over."""
         for step, value in eval_metrics(flight.run_dir, self.search.metric):
@@ -254,20 +263,21 @@ class Tuner:
                 flight.trial.report(value, step)
                 flight.reported.add(step)
         status = read_status(flight.run_dir, self.grid.executor.lease_stale_s)
-        name, number = flight.study.study_name, flight.trial.number
+        number = flight.trial.number
         if status.state in (*FINAL, "failed"):
             outcome = self._tell(flight.study, flight.trial, flight.run_dir, status.state, status.reason)
-            print(f"{name}: trial {number} {outcome}", flush=True)
+            print(f"{self.progress(flight.study)}: trial {number} {outcome}", flush=True)
             return True
         if flight.reported and flight.trial.should_prune():
             executors.cancel(self.kind, [flight.job.job_id])
             flight.study.tell(flight.trial, state=TrialState.PRUNED)
-            print(f"{name}: trial {number} pruned at step {max(flight.reported)}", flush=True)
+            print(f"{self.progress(flight.study)}: trial {number} pruned at step {max(flight.reported)}", flush=True)
             return True
         # A job that ended while nobody trains the run (stopped, lease lost, requeues used up).
         if flight.job.done() and status.state != "running":
             reason = f"job {flight.job.job_id} ended with the run {status.state}"
-            print(f"{name}: trial {number} {self._tell(flight.study, flight.trial, flight.run_dir, 'failed', reason)}", flush=True)
+            outcome = self._tell(flight.study, flight.trial, flight.run_dir, "failed", reason)
+            print(f"{self.progress(flight.study)}: trial {number} {outcome}", flush=True)
             return True
         return False
 
@@ -371,19 +381,17 @@ def render(rows: list[dict[str, Any]]) -> str:
 def tune(args: argparse.Namespace) -> int:
     """The CLI's work; returns the exit status."""
     grid, search = load_search(args.search, gat_config.parse_set(args.set) if args.set else None)
-    changes = {"n_trials": args.n_trials, "parallel": args.parallel}
+    changes = {"n_trials": args.n_trials, "parallel": args.parallelism}
     search = parse_search({**asdict(search), **{k: v for k, v in changes.items() if v is not None}})
     if args.executor:
         grid.executor.kind = args.executor
-    study_dir = Path(args.out) if args.out else Path("results") / grid.name
+    study_dir = Path(args.out) if args.out else default_sweep_dir(grid.name)
     driver = leases.acquire(study_dir / DRIVER_LEASE, None, stale_s=grid.executor.lease_stale_s,
                             heartbeat_s=grid.executor.lease_heartbeat_s)
     if driver is None:
         holder = leases.holder(study_dir / DRIVER_LEASE, grid.executor.lease_stale_s) or {}
-        print(f"error: another sweeps.tune driver ({holder.get('host')}, pid {holder.get('pid')}) is running "
-              f"{study_dir}; it frees the folder when it stops (or {grid.executor.lease_stale_s:g} s after it died)",
-              file=sys.stderr)
-        return 2
+        raise UserError(f"another sweeps.tune driver ({holder.get('host')}, pid {holder.get('pid')}) is running "
+                        f"{study_dir}; it frees the folder when it stops (or {grid.executor.lease_stale_s:g} s after it died)")
     driver.start_heartbeat()
     optuna.logging.set_verbosity(optuna.logging.WARNING)  # the driver prints its own one-line events
     try:
@@ -403,11 +411,11 @@ def tune(args: argparse.Namespace) -> int:
 
 def parser() -> argparse.ArgumentParser:
     """The command line."""
-    p = argparse.ArgumentParser(prog="python -m sweeps.tune", description=__doc__.split("\n\n")[0])
-    p.add_argument("search", help="search YAML (a bare name is looked up in sweeps/configs/)")
-    p.add_argument("--out", help="study folder (default results/<search name>/)")
+    p = cli.Parser("sweeps.tune", __doc__)
+    p.add_argument("search", help="search YAML: a path, or a bundled search's name (lr_search.yaml)")
+    p.add_argument("--out", help="study folder to write (default studies/<search name>/)")
     p.add_argument("--n-trials", type=int, help="finished trials per study to reach (overrides search.n_trials)")
-    p.add_argument("--parallel", type=int, help="trials in flight at once (overrides search.parallel)")
+    p.add_argument("--parallelism", type=int, help="trials in flight at once (overrides search.parallel)")
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="trainer override for every trial (repeatable)")
     p.add_argument("--executor", choices=("auto", "slurm", "local", "debug"), help="override executor.kind")
     return p
@@ -416,11 +424,7 @@ def parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     """Entry point; search-file and config errors print one line and return 2."""
     args = parser().parse_args(argv)
-    try:
-        return tune(args)
-    except (GridError, gat_config.ConfigError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
+    return cli.run(lambda: tune(args))
 
 
 if __name__ == "__main__":

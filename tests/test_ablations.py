@@ -3,12 +3,15 @@ gat.probe on a real (untrained) generator saved as a checkpoint."""
 from __future__ import annotations
 
 import json
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 import matplotlib
 
 matplotlib.use("Agg")
 
+import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 import pytest  # noqa: E402
@@ -23,6 +26,13 @@ from gat.models import registry  # noqa: E402
 from test_analysis_load import write_sweep  # noqa: E402
 
 BLOCKS = 4
+
+
+@pytest.fixture(autouse=True)
+def _close_figures() -> Iterator[None]:
+    """Figures a test draws but never saves stay open in pyplot; close them after each test."""
+    yield
+    plt.close("all")
 
 
 def ablation_profile(mode: str) -> list[float]:
@@ -222,9 +232,23 @@ def test_probe_run_and_probe_tables(tmp_path: Path) -> None:
     shares = ablations.early_share_table(table, effects, n_boot=50)
     assert list(shares["space"]) == ["latent", "latent"] and shares["share"].between(0, 1).all()
     assert len(ablations.plot_block_profiles(frame, value="value").axes) == 2
-    maps = {f"MNG {run_id}": e.pca_maps for run_id, e in effects.items()}
+    maps = ablations.widest_pca_maps(table, effects)
+    assert list(maps) == ["MNG exp", "MNG off"] and maps["MNG off"] is effects["off"].pca_maps
     assert ablations.plot_pca_maps(maps).axes[0].get_title() == "input"
     assert len(ablations.plot_early_share(shares).axes) == 1
+
+
+def test_early_layer_report_from_checkpoints(tmp_path: Path) -> None:
+    for mode in ("exp", "off"):
+        fake_run(tmp_path / "runs" / mode, mode, seed=0)
+    with pytest.warns(UserWarning, match="no decoder"):
+        report = ablations.early_layer_report(tmp_path / "runs", probe_samples=6, bootstrap=20)
+    assert report.source == "run folders"
+    assert set(report.tables) == {"probe_blocks", "early_share"}
+    assert set(report.figures) == {"block_ablation_probe", "early_share", "pca_maps"}
+    # These runs never logged an eval tick, so there is no per-block diagnostic from training.
+    assert report.missing["block_profiles_training"] == "no eval tick logged g_block_ablation"
+    assert not any("run_dir" in table for table in report.tables.values())  # a machine's path, never committed
 
 
 def test_probe_pixel_space_and_pca() -> None:
@@ -244,3 +268,55 @@ def test_probe_pixel_space_and_pca() -> None:
     # permutes the loadings) leaves the maps unchanged.
     tokens = torch.randn(2, 16, 8)
     assert np.allclose(probe.pca_rgb(tokens, 4), probe.pca_rgb(tokens[..., torch.randperm(8)], 4), atol=1e-5)
+
+
+def test_instability_report_from_runs_then_from_the_committed_tables(sweep: Path) -> None:
+    report = ablations.instability_report(sweep)
+    assert report.source == "run folders"
+    assert set(report.tables) == {"output_change", "divergence", "grad_norm_traces"}
+    assert set(report.figures) == {"output_change", "divergence_rate", "divergence_step", "grad_norms"}
+    assert "python -m gat.coord_check" in report.missing["coord_check"]
+    assert not any("run_dir" in table for table in report.tables.values())
+    report.save(sweep / "analysis")
+    shutil.rmtree(sweep / "runs")  # a fresh clone: the manifest and the committed tables only
+    again = ablations.instability_report(sweep)
+    assert again.source == "committed tables"
+    assert set(again.figures) == set(report.figures)
+    for name, table in report.tables.items():
+        pd.testing.assert_frame_equal(again.tables[name], table.reset_index(drop=True), check_dtype=False)
+
+
+def test_early_layer_report_says_what_it_cannot_make(sweep: Path) -> None:
+    report = ablations.early_layer_report(sweep)
+    assert set(report.figures) == {"block_profiles_training"}
+    assert "has a checkpoint to probe" in report.missing["early_share"]
+    shutil.rmtree(sweep / "runs")
+    bare = ablations.early_layer_report(sweep)
+    assert not bare.figures and "committed early_share.csv" in bare.missing["early_share"]
+    assert "no run folders" in bare.missing["pca_maps"]
+
+
+def test_cli(sweep: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "figures"
+    assert ablations.main([str(sweep), "--report", "instability", "--out", str(out)]) == 0
+    assert {p.name for p in out.iterdir()} == {
+        "output_change.csv", "divergence.csv", "grad_norm_traces.csv",
+        "output_change.png", "divergence_rate.png", "divergence_step.png", "grad_norms.png"}
+    assert "not made: coord_check: no " in capsys.readouterr().out
+    assert not (sweep / "analysis").exists()  # --out is where it writes
+    # This grid varies no axis a report is chosen by; without run folders nothing can be drawn.
+    for argv, message in (([str(sweep)], "name a report with --report"),
+                          ([str(tmp_path / "nowhere"), "--report", "instability"], "no such folder")):
+        assert ablations.main(argv) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("error: ") and err.count("\n") == 1 and message in err
+    shutil.rmtree(sweep / "runs")
+    assert ablations.main([str(sweep), "--report", "early_layer_use"]) == 2
+    assert "no figure could be made" in capsys.readouterr().err
+
+
+def test_reports_follow_the_varied_axes(tmp_path: Path) -> None:
+    runs = [{"name": f"r{i}", "coords": {"mng.mode": mode, "train.lr_rule": "constant", "model.width": width}}
+            for i, (mode, width) in enumerate([("exp", 16), ("off", 16), ("exp", 32)])]
+    (tmp_path / "manifest.json").write_text(json.dumps({"runs": runs}))
+    assert ablations.default_reports(tmp_path) == ["early_layer_use"]

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import sys
 from collections.abc import Sequence
 from pathlib import Path
@@ -174,8 +175,24 @@ def test_missing_model_json_filled_from_registry(tmp_path: Path) -> None:
     pytest.importorskip("gat.models.registry")
     run = write_run(tmp_path / "r", evals=curve([10, 20], 9, 5), model_json=False)
     row = load_results([run]).iloc[0]
-    assert row["g_gflops"] == pytest.approx(6.0, rel=0.05)  # GAT-S/2, gat_paper.md §1.2
+    assert row["g_gflops"] == pytest.approx(6.0, rel=0.05)  # GAT-S/2, as in tests/data/published_gat_v1.csv
     assert row["g_params"] == pytest.approx(29.4e6, rel=0.05)
+
+
+def test_a_study_without_run_folders_reads_its_committed_table(sweep: Path) -> None:
+    full = load.load_study_table(sweep)
+    assert load.load_study_runs(sweep) is not None and full.attrs["coords"] == ["size", "seed"]
+    save_table(full, sweep / load.COMMITTED_TABLE)
+    shutil.rmtree(sweep / "runs")  # a fresh clone: run folders are not committed
+    assert load.load_study_runs(sweep) is None
+    committed = load.load_study_table(sweep)
+    assert committed["run_id"].tolist() == full["run_id"].tolist() and committed.attrs["metrics"] == ["fid50k"]
+    assert load.study_coords(sweep)["size"].tolist()[:4] == ["S/2", "B/2", "L/2", "S/2"]  # from the manifest
+    (sweep / load.COMMITTED_TABLE).unlink()
+    with pytest.raises(AnalysisError, match="no run folders and no analysis/results.csv"):
+        load.load_study_table(sweep)
+    with pytest.raises(AnalysisError, match="no such folder"):
+        load.load_study_runs(sweep / "missing")
 
 
 def test_final_rows_and_default_metric(sweep: Path) -> None:

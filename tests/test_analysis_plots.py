@@ -54,7 +54,41 @@ def test_scaling_report(tmp_path: Path) -> None:
     assert fit["frontier"]["fit"]["n"] == len(fit["frontier"]["points"]) >= 2
     assert not {p["run_id"] for p in fit["frontier"]["points"]} & set(why)  # excluded: not in the fit
     report = (out / "report.md").read_text()
-    assert "FID-50k ∝ gflops^−b" in report and "![compute](compute.png)" in report and "3 run(s) excluded" in report
+    assert "FID-50k ∝ GFLOPs^(−b), b = 0." in report and "3 run(s) excluded" in report
+    assert "![compute](compute.png)" in report and fit["summary"] in report
+
+
+def test_signs_are_stated_once(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A metric that rises with size: a negative b, written with one minus sign everywhere."""
+    rows = "".join(f"{name},{2.0 ** i},{20 * 1.1 ** i * (1.03 if i % 2 else 0.97)}\n" for i, name in enumerate("ABCDEF"))
+    (tmp_path / "t.csv").write_text("model,gflops,fid50k\n" + rows)
+    out = tmp_path / "out"
+    assert plot_scaling.main(["--table", str(tmp_path / "t.csv"), "--out", str(out), "--bootstrap", "50"]) == 0
+    fit = json.loads((out / "fit.json").read_text())
+    b, low = fit["final"]["fit"]["b"], fit["final"]["ci"]["b"][0]
+    assert b < 0 and low < 0
+    summary = fit["summary"]
+    assert f"FID-50k ∝ GFLOPs^(−b), b = −{abs(b):.3f} (95% CI −{abs(low):.3f} to " in summary
+    printed = capsys.readouterr().out
+    assert f"b = -{abs(b):.4f} [95% CI -{abs(low):.4f} to " in printed  # ASCII minus on the terminal
+    for text in (summary, (out / "report.md").read_text(), printed):
+        assert not any(pair in text for pair in ("−-", "--", "-−", "−−", "–-", "–−")), text
+    boot = plot_scaling.fitting.bootstrap_power_law([1, 2, 4], [10, 11, 12.5], ["a", "b", "c"], n_resamples=20)
+    assert plots.law_text(boot, "fd_fmnist", "params").startswith("FD ∝ N^(−b), b = −0.")
+    assert plots.number(-0.0001) == "0.000" and plots.number(float("nan")) == "n/a"
+
+
+def test_a_frontier_from_one_run_is_neither_drawn_nor_fitted(tmp_path: Path) -> None:
+    """The smallest model is best at every compute: the whole frontier is its learning curve."""
+    runs = [{"name": f"w{width}", "coords": {"model.width": width},
+             "run": {"width": width, "heads": 6, "evals": curve([100, 200, 400], start, end)}}
+            for width, start, end in ((384, 50, 20), (768, 90, 60), (1152, 95, 70))]
+    out = tmp_path / "out"
+    assert plot_scaling.main([str(write_sweep(tmp_path / "one", runs)), "--out", str(out), "--bootstrap", "20"]) == 0
+    fit = json.loads((out / "fit.json").read_text())
+    assert "come from one run (id-w384)" in fit["frontier"]["skipped"] and "fit" not in fit["frontier"]
+    assert "No compute-frontier fit: all 3 points of the compute frontier come from one run" in fit["summary"]
+    assert (out / "compute.png").is_file()  # the learning curves over compute are still drawn
 
 
 def test_excluded_runs_are_drawn(tmp_path: Path) -> None:
@@ -184,9 +218,30 @@ def test_lr_transfer_needs_a_grid(tmp_path: Path, capsys: pytest.CaptureFixture[
     assert "no runs found" in capsys.readouterr().err
 
 
+def test_lr_transfer_needs_two_learning_rates_per_width(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    runs = [{"name": f"{rule}-{width}", "run": {"width": width, "heads": 4, "lr_rule": rule, "base_lr": 1e-3,
+                                                "evals": [(100, {"fd_fmnist": 100.0 - width / 10})]}}
+            for rule in ("constant", "width_aware") for width in (256, 512)]
+    sweep = write_sweep(tmp_path / "one_lr", runs)
+    assert plot_lr_transfer.main([str(sweep)]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: LR transfer needs completed runs with a fd_fmnist value at 2 or more base "
+                          "learning rates per width") and err.count("\n") == 1
+    assert "constant: width 256 (1 LR), 512 (1 LR); width_aware: width 256 (1 LR), 512 (1 LR)" in err
+    assert not (sweep / "analysis").exists()  # nothing written
+    # A width with 2 LRs gets its optimum; the one-LR widths are left out and named.
+    write_run(sweep / "runs" / "constant-256-b", width=256, heads=4, lr_rule="constant", base_lr=2e-3,
+              evals=[(100, {"fd_fmnist": 70.0})])
+    assert plot_lr_transfer.main([str(sweep / "runs")]) == 0
+    optima = plot_lr_transfer.pd.read_csv(sweep / "runs" / "analysis" / "lr_optima.csv")
+    assert optima[["train.lr_rule", "model.width", "best_lr"]].values.tolist() == [["constant", 256, 2e-3]]
+    assert "Left out, fewer than 2 base LRs with a fd_fmnist value: constant: width 512 (1 LR)" in capsys.readouterr().out
+
+
 def test_size_labels() -> None:
     assert plots.size_label(384, 2) == "S/2" and plots.size_label(1152, 4) == "XL/4"
-    assert plots.size_label(512) == "w512" and plots.size_label(None, None, "B/4") == "B/4"
+    assert plots.size_label(512) == "width 512" and plots.size_label(32, 2) == "width 32, patch 2"
+    assert plots.size_label(None, None, "B/4") == "B/4"
     assert plots.axis_label("gflops") == "GFLOPs (G forward, DiT convention)"
 
 

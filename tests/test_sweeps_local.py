@@ -199,3 +199,19 @@ def test_only_and_status_cli(tmp_path, stub_trainer, capsys):
     table = capsys.readouterr().out
     assert table.count("skip (completed)") == 1 and table.count("submit") >= 2
     assert launch.main([str(grid), "--out", str(sweep), "--only", "nomatch"]) == 2
+
+
+def test_wait_shows_what_running_jobs_do(tmp_path):
+    """`launch --wait`'s progress line: a job encoding the data shows the encoder's count, a
+    waiting job says so, a training job shows step/total."""
+    run_dir = tmp_path / "run"
+    (run_dir / ".sweep").mkdir(parents=True)
+    assert status.activity(run_dir, None) == "starting"
+    log = run_dir / ".sweep" / "trainer.log"
+    log.write_text("encoding Fashion-MNIST (once):  10%|#         | 94/938 [00:08<01:10, 11.9batch/s]"
+                   "\rencoding Fashion-MNIST (once):  45%|####5     | 420/938 [00:38<00:47, 11.0batch/s]")
+    assert status.activity(run_dir, None) == "encoding Fashion-MNIST (once) 420/938"
+    log.write_text("waiting for another process to finish encoding Fashion-MNIST (/cache/x)\n")
+    assert status.activity(run_dir, None).startswith("waiting for another process")
+    (run_dir / "config.yaml").write_text("train:\n  steps: 1500\n")
+    assert status.activity(run_dir, 400) == "step 400/1500"

@@ -35,7 +35,8 @@ def test_fast_normalisation_equals_from_dict():
 def test_model_name_resolves_like_the_trainer():
     spec = parse_grid({"axes": {"model.name": ["GAT-S/2"]}})
     (run,) = make_plan(spec, Path("/tmp/none")).runs
-    assert run.flat == flatten(gat_config.to_dict(gat_config.from_dict(run.config())))
+    # The trainer's config is the plan's plus the sweep's W&B context (cosmetic keys).
+    assert {**run.flat, **run.wandb_context()} == flatten(gat_config.to_dict(gat_config.from_dict(run.config())))
 
 
 def test_id_ignores_cosmetic_keys_but_not_results():

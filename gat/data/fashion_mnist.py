@@ -18,6 +18,7 @@ import torch
 from tqdm import tqdm
 
 from gat.cache import cache_root, exclusive
+from gat.errors import UserError
 from gat.data import vae as vae_lib
 from gat.data.shards import write_shards
 
@@ -35,7 +36,7 @@ _FILES = {
 }
 
 
-class DatasetMissingError(FileNotFoundError):
+class DatasetMissingError(UserError, FileNotFoundError):
     """The Fashion-MNIST IDX files are not where we looked."""
 
 

@@ -9,12 +9,14 @@ import argparse
 import json
 import sys
 
+from gat import cli
 from gat.config import from_dict
-from gat.models.registry import MODELS, describe
+from gat.models.registry import describe
+from gat.sizes import MODELS
 
 
 def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m gat.models", description=__doc__.splitlines()[0])
+    parser = cli.Parser("gat.models", __doc__)
     parser.add_argument("name", help=f"{', '.join(MODELS)}, or w<width>-d<depth>-h<heads>-p<patch>")
     parser.add_argument("--json", action="store_true", help="print model.json's fields (plus `lr`) as JSON")
     parser.add_argument("--base-lr", type=float, default=2e-4, help="train.base_lr (default 2e-4)")
@@ -59,7 +61,8 @@ def format_table(name: str, info: dict, base_lr: float, base_width: int) -> str:
 def main(argv: list[str] | None = None) -> int:
     """Print the description of one size; exit code 2 for a bad name or setting."""
     args = _parser().parse_args(argv)
-    try:
+
+    def body() -> int:
         train = {"base_lr": args.base_lr, "base_width": args.base_width}
         config = from_dict({"model": {"name": args.name}, "train": train})
         info = describe(
@@ -69,11 +72,10 @@ def main(argv: list[str] | None = None) -> int:
             num_classes=args.num_classes,
             repa_dim=args.repa_dim or None,
         )
-    except ValueError as err:  # ConfigError included
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    print(json.dumps(info, indent=2) if args.json else format_table(args.name, info, args.base_lr, args.base_width))
-    return 0
+        cli.say(json.dumps(info, indent=2) if args.json else format_table(args.name, info, args.base_lr, args.base_width))
+        return 0
+
+    return cli.run(body)
 
 
 if __name__ == "__main__":
