@@ -254,12 +254,21 @@ def _record_plan(plan: Plan, sweep_dir: Path) -> int:
 
     def change(data: dict[str, Any]) -> None:
         data.setdefault("created", manifest.utc_now())
-        data.update(grid_file=str(plan.spec.path.resolve()) if plan.spec.path else None,
+        data.update(grid_file=_grid_file(plan.spec.path),
                     grid=plan.spec.text, git_commit=commit, updated=manifest.utc_now())
         manifest.merge_runs(data, entries)
 
     data = manifest.update(sweep_dir, change)
     return sum(r["run_id"] not in planned for r in data["runs"])
+
+
+def _grid_file(path: Path | None) -> str | None:
+    """The grid's path for the manifest: relative to gatscale's source for a bundled grid (so a
+    committed manifest names no machine's folders), else absolute."""
+    if path is None:
+        return None
+    path = path.resolve()
+    return str(path.relative_to(rundir.SOURCE_ROOT)) if path.is_relative_to(rundir.SOURCE_ROOT) else str(path)
 
 
 def _count(items: Any) -> dict[str, int]:

@@ -31,6 +31,8 @@ def test_readme_main_command_leaves_a_fresh_clone_clean(tmp_path, fashion_mnist_
     launched = command("sweeps.launch", "scaling_grid.yaml", "--wait", *TINY)
     assert launched.returncode == 0, launched.stdout + launched.stderr
     assert "2 runs: 2 completed" in launched.stdout
+    recorded = json.loads((clone / "studies" / "scaling_grid" / "manifest.json").read_text())
+    assert recorded["grid_file"] == "sweeps/configs/scaling_grid.yaml"  # no machine's folders in a manifest
     plotted = command("analysis.plot_scaling", "studies/scaling_grid")
     assert plotted.returncode == 0, plotted.stdout + plotted.stderr
     fit = json.loads((clone / "studies" / "scaling_grid" / "analysis" / "fit.json").read_text())
