@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Regenerate the studies under results/ that today's code produced: the embedded default, the MNG
 # and LR ablations at 2500 steps and the reference study (run folders resumed or skipped where
-# they exist), their tables, fits, plots and notebooks. About 70 min on 2 idle cores, plus 1.5 min
-# to encode Fashion-MNIST on first use. Each launch is safe to rerun. With the same thread count
+# they exist), their tables, fits, plots and notebooks. About 80 min on 2 idle cores (the
+# reference study alone about 43), plus 1.5 min to encode Fashion-MNIST on first use. Each
+# launch is safe to rerun. With the same thread count
 # and CPU model, metrics and fits agree to the last digit; job wall times differ between reruns.
 # results/short_budget/ was made by an earlier step implementation and is not rerun
 # (results/README.md says why). See results/README.md for what each step shows.
@@ -40,6 +41,7 @@ $py -m gat.coord_check --widths 32 64 128 256 --rules constant width_aware mup -
   --out results/lr_rule_cpu/coord_check
 notebook results/lr_rule_cpu instability
 
-# 4. The reference study: widths 8-128, two seeds, 2500 steps, evaluated every 250 (about 32 min).
+# 4. The reference study: widths 8-128, two seeds, 2500 steps (5000 for widths 64-128), evaluated every 250
+#    (about 43 min).
 $py -m sweeps.launch scaling_cpu.yaml --out results/scaling_cpu --wait
 $py -m analysis.plot_scaling results/scaling_cpu
