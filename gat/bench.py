@@ -17,6 +17,7 @@ import time
 from pathlib import Path
 
 import torch
+from tqdm import tqdm
 
 from gat import cli, train
 from gat.config import load_config, parse_set
@@ -84,16 +85,20 @@ def bench(args) -> int:
         z=torch.randn(args.batch, nets.G.z_dim, device=device),
     )
     sync = torch.cuda.synchronize if device.type == "cuda" else (lambda: None)
-    for _ in range(args.warmup):
-        train.train_step(nets, batch, config, generator, amp)
-    sync()
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-    started = time.perf_counter()
-    for _ in range(args.steps):
-        train.train_step(nets, batch, config, generator, amp)
-    sync()
-    seconds = (time.perf_counter() - started) / args.steps
+    # A bar on a terminal only; its update costs microseconds, nothing next to a step.
+    with tqdm(total=args.warmup + args.steps, unit="step", desc="bench", disable=None, leave=False) as bar:
+        for _ in range(args.warmup):
+            train.train_step(nets, batch, config, generator, amp)
+            bar.update()
+        sync()
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(device)
+        started = time.perf_counter()
+        for _ in range(args.steps):
+            train.train_step(nets, batch, config, generator, amp)
+            bar.update()
+        sync()
+        seconds = (time.perf_counter() - started) / args.steps
 
     summary = registry.describe(config, **dims, repa_dim=nets.encoder.dim if nets.encoder is not None else None)
     line = (f"{args.model} batch {args.batch} on {train.device_name(device)}: {seconds * 1e3:.1f} ms/step, "

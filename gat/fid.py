@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import sys
+from pathlib import Path
 
 from gat import cli
 from gat.config import EvalConfig
@@ -43,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
 
 def fid(args) -> int:
     """Compute and print the FID of `args.a` against `args.b` (progress bars on a terminal)."""
+    missing = [path for path in (args.a, args.b) if not Path(path).exists()]
+    if missing:  # before minutes of Inception on the other input
+        raise UserError(f"not found: {', '.join(missing)}")
     device = cli.device(args.device)
     try:
         extractor = load_extractor(EvalConfig(extractor="inception", inception_path=args.inception), device)
