@@ -34,6 +34,7 @@ from typing import Any, Callable
 import torch
 import yaml
 from torch import Tensor, nn
+from tqdm import tqdm
 
 from gat import checkpoint, diagnostics, distributed, rundir
 from gat import cli
@@ -354,10 +355,14 @@ class Evaluator:
     @torch.no_grad()
     def __call__(self, G_ema: nn.Module) -> dict[str, float]:
         cfg = self.config.eval
-        features = [
-            self.extractor(self.decoder(x)).double().cpu()
-            for x, _ in generate(G_ema, cfg.num_samples, self.num_classes, self.config.seed + 1, self.device)
-        ]
+        chunks = generate(G_ema, cfg.num_samples, self.num_classes, self.config.seed + 1, self.device)
+        # A 50k-sample FID takes minutes: a bar of its own where the run shows one.
+        with tqdm(total=cfg.num_samples, unit="img", desc=f"eval {self.metric}", leave=False,
+                  disable=not wants_bar(self.config)) as bar:
+            features = []
+            for x, _ in chunks:
+                features.append(self.extractor(self.decoder(x)).double().cpu())
+                bar.update(len(x))
         mu, sigma = gat_eval.feature_stats(torch.cat(features))
         return {self.metric: float(gat_eval.frechet_distance(mu, sigma, *self.ref))}
 
@@ -366,15 +371,18 @@ class Evaluator:
 # Progress (rank 0)
 
 
+def wants_bar(config: RunConfig) -> bool:
+    """Progress bars (`logging.progress`): `bar` always, `auto` on a terminal, `lines` never."""
+    mode = config.logging.progress
+    return mode == "bar" or (mode == "auto" and sys.stderr.isatty())
+
+
 class Progress:
     """A tqdm bar on a terminal, plain lines otherwise (`logging.progress`)."""
 
     def __init__(self, config: RunConfig, start: int, total: int):
-        mode = config.logging.progress
         self.bar = None
-        if mode == "bar" or (mode == "auto" and sys.stderr.isatty()):
-            from tqdm import tqdm
-
+        if wants_bar(config):
             self.bar = tqdm(total=total, initial=start, unit="step", dynamic_ncols=True)
 
     def step(self) -> None:
