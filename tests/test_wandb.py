@@ -82,7 +82,14 @@ def read_records(path: Path) -> list[Any]:
 
 
 def offline_runs(run_dir: Path) -> dict[str, OfflineRun]:
-    """Every offline W&B run in a run folder, by W&B run id."""
+    """Every offline W&B run in a run folder, by W&B run id.
+
+    W&B's service process writes the `.wandb` files asynchronously, and `run.finish()` can return
+    before the last records are on disk (a CI run once read the second attempt's file empty).
+    `wandb.teardown()` waits for the service to exit, after which every record is written."""
+    import wandb
+
+    wandb.teardown()
     runs: dict[str, OfflineRun] = {}
     for path in sorted((run_dir / "wandb").glob("offline-run-*/run-*.wandb")):
         run = None  # every log starts with its run record
