@@ -38,7 +38,7 @@ def device(name: str):
     try:
         return torch.device(name)
     except RuntimeError as err:
-        raise UserError(f"--device {name!r}: expected auto, cpu or cuda[:N] ({err})") from err
+        raise UserError(f"device {name!r}: expected auto, cpu or cuda[:N] ({err})") from err
 
 
 class Parser(argparse.ArgumentParser):

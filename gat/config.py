@@ -394,16 +394,24 @@ def bundled_configs() -> Path:
     return Path(str(resources.files("gat").joinpath("configs")))
 
 
+def find_bundled(folder: Path, name: str | Path, prefixes: tuple[str, ...] = (".",)) -> Path | None:
+    """The YAML file of `folder` that `name` names: `NAME.yaml` or `NAME`, given bare or behind
+    one of `prefixes` (a checkout-relative spelling such as `gat/configs/`), or None."""
+    path = Path(name)
+    if path.parent not in {Path(prefix) for prefix in prefixes}:
+        return None
+    return next((c for c in (folder / path.name, folder / f"{path.name}.yaml") if c.is_file()), None)
+
+
+def bundled_names(folder: Path) -> str:
+    """The YAML files of `folder`, for an error message that lists what could have been meant."""
+    return ", ".join(sorted(p.name for p in folder.glob("*.yaml")))
+
+
 def bundled_config(name: str | Path) -> Path | None:
     """The bundled config a bare name (`fmnist.yaml`, `fmnist`) or a checkout-relative
     `gat/configs/NAME.yaml` refers to, or None."""
-    path = Path(name)
-    if path.parent not in (Path("."), Path("gat/configs")):
-        return None
-    for candidate in (bundled_configs() / path.name, bundled_configs() / f"{path.name}.yaml"):
-        if candidate.is_file():
-            return candidate
-    return None
+    return find_bundled(bundled_configs(), name, prefixes=(".", "gat/configs"))
 
 
 def resolve_config_path(name: str | Path) -> Path:
@@ -412,8 +420,7 @@ def resolve_config_path(name: str | Path) -> Path:
     path = Path(name)
     found = path if path.is_file() else bundled_config(name)
     if found is None:
-        bundled = ", ".join(sorted(p.name for p in bundled_configs().glob("*.yaml")))
-        raise ConfigError(f"config file not found: {name} (bundled configs: {bundled})")
+        raise ConfigError(f"config file not found: {name} (bundled configs: {bundled_names(bundled_configs())})")
     return found
 
 

@@ -148,9 +148,10 @@ def coord_check(
     base_width = base_width or min(widths)
     real = load_dataset(DataConfig(kind="fashion_mnist")) if data == "fmnist" else None
     rows: list[dict] = []
-    points = [(seed, rule, width) for seed in seeds or [0] for rule in rules for width in widths]
+    datasets = {seed: real or RandomLatents(seed=seed) for seed in seeds or [0]}
+    points = [(seed, rule, width) for seed in datasets for rule in rules for width in widths]
     for seed, rule, width in tqdm(points, desc="coord check", unit="model", disable=None):
-        dataset = real or RandomLatents(seed=seed)
+        dataset = datasets[seed]
         config = check_config(width, rule, base_lr=base_lr, base_width=base_width, head_dim=head_dim,
                               depth=depth, batch=batch, seed=seed)
         rows.extend(run_point(config, dataset, steps))

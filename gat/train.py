@@ -71,10 +71,7 @@ def stream_seed(seed: int, stream: str, step: int, rank: int = 0) -> int:
 
 def resolve_device(config: RunConfig, local_rank: int = 0) -> torch.device:
     """`device: auto` is the local rank's GPU when there is one, else the CPU."""
-    name = config.device
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    device = torch.device(name)
+    device = cli.device(config.device)
     if device.type == "cuda" and device.index is None:
         device = torch.device("cuda", local_rank)
     return device

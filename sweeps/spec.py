@@ -103,13 +103,10 @@ def default_sweep_dir(name: str) -> Path:
 def resolve_grid_path(name: str | Path) -> Path:
     """A grid path as given, or a bare file name looked up in `sweeps/configs/`."""
     path = Path(name)
-    if path.is_file():
-        return path
-    for candidate in (BUNDLED / path.name, BUNDLED / f"{path.name}.yaml"):
-        if path.parent == Path(".") and candidate.is_file():
-            return candidate
-    bundled = ", ".join(sorted(p.name for p in BUNDLED.glob("*.yaml")))
-    raise GridError(f"grid file not found: {name} (bundled grids: {bundled})")
+    found = path if path.is_file() else gat_config.find_bundled(BUNDLED, name)
+    if found is None:
+        raise GridError(f"grid file not found: {name} (bundled grids: {gat_config.bundled_names(BUNDLED)})")
+    return found
 
 
 def read_grid_file(source: str | Path) -> tuple[Path, str, Any]:

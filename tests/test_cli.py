@@ -2,6 +2,7 @@
 argument or a bad input as one `error:` line on stderr with exit code 2 (no traceback)."""
 from __future__ import annotations
 
+import argparse
 import importlib
 import subprocess
 import sys
@@ -67,25 +68,20 @@ def test_bad_input_is_one_error_line(module, tmp_path, capsys):
 
 
 @pytest.mark.parametrize("module", CLIS)
-def test_version_and_help_on_every_option(module, capsys):
+def test_version_and_help_on_every_option(module, capsys, monkeypatch):
     code, out, _ = call(module, ["--version"], capsys)
     assert code == 0 and out.strip() == f"gatscale {__version__}"
     code, out, _ = call(module, ["--help"], capsys)
     assert code == 0 and out.startswith(f"usage: python -m {module}")
-    import argparse
 
     captured = {}
-    real = argparse.ArgumentParser.parse_args
 
-    def spy(self, args=None, namespace=None):
+    def spy(self, args=None, namespace=None):  # keep the parser, then stop as --help would
         captured["parser"] = self
         raise SystemExit(0)
 
-    argparse.ArgumentParser.parse_args = spy
-    try:
-        call(module, [], capsys)
-    finally:
-        argparse.ArgumentParser.parse_args = real
+    monkeypatch.setattr(argparse.ArgumentParser, "parse_args", spy)
+    call(module, [], capsys)
     undocumented = [a.option_strings or a.dest for a in captured["parser"]._actions if not a.help]
     assert undocumented == []
 
