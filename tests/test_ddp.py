@@ -1,9 +1,12 @@
 """Data parallelism: two gloo ranks on CPU train like one process on the same global batch."""
 from __future__ import annotations
 
+import faulthandler
 import os
 import shutil
 import socket
+import warnings
+from pathlib import Path
 
 import pytest
 import torch
@@ -31,19 +34,37 @@ def _patch_data() -> None:
     gat.train.load_decoder = lambda cfg: FakeDecoder()
 
 
-def _rank_main(rank: int, world: int, port: int, run_dir: str) -> None:
+def _rank_main(rank: int, world: int, port: int, run_dir: str, done_dir: str) -> None:
+    faulthandler.enable(all_threads=True)  # a crash inside torch prints where each thread was
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     torch.set_num_threads(1)
     _patch_data()
     assert gat.train.run(tiny_config(**DETERMINISTIC), run_dir) == "completed"
+    # run() has trained, written, passed the closing barrier and left the process group.
+    (Path(done_dir) / f"rank{rank}").touch()
+
+
+def _spawn_ranks(world: int, run_dir: Path, done_dir: Path) -> None:
+    """Run `world` ranks. A rank killed by a signal after its run() returned (in interpreter
+    exit, where CI twice saw gloo abort a rank: "terminate called without an active exception")
+    is reported as a warning: it had passed the closing barrier, so every rank had written all
+    this test compares."""
+    done_dir.mkdir()
+    try:
+        mp.spawn(_rank_main, args=(world, _free_port(), str(run_dir), str(done_dir)), nprocs=world, join=True)
+    except mp.ProcessExitedException as err:
+        if err.signal_name is None or not (done_dir / f"rank{err.error_index}").exists():
+            raise
+        warnings.warn(f"rank {err.error_index} died of {err.signal_name} after its run completed and left "
+                      "the process group (torch/gloo teardown at interpreter exit)")
 
 
 @pytest.mark.slow
 def test_two_gloo_ranks_match_one_process(tmp_path, monkeypatch):
     for key in ("RANK", "WORLD_SIZE", "SLURM_NTASKS"):
         monkeypatch.delenv(key, raising=False)
-    mp.spawn(_rank_main, args=(2, _free_port(), str(tmp_path / "ddp")), nprocs=2, join=True)
+    _spawn_ranks(2, tmp_path / "ddp", tmp_path / "done")
 
     monkeypatch.setattr(gat.train, "load_dataset", lambda cfg: SyntheticLatents(noise=0.0))
     monkeypatch.setattr(gat.train, "load_decoder", lambda cfg: FakeDecoder())
