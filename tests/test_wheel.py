@@ -14,6 +14,8 @@ from pathlib import Path
 import pytest
 
 from gat import __version__
+from sweeps.plan import make_plan
+from sweeps.spec import load_grid
 
 ROOT = Path(__file__).resolve().parent.parent
 pytestmark = pytest.mark.slow
@@ -64,7 +66,9 @@ def test_the_wheel_runs_from_elsewhere(installed, tmp_path):
     assert all(str(installed.parent.parent) in line for line in where.stdout.split()), where.stdout
     dry = run([str(installed), "-m", "sweeps.launch", "scaling_grid.yaml", "--dry-run"], cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
-    assert "w64-d4-p2-s3" in dry.stdout and not any(tmp_path.iterdir())  # planned, nothing written
+    planned = make_plan(load_grid("scaling_grid.yaml"), tmp_path / "unused").runs  # the checkout's plan
+    assert all(run.name in dry.stdout for run in planned), dry.stdout
+    assert not any(tmp_path.iterdir())  # planned, nothing written
     models = run([str(installed), "-m", "gat.models", "GAT-B/2", "--json"], cwd=tmp_path)
     assert models.returncode == 0, models.stderr
     assert json.loads(models.stdout)["g_width"] == 768
