@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Regenerate the studies under results/ that today's code produced: the embedded default, the MNG
 # and LR ablations at 2500 steps and the reference study (run folders resumed or skipped where
-# they exist), their tables, fits, plots and notebooks. About 80 min on 2 idle cores (the
+# they exist), their tables, fits, plots and notebooks. About 75 min on 2 idle cores (the
 # reference study alone about 43), plus 1.5 min to encode Fashion-MNIST on first use. Each
 # launch is safe to rerun. With the same thread count
 # and CPU model, metrics and fits agree to the last digit; job wall times differ between reruns.
