@@ -1,7 +1,7 @@
 """Milliseconds per training iteration (D step + G step + EMA), before and after a change and
 against the official GAT code, measured in one run.
 
-    python benchmarks/bench_step.py [--before REV] [--official PATH] [--rounds 3] [--only w32-b16]
+    python benchmarks/bench_step.py [--before REV] [--official PATH] [--compile] [--rounds 3] [--only w32-b16]
 
 Cases: widths 32/64/128/256 (depth 4, 4 heads, patch 2) on Fashion-MNIST-shaped latents
 (4x8x8, 10 classes, gat/configs/fmnist.yaml) at batch 16 and 64 on one thread, and GAT-S/4
@@ -14,6 +14,10 @@ GAT-S/4 with its released settings: approximate R1/R2 every step, γ 0.1, no REP
 steps are driven as its train.py does. Each timing runs in a fresh subprocess; rounds
 interleave the implementations so that a slow spell of a shared machine hits all of them,
 and the table gives the median over every timed block of every round.
+
+`--compile` adds a column for this checkout with `train.compile: true` (G and D through
+torch.compile) and the seconds its warm-up steps took, which is where the compiling happens:
+in the first round with an empty compile cache, in later rounds with the cache the first filled.
 """
 from __future__ import annotations
 
@@ -44,10 +48,12 @@ WARMUP, BLOCKS = 2, 3
 # Workers (each runs in its own process with the implementation's code on sys.path)
 
 
-def time_blocks(step, case: dict) -> list[float]:
-    """ms per step of each timed block after the warm-up steps."""
+def time_blocks(step, case: dict) -> dict[str, float | list[float]]:
+    """Seconds the warm-up steps took, and ms per step of each timed block after them."""
+    started = time.perf_counter()
     for _ in range(WARMUP):
         step()
+    warmup_s = time.perf_counter() - started
     count = case["steps"]
     blocks = []
     for _ in range(BLOCKS):
@@ -55,7 +61,7 @@ def time_blocks(step, case: dict) -> list[float]:
         for _ in range(count):
             step()
         blocks.append((time.perf_counter() - started) / count * 1e3)
-    return blocks
+    return {"warmup_s": warmup_s, "blocks": blocks}
 
 
 def gatscale_step(case: dict):
@@ -67,11 +73,13 @@ def gatscale_step(case: dict):
 
     if not Path(train.__file__).resolve().is_relative_to(Path.cwd().resolve()):
         raise RuntimeError(f"imported {train.__file__}, not the tree under {Path.cwd()}")
+    compiled = {"train.compile": True} if case.get("compile") else {}
     if "model" in case:
-        config = load_config(None, {"model.name": case["model"], "train.batch": case["batch"], "device": "cpu"})
+        config = load_config(None, {"model.name": case["model"], "train.batch": case["batch"], "device": "cpu", **compiled})
         dims = {"latent_channels": 4, "latent_size": 32, "num_classes": 1000}
     else:
-        overrides = {"model.width": case["width"], "model.patch": 2, "train.batch": case["batch"], "device": "cpu"}
+        overrides = {"model.width": case["width"], "model.patch": 2, "train.batch": case["batch"], "device": "cpu",
+                     **compiled}
         config = load_config(Path(train.__file__).parent / "configs" / "fmnist.yaml", overrides)
         dims = {"latent_channels": 4, "latent_size": 8, "num_classes": 10}
     nets = train.build_nets(config, dims, torch.device("cpu"))
@@ -200,9 +208,10 @@ def extract(rev: str, into: Path) -> Path:
     return into
 
 
-def measure(kind: str, code_root: Path, case: dict, official: str | None) -> list[float]:
+def measure(kind: str, code_root: Path, case: dict, official: str | None,
+            compile_cache: Path) -> dict[str, float | list[float]]:
     env = {**os.environ, "PYTHONPATH": str(code_root), "OMP_NUM_THREADS": str(case["threads"]),
-           "MKL_NUM_THREADS": str(case["threads"])}
+           "MKL_NUM_THREADS": str(case["threads"]), "TORCHINDUCTOR_CACHE_DIR": str(compile_cache)}
     command = [sys.executable, str(Path(__file__).resolve()), "--worker", kind, json.dumps(case)]
     if official:
         command += ["--official", official]
@@ -217,6 +226,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--before", default=BEFORE, help=f"commit to compare against (default {BEFORE})")
     parser.add_argument("--official", default=None, help="path to a checkout of the official GAT code")
+    parser.add_argument("--compile", action="store_true", help="also time this checkout with train.compile: true")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--only", default=None, help="comma-separated case names, e.g. w32-b16,GAT-S/4-b8")
     parser.add_argument("--worker", default=None, help=argparse.SUPPRESS)
@@ -245,18 +255,26 @@ def main(argv: list[str] | None = None) -> int:
                   f"(a git checkout is needed): {detail.decode(errors='replace').strip()}", file=sys.stderr)
             return 2
         impls = {"before": ("gatscale", before_root), "after": ("gatscale", ROOT)}
+        if args.compile:
+            impls["compiled"] = ("gatscale", ROOT)
         results: dict[tuple[str, str], list[float]] = {}
+        warmups: dict[str, list[float]] = {}
         for round_ in range(args.rounds):
             for case in cases:
                 names = list(impls) + (["official"] if args.official and case is PAPER else [])
                 for name in names if round_ % 2 == 0 else names[::-1]:
                     kind, code_root = impls.get(name, ("official", ROOT))
-                    blocks = measure(kind, code_root, case, args.official)
-                    results.setdefault((case["name"], name), []).extend(blocks)
+                    timed = measure(kind, code_root, {**case, "compile": name == "compiled"}, args.official,
+                                    Path(tmp) / "inductor")
+                    results.setdefault((case["name"], name), []).extend(timed["blocks"])
+                    if name == "compiled":
+                        warmups.setdefault(case["name"], []).append(timed["warmup_s"])
             print(f"round {round_ + 1}/{args.rounds} done", file=sys.stderr, flush=True)
 
     print(f"ms per iteration, median of {args.rounds} rounds x {BLOCKS} blocks (before = {args.before})")
     header = f"{'case':<12} {'threads':>7} {'before':>9} {'after':>9} {'speed-up':>9}"
+    if args.compile:
+        header += f" {'compiled':>9} {'speed-up':>9} {'warm-up s cold/cached':>22}"
     if args.official:
         header += f" {'official':>9} {'after/official':>15}"
     print(header)
@@ -264,6 +282,11 @@ def main(argv: list[str] | None = None) -> int:
         before = statistics.median(results[(case["name"], "before")])
         after = statistics.median(results[(case["name"], "after")])
         line = f"{case['name']:<12} {case['threads']:>7} {before:>9.1f} {after:>9.1f} {before / after:>8.2f}x"
+        if args.compile:
+            compiled = statistics.median(results[(case["name"], "compiled")])
+            cold, *cached = warmups[case["name"]]
+            warmup = f"{cold:.1f}/" + (f"{statistics.median(cached):.1f}" if cached else "-")
+            line += f" {compiled:>9.1f} {before / compiled:>8.2f}x {warmup:>22}"
         if args.official and (case["name"], "official") in results:
             official = statistics.median(results[(case["name"], "official")])
             line += f" {official:>9.1f} {after / official:>15.2f}"

@@ -476,6 +476,11 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"{prefix}width/{prefix}heads={width // heads} must be a multiple of 4 (2-D RoPE)")
     if config.mng.mode != "off" and config.mng.levels < 2:
         raise ConfigError(f"mng.levels must be >= 2 when mng.mode={config.mng.mode}, got {config.mng.levels}")
+    if config.train.compile and config.loss.penalty == "exact":
+        # Found only after minutes of compiling otherwise, as a RuntimeError from inside autograd.
+        raise ConfigError("train.compile=true cannot run loss.penalty=exact: the exact R1/R2 need a double "
+                          "backward, which torch.compile's autograd does not support (use loss.penalty=approx "
+                          "or train.compile=false)")
     if config.repa.encoder in ("dinov2", "torchscript") and not config.repa.source:
         raise ConfigError(f"repa.source is required for repa.encoder={config.repa.encoder} (a local path or hub id)")
     _validate_logging(config.logging)

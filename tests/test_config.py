@@ -39,6 +39,7 @@ def test_yaml_round_trip_and_overrides(tmp_path) -> None:
         (["bogus=1"], "bogus"),
         (["repa.encoder=dinov2"], "repa.source"),
         (["model.d_cmap_dim=0"], "model.d_cmap_dim"),
+        (["train.compile=true", "loss.penalty=exact"], "loss.penalty=exact"),
     ],
 )
 def test_bad_values_name_the_key(overrides: list[str], message: str) -> None:

@@ -69,6 +69,26 @@ def test_step_matches_the_unbatched_reference(case: str) -> None:
     assert not actual["grads"]["D.head.1.bias"].any() and not actual["weights"]["D.head.1.bias"].any()
 
 
+@pytest.mark.slow
+def test_compiled_step_matches_the_reference() -> None:
+    """`train.compile` (G and D through torch.compile) fuses and reorders float ops, nothing
+    more: the same two iterations within the tolerances the eager step meets."""
+    recorder = _recorder()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        actual = recorder.record(str(ROOT / "gat" / "configs" / "fmnist.yaml"), {**THEN, "train.compile": True})
+    finally:
+        torch.set_num_threads(threads)
+    expected = REFERENCE["approx"]
+    for step, (want, got) in enumerate(zip(expected["terms"], actual["terms"])):
+        for key, value in want.items():
+            assert got[key] == pytest.approx(value, rel=TERM_RTOL.get(key, 1e-5)), f"step {step} {key}"
+    _assert_close_per_net(expected["grads"], actual["grads"], 1e-4, "gradient")
+    _assert_close_per_net(expected["weights"], actual["weights"], 1e-5, "weight")
+    assert not actual["weights"]["D.head.1.bias"].any()
+
+
 def test_batched_critic_pass_equals_one_pass_per_sample() -> None:
     """score_together relies on D having no layer that mixes samples."""
     from gat.config import load_config
