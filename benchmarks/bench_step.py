@@ -73,13 +73,14 @@ def gatscale_step(case: dict):
 
     if not Path(train.__file__).resolve().is_relative_to(Path.cwd().resolve()):
         raise RuntimeError(f"imported {train.__file__}, not the tree under {Path.cwd()}")
-    compiled = {"train.compile": True} if case.get("compile") else {}
+    common = {"train.batch": case["batch"], "device": "cpu"}
+    if case.get("compile"):  # only then: a --before commit need not know the key
+        common["train.compile"] = True
     if "model" in case:
-        config = load_config(None, {"model.name": case["model"], "train.batch": case["batch"], "device": "cpu", **compiled})
+        config = load_config(None, {"model.name": case["model"], **common})
         dims = {"latent_channels": 4, "latent_size": 32, "num_classes": 1000}
     else:
-        overrides = {"model.width": case["width"], "model.patch": 2, "train.batch": case["batch"], "device": "cpu",
-                     **compiled}
+        overrides = {"model.width": case["width"], "model.patch": 2, **common}
         config = load_config(Path(train.__file__).parent / "configs" / "fmnist.yaml", overrides)
         dims = {"latent_channels": 4, "latent_size": 8, "num_classes": 10}
     nets = train.build_nets(config, dims, torch.device("cpu"))

@@ -49,22 +49,33 @@ def _assert_close_per_net(expected: dict, actual: dict, rtol: float, what: str) 
         assert error <= rtol * scale[name.split(".")[0]], f"{what} {name}: off by {error:.3g}"
 
 
-@pytest.mark.parametrize("case", sorted(REFERENCE))
-def test_step_matches_the_unbatched_reference(case: str) -> None:
+def _record_one_thread(overrides: dict) -> dict:
+    """The recorder's two iterations on fmnist.yaml with `overrides`, on one thread."""
     recorder = _recorder()
     threads = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        actual = recorder.record(str(ROOT / "gat" / "configs" / "fmnist.yaml"), {**recorder.CASES[case], **THEN})
+        return recorder.record(str(ROOT / "gat" / "configs" / "fmnist.yaml"), overrides)
     finally:
         torch.set_num_threads(threads)
-    expected = REFERENCE[case]
+
+
+def _assert_matches_reference(expected: dict, actual: dict) -> None:
+    """Terms, gradients and weights of both iterations within the tolerances above."""
     for step, (want, got) in enumerate(zip(expected["terms"], actual["terms"])):
-        assert want.keys() == got.keys()
         for key, value in want.items():
             assert got[key] == pytest.approx(value, rel=TERM_RTOL.get(key, 1e-5)), f"step {step} {key}"
     _assert_close_per_net(expected["grads"], actual["grads"], 1e-4, "gradient")
     _assert_close_per_net(expected["weights"], actual["weights"], 1e-5, "weight")
+
+
+@pytest.mark.parametrize("case", sorted(REFERENCE))
+def test_step_matches_the_unbatched_reference(case: str) -> None:
+    actual = _record_one_thread({**_recorder().CASES[case], **THEN})
+    expected = REFERENCE[case]
+    for want, got in zip(expected["terms"], actual["terms"]):
+        assert want.keys() == got.keys()
+    _assert_matches_reference(expected, actual)
     # Its gradient is zero in exact arithmetic; the batched pass must not let rounding move it.
     assert not actual["grads"]["D.head.1.bias"].any() and not actual["weights"]["D.head.1.bias"].any()
 
@@ -73,19 +84,8 @@ def test_step_matches_the_unbatched_reference(case: str) -> None:
 def test_compiled_step_matches_the_reference() -> None:
     """`train.compile` (G and D through torch.compile) fuses and reorders float ops, nothing
     more: the same two iterations within the tolerances the eager step meets."""
-    recorder = _recorder()
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        actual = recorder.record(str(ROOT / "gat" / "configs" / "fmnist.yaml"), {**THEN, "train.compile": True})
-    finally:
-        torch.set_num_threads(threads)
-    expected = REFERENCE["approx"]
-    for step, (want, got) in enumerate(zip(expected["terms"], actual["terms"])):
-        for key, value in want.items():
-            assert got[key] == pytest.approx(value, rel=TERM_RTOL.get(key, 1e-5)), f"step {step} {key}"
-    _assert_close_per_net(expected["grads"], actual["grads"], 1e-4, "gradient")
-    _assert_close_per_net(expected["weights"], actual["weights"], 1e-5, "weight")
+    actual = _record_one_thread({**THEN, "train.compile": True})
+    _assert_matches_reference(REFERENCE["approx"], actual)
     assert not actual["weights"]["D.head.1.bias"].any()
 
 

@@ -67,7 +67,7 @@ def test_the_wheel_runs_from_elsewhere(installed, tmp_path):
     dry = run([str(installed), "-m", "sweeps.launch", "scaling_grid.yaml", "--dry-run"], cwd=tmp_path)
     assert dry.returncode == 0, dry.stderr
     planned = make_plan(load_grid("scaling_grid.yaml"), tmp_path / "unused").runs  # the checkout's plan
-    assert all(run.name in dry.stdout for run in planned), dry.stdout
+    assert all(planned_run.name in dry.stdout for planned_run in planned), dry.stdout
     assert not any(tmp_path.iterdir())  # planned, nothing written
     models = run([str(installed), "-m", "gat.models", "GAT-B/2", "--json"], cwd=tmp_path)
     assert models.returncode == 0, models.stderr
