@@ -23,7 +23,7 @@ notebook() {
   GATSCALE_RESULTS="$1" GATSCALE_UPDATE_RESULTS=1 .venv/bin/jupyter-execute "notebooks/$2.ipynb"
 }
 
-# 1. The embedded default: widths 4-32, three seeds, 1500 steps.
+# 1. The embedded default: widths 4-32, three seeds, 1200 steps.
 $py -m sweeps.launch scaling_grid.yaml --out results/scaling_grid --wait
 $py -m analysis.plot_scaling results/scaling_grid
 
