@@ -8,6 +8,7 @@ optimiser change only the order of float operations, so every number must agree 
 """
 from __future__ import annotations
 
+import functools
 import importlib.util
 from pathlib import Path
 
@@ -28,6 +29,7 @@ NOISE_ONLY = {"D.head.1.bias"}
 THEN = {"augment.color_means": "per_tensor"}
 
 
+@functools.cache  # each test needs it twice (its CASES, then record); load the script once
 def _recorder():
     spec = importlib.util.spec_from_file_location("make_step_reference", ROOT / "scripts" / "make_step_reference.py")
     module = importlib.util.module_from_spec(spec)
