@@ -36,9 +36,14 @@ def device(name: str):
     if name == "auto":
         name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
-        return torch.device(name)
+        chosen = torch.device(name)
     except RuntimeError as err:
         raise UserError(f"device {name!r}: expected auto, cpu or cuda[:N] ({err})") from err
+    if chosen.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {name!r}: this machine has no CUDA GPU (use --device cpu or auto)")
+    if chosen.type == "cuda" and chosen.index is not None and chosen.index >= torch.cuda.device_count():
+        raise UserError(f"device {name!r}: this machine has {torch.cuda.device_count()} CUDA GPU(s)")
+    return chosen
 
 
 class Parser(argparse.ArgumentParser):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import re
 import types
 import typing
@@ -185,9 +186,12 @@ CHOICES: dict[str, tuple[str, ...]] = {
 POSITIVE = (
     "model.width", "model.depth", "model.heads", "model.patch", "model.z_dim", "model.d_cmap_dim", "mng.levels",
     "train.batch", "train.steps", "train.base_lr", "train.base_width", "train.log_every",
-    "train.ckpt_every", "train.snapshot_every", "eval.every", "loss.sigma",
+    "train.ckpt_every", "train.snapshot_every", "eval.every", "loss.sigma", "train.eps", "eval.probe_batch",
 )
-NON_NEGATIVE = ("loss.gamma", "repa.weight", "train.grad_clip", "train.weight_decay", "eval.num_samples")
+NON_NEGATIVE = ("loss.gamma", "repa.weight", "train.grad_clip", "train.weight_decay", "eval.num_samples",
+                "data.num_workers")
+OPTIONAL_POSITIVE = ("model.d_width", "model.d_depth", "model.d_heads")
+MAX_SEED = 2**32 - 1  # numpy's legacy seeding and most samplers take 32-bit seeds
 UNIT_INTERVAL = (
     "train.beta1", "train.beta2", "train.ema_decay", "train.w_avg_beta", "mng.i_min",
     "augment.color_prob", "augment.flip_prob", "augment.translation", "augment.cutout",
@@ -196,7 +200,19 @@ UNIT_INTERVAL = (
 
 class _YamlLoader(yaml.SafeLoader):
     """PyYAML's safe loader with YAML 1.2 numbers: YAML 1.1 reads `1e-4` and `1.0e9` (no dot,
-    or no exponent sign) as strings; users mean numbers, in a file as in `--set`."""
+    or no exponent sign) as strings; users mean numbers, in a file as in `--set`. A key given
+    twice in one mapping is an error: PyYAML keeps the last, so a second `train:` section would
+    silently replace the first."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=True)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"duplicate key {key!r}", key_node.start_mark)
+            seen.add(key)
+        return super().construct_mapping(node, deep)
 
 
 _YamlLoader.add_implicit_resolver(
@@ -269,6 +285,9 @@ def _coerce(value: Any, annotation: Any, key: str) -> Any:
             return int(value)
     elif annotation is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(value):
+                # An inf LR or a NaN gamma would "diverge at step 1": a fake data point, not a run.
+                raise ConfigError(f"{key}: must be a finite number, got {value!r}")
             return float(value)
     elif annotation is str:
         if isinstance(value, bool):
@@ -476,6 +495,17 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"{prefix}width/{prefix}heads={width // heads} must be a multiple of 4 (2-D RoPE)")
     if config.mng.mode != "off" and config.mng.levels < 2:
         raise ConfigError(f"mng.levels must be >= 2 when mng.mode={config.mng.mode}, got {config.mng.levels}")
+    if config.mng.mode != "off" and config.mng.levels > m.depth:
+        raise ConfigError(f"mng.levels={config.mng.levels} exceeds model.depth={m.depth}: each level needs a block")
+    for key in OPTIONAL_POSITIVE:
+        value = get_value(config, key)
+        if value is not None and value <= 0:
+            # 0 would silently fall back to G's value (`d_width or width`).
+            raise ConfigError(f"{key} must be > 0 when set (leave it out for G's value), got {value}")
+    if not 0 <= config.seed <= MAX_SEED:
+        raise ConfigError(f"seed must be in [0, {MAX_SEED}], got {config.seed}")
+    if config.eval.num_samples == 1:
+        raise ConfigError("eval.num_samples must be 0 (no evaluation) or >= 2 (a covariance needs two samples), got 1")
     if config.train.compile and config.loss.penalty == "exact":
         # Found only after minutes of compiling otherwise, as a RuntimeError from inside autograd.
         raise ConfigError("train.compile=true cannot run loss.penalty=exact: the exact R1/R2 need a double "

@@ -84,6 +84,8 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.num < 1 or args.batch < 1:
         parser.error("--num and --batch must be at least 1")
+    if not math.isfinite(args.psi):
+        parser.error(f"--psi must be a finite number, got {args.psi}")
     return cli.run(lambda: write_samples(args))
 
 

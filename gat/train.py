@@ -644,6 +644,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.device is not None:
             overrides["device"] = args.device
         config = load_config(args.config, overrides)
+        resolve_device(config)  # `--device cuda` on a machine without one: an error, before any folder
         if args.dry_run:
             dry_run(config)
             return 0

@@ -5,6 +5,8 @@ import hashlib
 import os
 import tempfile
 import warnings
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Iterator
 
@@ -102,16 +104,22 @@ def source_stats(
     elif path.is_file():
         try:
             data = np.load(path)
-        except (OSError, ValueError) as err:
+        except (OSError, ValueError, zipfile.BadZipFile) as err:
             raise ValueError(f"{path}: not a readable .npz ({err})") from err
         if not hasattr(data, "keys"):
             raise ValueError(f"{path}: expected an .npz archive, got a single array")
-        with data:
-            if "mu" in data and "sigma" in data:
-                return data["mu"].astype(np.float64), data["sigma"].astype(np.float64), None
-            if "arr_0" not in data:
-                raise ValueError(f"{path}: expected keys mu/sigma or arr_0 (images), found {sorted(data.keys())}")
-            array = data["arr_0"][:num]
+        try:  # members are read lazily: a truncated or CRC-damaged archive fails only here
+            with data:
+                if "mu" in data and "sigma" in data:
+                    mu, sigma = data["mu"].astype(np.float64), data["sigma"].astype(np.float64)
+                    if not (np.isfinite(mu).all() and np.isfinite(sigma).all()):
+                        raise ValueError(f"{path}: mu/sigma hold non-finite values (NaN or inf)")
+                    return mu, sigma, None
+                if "arr_0" not in data:
+                    raise ValueError(f"{path}: expected keys mu/sigma or arr_0 (images), found {sorted(data.keys())}")
+                array = data["arr_0"][:num]
+        except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+            raise ValueError(f"{path}: damaged .npz archive ({type(err).__name__}: {err})") from err
         if array.dtype != np.uint8 or array.ndim != 4 or array.shape[-1] not in (1, 3) or not len(array):
             raise ValueError(f"{path}: arr_0 must be uint8 [N>0,H,W,C] with C 1 or 3, got {array.dtype} {array.shape}")
         images = (array[start : start + batch] for start in range(0, len(array), batch))
