@@ -1,7 +1,8 @@
 """Run identity and state: which run folder a grid point maps to, and where that run stands.
 
 Run ID = the first 8 hex digits of SHA-1 over the normalised effective config (defaults filled,
-ints widened to float where the field is a float, `model.name` resolved to its sizes), with the
+every value coerced to its field's type as `gat.config.from_dict` does, so `steps: 60`, `60.0`
+and `6e1` are one run, `model.name` resolved to its sizes), with the
 keys in `COSMETIC` left out: they change how a run is logged or how often it checkpoints, never
 its numbers. So editing `logging.wandb` or `data.num_workers` in a grid maps onto the same run
 folders, while anything that changes the result (`eval.*` included, since it decides which
@@ -150,10 +151,13 @@ def normalise(base_flat: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     _, types = _defaults()
     flat = dict(base_flat)
     for key, value in overrides.items():
-        # from_dict widens ints for float fields; do the same so 1 and 1.0 hash alike
-        if types.get(key) in (float, float | None) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        flat[key] = value
+        # Coerce by the schema as from_dict does (60.0 -> 60 for an int, 1 -> 1.0 for a float) so
+        # every spelling of a value hashes alike; a value that does not fit is left for
+        # validate_plan to report against its axis.
+        try:
+            flat[key] = gat_config._coerce(value, types[key], key) if key in types else value
+        except gat_config.ConfigError:
+            flat[key] = value
     if flat.get("model.name"):
         flat.update(_model_size(flat["model.name"]))
     return flat
@@ -197,7 +201,7 @@ def _format(value: Any) -> str:
 def base_flat(spec: GridSpec) -> dict[str, Any]:
     """Defaults overlaid with the grid's base config (the start point of every run)."""
     defaults, _ = _defaults()
-    return normalise({**defaults, **flatten(spec.base)}, {})
+    return normalise(defaults, flatten(spec.base))
 
 
 def make_plan(spec: GridSpec, sweep_dir: Path) -> Plan:
