@@ -30,6 +30,7 @@ from typing import Any
 from gat import config as gat_config
 from gat.sizes import parse_size
 from sweeps import lease as leases
+from sweeps import manifest
 from sweeps.spec import GridSpec, Point, expand
 
 COSMETIC = gat_config.COSMETIC_KEYS
@@ -204,13 +205,33 @@ def base_flat(spec: GridSpec) -> dict[str, Any]:
     return normalise(defaults, flatten(spec.base))
 
 
+def existing_folders(sweep_dir: Path) -> dict[str, str]:
+    """Run id -> name of the folder under `runs/` that already holds it: the one the manifest
+    records, else one whose name ends in the id. Editing a grid can change a run's descriptive
+    name (moving `seed` from `set:` into the axes adds `-s0-`), never its id."""
+    runs_dir = Path(sweep_dir) / "runs"
+    try:
+        present = sorted(entry.name for entry in os.scandir(runs_dir) if entry.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    found: dict[str, str] = {}
+    for name in present:
+        found.setdefault(name.rsplit("-", 1)[-1], name)
+    recorded = (manifest.read(sweep_dir) or {}).get("runs", [])
+    found.update({r["run_id"]: Path(r["dir"]).name for r in recorded
+                  if manifest.run_dir(sweep_dir, r, must_exist=True) is not None})
+    return found
+
+
 def make_plan(spec: GridSpec, sweep_dir: Path) -> Plan:
     """Expand the grid and give every point its ID, name and run folder.
 
-    Points with the same effective config (e.g. an axis over a cosmetic key) are one run.
+    Points with the same effective config (e.g. an axis over a cosmetic key) are one run. A run
+    that already has a folder under another name keeps it (see `existing_folders`).
     """
     start = base_flat(spec)
     runs_dir = Path(sweep_dir) / "runs"
+    folders = existing_folders(sweep_dir)
     seen: dict[str, PlannedRun] = {}
     merged = 0
     point: Point
@@ -225,6 +246,8 @@ def make_plan(spec: GridSpec, sweep_dir: Path) -> Plan:
             merged += 1
             continue
         name = run_name(flat, spec.axes, rid)
+        if folders.get(rid, name) != name and not (runs_dir / name).is_dir():
+            name = folders[rid]
         seen[rid] = PlannedRun(rid, name, point.coords, point.overrides, flat, runs_dir / name, spec.name)
     return Plan(spec=spec, sweep_dir=Path(sweep_dir), runs=list(seen.values()), merged=merged)
 

@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from sweep_stub import starts_per_run, write_grid
+from sweeps import launch, manifest, status
 from sweeps.launch import validate_plan
 from sweeps.plan import make_plan
 from sweeps.spec import BUNDLED, GridError, load_grid
@@ -55,3 +57,46 @@ def test_int_field_given_a_fraction_is_an_error(tmp_path):
     path.write_text("base: fmnist_smoke.yaml\naxes: {train.steps: [60.5]}\n")
     with pytest.raises(GridError, match=r"axis train.steps=60.5: train.steps: expected int"):
         validate_plan(make_plan(load_grid(path), tmp_path / "s"))
+
+
+def test_moving_the_seed_into_the_axes_trains_nothing_again(tmp_path, stub_trainer, capsys):
+    # Issue 20 defect 1: the run id stays, but the folder name gains "-s0-".
+    sweep = tmp_path / "sweep"
+    first = write_grid(tmp_path / "g.yaml", **{"model.width": [8, 16]})
+    grid = yaml.safe_load(first.read_text())
+    grid["set"] = {"seed": 0}
+    first.write_text(yaml.safe_dump(grid))
+    assert launch.main([str(first), "--out", str(sweep), "--executor", "debug", "--wait"]) == 0
+    before = sorted(p.name for p in (sweep / "runs").iterdir())
+    assert not any("-s0-" in name for name in before)
+    del grid["set"]
+    grid["axes"] = {"model.width": [8, 16], "seed": [0, 1]}
+    moved = tmp_path / "moved.yaml"
+    moved.write_text(yaml.safe_dump(grid))
+    capsys.readouterr()
+    assert launch.main([str(moved), "--out", str(sweep), "--executor", "debug", "--wait"]) == 0
+    assert "4 runs selected; 2 to submit; 2 skip (completed)" in capsys.readouterr().out
+    assert set(starts_per_run(sweep).values()) == {1}  # no point trained twice
+    for name in before:  # the seed-0 runs are still found in their old folders
+        assert starts_per_run(sweep)[name] == 1
+    data = manifest.read(sweep)
+    assert len(data["runs"]) == 4
+    assert sorted(r["dir"] for r in data["runs"]) == sorted(f"runs/{p.name}" for p in (sweep / "runs").iterdir())
+    assert all(r["coords"].get("seed") in (0, 1) for r in data["runs"])  # analysis gets a seed column
+    rows = status.collect(sweep)
+    assert [r.state for r in rows] == ["completed"] * 4 and {r.name for r in rows} >= set(before)
+
+
+def test_a_run_recorded_under_another_name_is_found_by_id(tmp_path, stub_trainer):
+    # The plan's name for an id that the manifest records under another, existing folder.
+    sweep = tmp_path / "sweep"
+    grid = write_grid(tmp_path / "g.yaml", seed=[0])
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "debug"]) == 0
+    (old,) = (sweep / "runs").iterdir()
+    renamed = old.with_name("my-run-kept-by-hand")
+    old.rename(renamed)
+    manifest.update(sweep, lambda d: d["runs"][0].update(dir=f"runs/{renamed.name}", name=renamed.name))
+    plan = make_plan(load_grid(grid), sweep)
+    assert plan.runs[0].dir == renamed
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "debug"]) == 0
+    assert starts_per_run(sweep) == {renamed.name: 1}
