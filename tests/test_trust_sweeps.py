@@ -9,6 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from gat import config as gat_config
+from gat.train import ConfigMismatchError, check_run_dir
 from sweep_stub import starts_per_run, write_grid
 from sweeps import launch, manifest, status
 from sweeps.launch import validate_plan
@@ -100,3 +102,15 @@ def test_a_run_recorded_under_another_name_is_found_by_id(tmp_path, stub_trainer
     assert plan.runs[0].dir == renamed
     assert launch.main([str(grid), "--out", str(sweep), "--executor", "debug"]) == 0
     assert starts_per_run(sweep) == {renamed.name: 1}
+
+
+def test_a_nested_cosmetic_key_does_not_block_resume(tmp_path, capsys):
+    # Issue 20 defect 9: `--set 'logging.grid_point={seed: 0}'` on an interrupted run.
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    gat_config.save_config(gat_config.load_config("fmnist_smoke.yaml"), run_dir / "config.yaml")
+    again = gat_config.load_config("fmnist_smoke.yaml", ["logging.grid_point={seed: 0}"])
+    check_run_dir(again, run_dir)
+    assert "resuming with new logging.grid_point.seed" in capsys.readouterr().out
+    with pytest.raises(ConfigMismatchError, match="differs at: seed"):
+        check_run_dir(gat_config.load_config("fmnist_smoke.yaml", ["seed=1"]), run_dir)
