@@ -31,6 +31,7 @@ from gat import config as gat_config
 from gat import rundir
 from gat.errors import UserError
 from sweeps import costs, executors, manifest, resources
+from sweeps import lease as leases
 from sweeps.job import RunJob, RunTask, cancel_requested, clear_cancel
 from sweeps.plan import Plan, PlannedRun, RunStatus, flatten, make_plan, read_statuses
 from sweeps.status import watch
@@ -166,10 +167,12 @@ def build_jobs(kind: str, runs: list[PlannedRun], spec: GridSpec, common: dict[s
 
 def launch(args: argparse.Namespace) -> int:
     """The CLI's work; returns the exit status."""
+    if args.parallelism is not None and args.parallelism < 1:
+        raise GridError(f"--parallelism must be >= 1 (jobs in flight at once), got {args.parallelism}")
     spec = load_grid(args.grid, gat_config.parse_set(args.set) if args.set else None)
     if args.executor:
         spec.executor.kind = args.executor
-    if args.parallelism:
+    if args.parallelism is not None:
         spec.executor.array_parallelism = args.parallelism
     sweep_dir = Path(args.out) if args.out else default_sweep_dir(spec.name)
     defaults, rules, estimate = resources.parse(spec.resources)
@@ -227,6 +230,7 @@ def launch(args: argparse.Namespace) -> int:
         jobs = executors.submit(kind, ex, fns, code_root)
         entries = [{"job_id": job.job_id, "run_ids": [t.run_id for t in fn.tasks], "executor": kind,
                     "launch": launch_id, "submitted": manifest.utc_now(), "resources": vars(res)}
+                   | ({"process_start": leases.process_start(int(job.job_id))} if kind == "local" else {})
                    for job, fn in zip(jobs, fns)]
         manifest.update(sweep_dir, lambda data, e=entries: data.setdefault("jobs", []).extend(e))
         submitted.extend(jobs)
@@ -304,15 +308,20 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; grid and config errors print one line and return 2 (nothing is written)."""
+    """Entry point; grid and config errors print one line and return 2 (nothing is written), a
+    full or read-only sweep folder one line naming it and 1."""
     args = parser().parse_args(argv)
 
     def body() -> int:
         try:
             return launch(args)
-        except OSError as err:  # a read-only or full sweep folder, or a file where a folder goes
-            where = f" ({err.filename})" if err.filename else ""
-            raise UserError(f"cannot write the sweep folder{where}: {err.strerror or err}") from err
+        except OSError as err:
+            if err.filename is None:  # a failed write() names no file: name the folder
+                err.filename = str(Path(args.out) if args.out else default_sweep_dir(load_grid(args.grid).name))
+            if isinstance(err, (FileExistsError, FileNotFoundError, NotADirectoryError)):  # a bad --out
+                raise UserError(f"cannot write the sweep folder ({err.filename}): {err.strerror or err}") from err
+            err.add_note("cannot write the sweep folder")  # full or read-only: cli.run exits 1
+            raise
 
     return cli.run(body)
 

@@ -21,6 +21,15 @@ LEASE_FILE = "lease"
 _TAKEOVER_STALE_S = 30.0  # a takeover lock is held for milliseconds; older means its holder died
 
 
+def process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22), or None
+    when it is gone: pids are reused, the pair (pid, start) names one process for good."""
+    try:
+        return int(Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def owner_info(job_id: str | None) -> dict[str, Any]:
     """Who is taking a lease: a fresh token plus job id, host and pid (for humans and adoption)."""
     return {"token": uuid.uuid4().hex, "job_id": job_id, "host": socket.gethostname(),

@@ -3,7 +3,11 @@ its numbers are spelled, cancel stays inside its sweep, resume ignores every cos
 launches fail before they write."""
 from __future__ import annotations
 
+import errno
 import json
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -13,6 +17,7 @@ from gat import config as gat_config
 from gat.train import ConfigMismatchError, check_run_dir
 from sweep_stub import starts_per_run, write_grid
 from sweeps import launch, manifest, status
+from sweeps.cancel import cancel_sweep
 from sweeps.launch import validate_plan
 from sweeps.plan import make_plan
 from sweeps.spec import BUNDLED, GridError, load_grid
@@ -114,3 +119,49 @@ def test_a_nested_cosmetic_key_does_not_block_resume(tmp_path, capsys):
     assert "resuming with new logging.grid_point.seed" in capsys.readouterr().out
     with pytest.raises(ConfigMismatchError, match="differs at: seed"):
         check_run_dir(gat_config.load_config("fmnist_smoke.yaml", ["seed=1"]), run_dir)
+
+
+@pytest.mark.parametrize("value", ["-1", "0"])
+def test_parallelism_below_one_is_refused_before_anything_is_written(tmp_path, capsys, value):
+    sweep = tmp_path / "sweep"
+    grid = write_grid(tmp_path / "g.yaml")
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "local", "--parallelism", value]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: --parallelism must be >= 1") and err.count("\n") == 1
+    assert not sweep.exists()
+
+
+def test_a_full_disk_is_an_environment_error_naming_the_folder(tmp_path, capsys, monkeypatch):
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(manifest, "write_text_atomic", full)
+    sweep = tmp_path / "sweep"
+    assert launch.main([str(write_grid(tmp_path / "g.yaml")), "--out", str(sweep), "--executor", "debug"]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("error: No space left on device") and str(sweep) in err and err.count("\n") == 1
+    assert "Traceback" not in err
+
+
+def test_cancel_stays_inside_the_sweep_and_signals_only_its_own_jobs(tmp_path, stub_trainer, capsys):
+    sweep = tmp_path / "sweep"
+    assert launch.main([str(write_grid(tmp_path / "g.yaml", seed=[0, 1])), "--out", str(sweep),
+                        "--executor", "debug"]) == 0
+    elsewhere = tmp_path / "elsewhere"
+    bystander = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)  # submitit"])
+    try:
+        def tamper(data):
+            data["runs"][0]["dir"] = "../../elsewhere"
+            data["jobs"] = [{"job_id": str(bystander.pid), "run_ids": [r["run_id"] for r in data["runs"]],
+                             "executor": "local"}]
+        manifest.update(sweep, tamper)
+        capsys.readouterr()
+        names, stopped = cancel_sweep(sweep)
+        assert stopped == [] and bystander.poll() is None  # an unrelated process is never signalled
+        assert "outside the sweep's runs/ folder" in capsys.readouterr().err
+        assert not list(tmp_path.rglob("elsewhere*")) and not (sweep.parent.parent / "elsewhere").exists()
+        kept = manifest.read(sweep)["runs"][1]
+        assert (sweep / kept["dir"] / ".sweep" / "cancel.json").is_file()
+    finally:
+        bystander.kill()
+        bystander.wait()
