@@ -16,7 +16,7 @@ import yaml
 from gat import config as gat_config
 from gat.train import ConfigMismatchError, check_run_dir
 from sweep_stub import starts_per_run, write_grid
-from sweeps import launch, manifest, status
+from sweeps import launch, lease, manifest, status
 from sweeps.cancel import cancel_sweep
 from sweeps.launch import validate_plan
 from sweeps.plan import make_plan
@@ -165,3 +165,25 @@ def test_cancel_stays_inside_the_sweep_and_signals_only_its_own_jobs(tmp_path, s
     finally:
         bystander.kill()
         bystander.wait()
+
+
+def test_a_lease_of_a_killed_local_worker_is_stale_at_once(tmp_path, stub_trainer, capsys):
+    # Weak point: a worker killed with -9 left a fresh lease; the relaunch said `skip (running)`.
+    sweep = tmp_path / "sweep"
+    grid = write_grid(tmp_path / "g.yaml", seed=[0])
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "debug"]) == 0
+    (run_dir,) = (sweep / "runs").iterdir()
+    (run_dir / "status.json").write_text(json.dumps({"state": "running", "step": 10}))
+    worker = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    path = run_dir / ".sweep" / lease.LEASE_FILE
+    path.write_text(json.dumps({**lease.owner_info("1234"), "pid": worker.pid,
+                                "pid_start": lease.process_start(worker.pid)}))
+    assert lease.holder(path, stale_s=600) is not None  # alive: held
+    worker.kill()
+    worker.wait()
+    assert lease.holder(path, stale_s=600) is None  # the lease is fresh, but its holder is dead
+    capsys.readouterr()
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "debug", "--wait"]) == 0
+    assert "1 to submit" in capsys.readouterr().out
+    assert starts_per_run(sweep) == {run_dir.name: 2}
+    assert [r.state for r in status.collect(sweep)] == ["completed"]
