@@ -195,6 +195,9 @@ def launch(args: argparse.Namespace) -> int:
         return 0
 
     kind = executors.resolve_kind(spec.executor.kind)
+    if kind == "slurm" and not executors.slurm_available():
+        raise GridError("executor slurm: no SLURM controller answers here (`sinfo` failed); "
+                        "use --executor local, or launch where the cluster is")
     launch_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     to_submit = [(run, res) for run, _, action, res in rows if action == "submit"]
     earlier = _record_plan(plan, sweep_dir)

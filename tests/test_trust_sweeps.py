@@ -187,3 +187,17 @@ def test_a_lease_of_a_killed_local_worker_is_stale_at_once(tmp_path, stub_traine
     assert "1 to submit" in capsys.readouterr().out
     assert starts_per_run(sweep) == {run_dir.name: 2}
     assert [r.state for r in status.collect(sweep)] == ["completed"]
+
+
+def test_slurm_without_a_controller_is_an_error_before_the_manifest(tmp_path, capsys, monkeypatch):
+    fake = tmp_path / "bin"
+    fake.mkdir()
+    for tool in ("sinfo", "sbatch", "srun", "squeue", "scontrol"):
+        (fake / tool).write_text("#!/bin/sh\necho 'slurm_load_partitions: Unable to contact slurm controller' >&2\nexit 1\n")
+        (fake / tool).chmod(0o755)
+    monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
+    sweep = tmp_path / "sweep"
+    assert launch.main([str(write_grid(tmp_path / "g.yaml")), "--out", str(sweep), "--executor", "slurm"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: executor slurm: no SLURM controller") and err.count("\n") == 1
+    assert not sweep.exists()
