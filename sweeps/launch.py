@@ -38,6 +38,9 @@ from sweeps.status import watch
 from sweeps.spec import GridError, GridSpec, Point, default_sweep_dir, load_grid, only_filter, validate_points
 
 
+TABLE_ROWS = 300  # a 10^6-point dry run prints these and a count, not a million lines
+
+
 def select(plan: Plan, only: str | None) -> list[PlannedRun]:
     """Runs whose name or ID matches `only` (a regular expression), or all."""
     wanted = only_filter(only)
@@ -121,7 +124,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def dry_run_table(plan: Plan, rows: list[tuple[PlannedRun, RunStatus, str, resources.Resources]],
                   estimate: resources.Estimate) -> str:
-    """The --dry-run report: one line per selected run, then totals."""
+    """The --dry-run report: one line per selected run (the first TABLE_ROWS), then totals."""
     header = f"{'run':<52} {'state':<12} {'params':>9} {'GFLOPs':>8} {'train FLOPs':>11} {'GPUs':>4} {'GPU-h':>8}  action"
     lines = [header, "-" * len(header)]
     total_flops = total_hours = 0.0
@@ -136,6 +139,8 @@ def dry_run_table(plan: Plan, rows: list[tuple[PlannedRun, RunStatus, str, resou
         total_hours += hours or 0.0
         if action == "submit":
             submit_hours += hours or 0.0
+        if len(lines) - 2 >= TABLE_ROWS:
+            continue  # counted in the totals, not printed
         params = None if stats is None else stats["params"] / 1e6
         lines.append(
             f"{run.name[:52]:<52} {status.state:<12} {_fmt(params, '8.2f') + 'M':>9} "
@@ -144,6 +149,8 @@ def dry_run_table(plan: Plan, rows: list[tuple[PlannedRun, RunStatus, str, resou
         )
     n_submit = sum(1 for _, _, a, _ in rows if a == "submit")
     groups = len({res for _, _, a, res in rows if a == "submit"})
+    if len(rows) > TABLE_ROWS:
+        lines.append(f"... {len(rows) - TABLE_ROWS} more runs not shown (--only REGEX lists a subset)")
     lines.append("-" * len(header))
     lines.append(
         f"{len(rows)} runs ({plan.merged} duplicate points merged); would submit {n_submit} in {groups} "

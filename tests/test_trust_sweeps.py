@@ -201,3 +201,13 @@ def test_slurm_without_a_controller_is_an_error_before_the_manifest(tmp_path, ca
     err = capsys.readouterr().err
     assert err.startswith("error: executor slurm: no SLURM controller") and err.count("\n") == 1
     assert not sweep.exists()
+
+
+def test_a_huge_dry_run_prints_a_summary_not_every_row(tmp_path, capsys):
+    grid = write_grid(tmp_path / "g.yaml", seed=list(range(launch.TABLE_ROWS + 50)))
+    sweep = tmp_path / "sweep"
+    assert launch.main([str(grid), "--out", str(sweep), "--dry-run"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert len(out) == launch.TABLE_ROWS + 5  # header, rule, rows, the count, rule, totals
+    assert out[-3] == "... 50 more runs not shown (--only REGEX lists a subset)"
+    assert out[-1].startswith(f"{launch.TABLE_ROWS + 50} runs") and not sweep.exists()
