@@ -3,8 +3,8 @@
 A lease is a small JSON file created with O_CREAT|O_EXCL (atomic on local disks and NFSv3+).
 Its holder refreshes the file's mtime every `heartbeat_s`; a lease whose mtime is older than
 `stale_s` belongs to a dead process and may be taken over, and so does one whose holder on this
-host is no longer running (its pid and process start time are recorded). Takeover is serialised by a second,
-short-lived O_EXCL file so two takers cannot both delete-and-recreate. A job requeued by the
+host is no longer running (its pid and process start time are recorded). Takeover is serialised
+by a second, short-lived O_EXCL file so two takers cannot both delete-and-recreate. A job requeued by the
 scheduler keeps its job id, so it adopts its own lease at once instead of waiting for staleness.
 """
 from __future__ import annotations

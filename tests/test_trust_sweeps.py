@@ -193,7 +193,7 @@ def test_slurm_without_a_controller_is_an_error_before_the_manifest(tmp_path, ca
     fake = tmp_path / "bin"
     fake.mkdir()
     for tool in ("sinfo", "sbatch", "srun", "squeue", "scontrol"):
-        (fake / tool).write_text("#!/bin/sh\necho 'slurm_load_partitions: Unable to contact slurm controller' >&2\nexit 1\n")
+        (fake / tool).write_text("#!/bin/sh\necho 'Unable to contact slurm controller' >&2\nexit 1\n")
         (fake / tool).chmod(0o755)
     monkeypatch.setenv("PATH", f"{fake}{os.pathsep}{os.environ['PATH']}")
     sweep = tmp_path / "sweep"
