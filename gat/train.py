@@ -412,7 +412,8 @@ def check_run_dir(config: RunConfig, run_dir: Path, announce: bool = True) -> di
         theirs = to_dict(load_config(existing))
         ours = to_dict(config)
         diff = sorted(_diff_keys(theirs, ours))
-        changed = [key for key in diff if key not in COSMETIC_KEYS]
+        # a cosmetic key's nested values (logging.grid_point.seed) are cosmetic too
+        changed = [key for key in diff if not any(key == c or key.startswith(c + ".") for c in COSMETIC_KEYS)]
         if changed:
             raise ConfigMismatchError(
                 f"{run_dir} holds a run with a different config (differs at: {', '.join(changed)}); "

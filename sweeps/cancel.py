@@ -14,6 +14,7 @@ from pathlib import Path
 
 from gat import cli
 from sweeps import executors, manifest
+from sweeps import lease as leases
 from sweeps.job import request_cancel
 from sweeps.spec import GridError, only_filter
 
@@ -30,12 +31,22 @@ def cancel_sweep(sweep_dir: Path, only: str | None = None) -> tuple[list[str], l
     if not chosen:
         raise GridError(f"--only {only!r} matches none of the {len(runs)} runs in {sweep_dir}")
     for run in chosen:
-        request_cancel(Path(sweep_dir) / run["dir"])
+        run_dir = manifest.run_dir(sweep_dir, run)
+        if run_dir is None:
+            cli.say(f"warning: {Path(sweep_dir) / manifest.MANIFEST}: run {run['run_id']} has dir "
+                    f"{run.get('dir')!r}, outside the sweep's runs/ folder: skipped", file=sys.stderr)
+            continue
+        request_cancel(run_dir)
     chosen_ids = {r["run_id"] for r in chosen}
     by_kind: dict[str, list[str]] = {}
     for job in data.get("jobs", []):
-        if set(job["run_ids"]) <= chosen_ids:  # a job also holding other runs keeps running them
-            by_kind.setdefault(job.get("executor", "slurm"), []).append(job["job_id"])
+        if not set(job["run_ids"]) <= chosen_ids:  # a job also holding other runs keeps running them
+            continue
+        # a local job id is a pid: signal it only while it is still the process the launch started
+        if job.get("executor") == "local" and (
+                job.get("process_start") is None or leases.process_start(job["job_id"]) != job["process_start"]):
+            continue
+        by_kind.setdefault(job.get("executor", "slurm"), []).append(job["job_id"])
     stopped = []
     for kind, ids in by_kind.items():
         stopped += executors.cancel(kind, ids)

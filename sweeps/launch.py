@@ -31,10 +31,14 @@ from gat import config as gat_config
 from gat import rundir
 from gat.errors import UserError
 from sweeps import costs, executors, manifest, resources
+from sweeps import lease as leases
 from sweeps.job import RunJob, RunTask, cancel_requested, clear_cancel
 from sweeps.plan import Plan, PlannedRun, RunStatus, flatten, make_plan, read_statuses
 from sweeps.status import watch
 from sweeps.spec import GridError, GridSpec, Point, default_sweep_dir, load_grid, only_filter, validate_points
+
+
+TABLE_ROWS = 300  # a 10^6-point dry run prints these and a count, not a million lines
 
 
 def select(plan: Plan, only: str | None) -> list[PlannedRun]:
@@ -120,7 +124,7 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def dry_run_table(plan: Plan, rows: list[tuple[PlannedRun, RunStatus, str, resources.Resources]],
                   estimate: resources.Estimate) -> str:
-    """The --dry-run report: one line per selected run, then totals."""
+    """The --dry-run report: one line per selected run (the first TABLE_ROWS), then totals."""
     header = f"{'run':<52} {'state':<12} {'params':>9} {'GFLOPs':>8} {'train FLOPs':>11} {'GPUs':>4} {'GPU-h':>8}  action"
     lines = [header, "-" * len(header)]
     total_flops = total_hours = 0.0
@@ -135,6 +139,8 @@ def dry_run_table(plan: Plan, rows: list[tuple[PlannedRun, RunStatus, str, resou
         total_hours += hours or 0.0
         if action == "submit":
             submit_hours += hours or 0.0
+        if len(lines) - 2 >= TABLE_ROWS:
+            continue  # counted in the totals, not printed
         params = None if stats is None else stats["params"] / 1e6
         lines.append(
             f"{run.name[:52]:<52} {status.state:<12} {_fmt(params, '8.2f') + 'M':>9} "
@@ -143,6 +149,8 @@ def dry_run_table(plan: Plan, rows: list[tuple[PlannedRun, RunStatus, str, resou
         )
     n_submit = sum(1 for _, _, a, _ in rows if a == "submit")
     groups = len({res for _, _, a, res in rows if a == "submit"})
+    if len(rows) > TABLE_ROWS:
+        lines.append(f"... {len(rows) - TABLE_ROWS} more runs not shown (--only REGEX lists a subset)")
     lines.append("-" * len(header))
     lines.append(
         f"{len(rows)} runs ({plan.merged} duplicate points merged); would submit {n_submit} in {groups} "
@@ -166,10 +174,12 @@ def build_jobs(kind: str, runs: list[PlannedRun], spec: GridSpec, common: dict[s
 
 def launch(args: argparse.Namespace) -> int:
     """The CLI's work; returns the exit status."""
+    if args.parallelism is not None and args.parallelism < 1:
+        raise GridError(f"--parallelism must be >= 1 (jobs in flight at once), got {args.parallelism}")
     spec = load_grid(args.grid, gat_config.parse_set(args.set) if args.set else None)
     if args.executor:
         spec.executor.kind = args.executor
-    if args.parallelism:
+    if args.parallelism is not None:
         spec.executor.array_parallelism = args.parallelism
     sweep_dir = Path(args.out) if args.out else default_sweep_dir(spec.name)
     defaults, rules, estimate = resources.parse(spec.resources)
@@ -192,6 +202,9 @@ def launch(args: argparse.Namespace) -> int:
         return 0
 
     kind = executors.resolve_kind(spec.executor.kind)
+    if kind == "slurm" and not executors.slurm_available():
+        raise GridError("executor slurm: no SLURM controller answers here (`sinfo` failed); "
+                        "use --executor local, or launch where the cluster is")
     launch_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
     to_submit = [(run, res) for run, _, action, res in rows if action == "submit"]
     earlier = _record_plan(plan, sweep_dir)
@@ -227,6 +240,7 @@ def launch(args: argparse.Namespace) -> int:
         jobs = executors.submit(kind, ex, fns, code_root)
         entries = [{"job_id": job.job_id, "run_ids": [t.run_id for t in fn.tasks], "executor": kind,
                     "launch": launch_id, "submitted": manifest.utc_now(), "resources": vars(res)}
+                   | ({"process_start": leases.process_start(int(job.job_id))} if kind == "local" else {})
                    for job, fn in zip(jobs, fns)]
         manifest.update(sweep_dir, lambda data, e=entries: data.setdefault("jobs", []).extend(e))
         submitted.extend(jobs)
@@ -304,15 +318,20 @@ def parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    """Entry point; grid and config errors print one line and return 2 (nothing is written)."""
+    """Entry point; grid and config errors print one line and return 2 (nothing is written), a
+    full or read-only sweep folder one line naming it and 1."""
     args = parser().parse_args(argv)
 
     def body() -> int:
         try:
             return launch(args)
-        except OSError as err:  # a read-only or full sweep folder, or a file where a folder goes
-            where = f" ({err.filename})" if err.filename else ""
-            raise UserError(f"cannot write the sweep folder{where}: {err.strerror or err}") from err
+        except OSError as err:
+            if err.filename is None:  # a failed write() names no file: name the folder
+                err.filename = str(Path(args.out) if args.out else default_sweep_dir(load_grid(args.grid).name))
+            if isinstance(err, (FileExistsError, FileNotFoundError, NotADirectoryError)):  # a bad --out
+                raise UserError(f"cannot write the sweep folder ({err.filename}): {err.strerror or err}") from err
+            err.add_note("cannot write the sweep folder")  # full or read-only: cli.run exits 1
+            raise
 
     return cli.run(body)
 

@@ -2,8 +2,9 @@
 
 A lease is a small JSON file created with O_CREAT|O_EXCL (atomic on local disks and NFSv3+).
 Its holder refreshes the file's mtime every `heartbeat_s`; a lease whose mtime is older than
-`stale_s` belongs to a dead process and may be taken over. Takeover is serialised by a second,
-short-lived O_EXCL file so two takers cannot both delete-and-recreate. A job requeued by the
+`stale_s` belongs to a dead process and may be taken over, and so does one whose holder on this
+host is no longer running (its pid and process start time are recorded). Takeover is serialised
+by a second, short-lived O_EXCL file so two takers cannot both delete-and-recreate. A job requeued by the
 scheduler keeps its job id, so it adopts its own lease at once instead of waiting for staleness.
 """
 from __future__ import annotations
@@ -21,10 +22,19 @@ LEASE_FILE = "lease"
 _TAKEOVER_STALE_S = 30.0  # a takeover lock is held for milliseconds; older means its holder died
 
 
+def process_start(pid: int) -> int | None:
+    """When process `pid` started (clock ticks since boot, /proc/PID/stat field 22), or None
+    when it is gone: pids are reused, the pair (pid, start) names one process for good."""
+    try:
+        return int(Path(f"/proc/{int(pid)}/stat").read_text().rsplit(")", 1)[1].split()[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
 def owner_info(job_id: str | None) -> dict[str, Any]:
     """Who is taking a lease: a fresh token plus job id, host and pid (for humans and adoption)."""
     return {"token": uuid.uuid4().hex, "job_id": job_id, "host": socket.gethostname(),
-            "pid": os.getpid(), "acquired": time.time()}
+            "pid": os.getpid(), "pid_start": process_start(os.getpid()), "acquired": time.time()}
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -53,12 +63,17 @@ def _age(path: Path, now: float) -> float | None:
 
 
 def holder(path: Path, stale_s: float, now: float | None = None) -> dict[str, Any] | None:
-    """The live holder's info, or None when the lease is free or stale."""
+    """The live holder's info, or None when the lease is free or stale. A holder on this host
+    whose process is gone (killed with -9) is stale at once, not `stale_s` later."""
     age = _age(path, time.time() if now is None else now)
     if age is None or age > stale_s:
         return None
     # a lease caught between create and write reads as empty: still live
-    return _read(path) or {"token": None}
+    info = _read(path) or {"token": None}
+    if (info.get("host") == socket.gethostname() and info.get("pid_start") is not None
+            and process_start(info["pid"]) != info["pid_start"]):
+        return None
+    return info
 
 
 class Lease:

@@ -48,9 +48,30 @@ def update(sweep_dir: Path, change: Callable[[dict[str, Any]], None]) -> dict[st
 
 
 def merge_runs(data: dict[str, Any], runs: list[dict[str, Any]]) -> None:
-    """Add plan entries to `data["runs"]`, keeping earlier entries (a run id is forever)."""
-    known = {r["run_id"] for r in data.setdefault("runs", [])}
-    data["runs"].extend(r for r in runs if r["run_id"] not in known)
+    """Add plan entries to `data["runs"]`, keeping earlier entries (a run id is forever). A known
+    run takes the plan's folder (its existing one whenever it has one) and gains the plan's
+    coordinates: one id is one config, so the coordinates of every grid naming it hold."""
+    data.setdefault("runs", [])
+    known = runs_by_id(data)
+    for entry in runs:
+        if entry["run_id"] in known:
+            old = known[entry["run_id"]]
+            old.update(name=entry["name"], dir=entry["dir"], coords={**old.get("coords", {}), **entry["coords"]})
+        else:
+            data["runs"].append(entry)
+
+
+def run_dir(sweep_dir: Path, entry: dict[str, Any], must_exist: bool = False) -> Path | None:
+    """The folder of a manifest run entry, `runs/<name>` inside the sweep folder; None when the
+    entry points anywhere else (a hand-edited manifest must never make the engine write outside
+    its sweep) or, with `must_exist`, when the folder is absent."""
+    rel = Path(str(entry.get("dir") or ""))
+    if rel.parent != Path("runs") or rel.name in ("", "..") or rel.is_absolute():
+        return None
+    path = Path(sweep_dir) / rel
+    if not path.resolve().is_relative_to((Path(sweep_dir) / "runs").resolve()):  # a symlink out
+        return None
+    return path if path.is_dir() or not must_exist else None
 
 
 def runs_by_id(data: dict[str, Any]) -> dict[str, dict[str, Any]]:

@@ -1,7 +1,8 @@
 """Run identity and state: which run folder a grid point maps to, and where that run stands.
 
 Run ID = the first 8 hex digits of SHA-1 over the normalised effective config (defaults filled,
-ints widened to float where the field is a float, `model.name` resolved to its sizes), with the
+every value coerced to its field's type as `gat.config.from_dict` does, so `steps: 60`, `60.0`
+and `6e1` are one run, `model.name` resolved to its sizes), with the
 keys in `COSMETIC` left out: they change how a run is logged or how often it checkpoints, never
 its numbers. So editing `logging.wandb` or `data.num_workers` in a grid maps onto the same run
 folders, while anything that changes the result (`eval.*` included, since it decides which
@@ -29,6 +30,7 @@ from typing import Any
 from gat import config as gat_config
 from gat.sizes import parse_size
 from sweeps import lease as leases
+from sweeps import manifest
 from sweeps.spec import GridSpec, Point, expand
 
 COSMETIC = gat_config.COSMETIC_KEYS
@@ -150,10 +152,13 @@ def normalise(base_flat: dict[str, Any], overrides: dict[str, Any]) -> dict[str,
     _, types = _defaults()
     flat = dict(base_flat)
     for key, value in overrides.items():
-        # from_dict widens ints for float fields; do the same so 1 and 1.0 hash alike
-        if types.get(key) in (float, float | None) and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        flat[key] = value
+        # Coerce by the schema as from_dict does (60.0 -> 60 for an int, 1 -> 1.0 for a float) so
+        # every spelling of a value hashes alike; a value that does not fit is left for
+        # validate_plan to report against its axis.
+        try:
+            flat[key] = gat_config._coerce(value, types[key], key) if key in types else value
+        except gat_config.ConfigError:
+            flat[key] = value
     if flat.get("model.name"):
         flat.update(_model_size(flat["model.name"]))
     return flat
@@ -197,16 +202,36 @@ def _format(value: Any) -> str:
 def base_flat(spec: GridSpec) -> dict[str, Any]:
     """Defaults overlaid with the grid's base config (the start point of every run)."""
     defaults, _ = _defaults()
-    return normalise({**defaults, **flatten(spec.base)}, {})
+    return normalise(defaults, flatten(spec.base))
+
+
+def existing_folders(sweep_dir: Path) -> dict[str, str]:
+    """Run id -> name of the folder under `runs/` that already holds it: the one the manifest
+    records, else one whose name ends in the id. Editing a grid can change a run's descriptive
+    name (moving `seed` from `set:` into the axes adds `-s0-`), never its id."""
+    runs_dir = Path(sweep_dir) / "runs"
+    try:
+        present = sorted(entry.name for entry in os.scandir(runs_dir) if entry.is_dir())
+    except (FileNotFoundError, NotADirectoryError):
+        return {}
+    found: dict[str, str] = {}
+    for name in present:
+        found.setdefault(name.rsplit("-", 1)[-1], name)
+    recorded = (manifest.read(sweep_dir) or {}).get("runs", [])
+    found.update({r["run_id"]: Path(r["dir"]).name for r in recorded
+                  if manifest.run_dir(sweep_dir, r, must_exist=True) is not None})
+    return found
 
 
 def make_plan(spec: GridSpec, sweep_dir: Path) -> Plan:
     """Expand the grid and give every point its ID, name and run folder.
 
-    Points with the same effective config (e.g. an axis over a cosmetic key) are one run.
+    Points with the same effective config (e.g. an axis over a cosmetic key) are one run. A run
+    that already has a folder under another name keeps it (see `existing_folders`).
     """
     start = base_flat(spec)
     runs_dir = Path(sweep_dir) / "runs"
+    folders = existing_folders(sweep_dir)
     seen: dict[str, PlannedRun] = {}
     merged = 0
     point: Point
@@ -221,6 +246,8 @@ def make_plan(spec: GridSpec, sweep_dir: Path) -> Plan:
             merged += 1
             continue
         name = run_name(flat, spec.axes, rid)
+        if folders.get(rid, name) != name and not (runs_dir / name).is_dir():
+            name = folders[rid]
         seen[rid] = PlannedRun(rid, name, point.coords, point.overrides, flat, runs_dir / name, spec.name)
     return Plan(spec=spec, sweep_dir=Path(sweep_dir), runs=list(seen.values()), merged=merged)
 
