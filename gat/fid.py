@@ -21,7 +21,7 @@ from gat import cli
 from gat.config import EvalConfig
 from gat.eval import load_extractor
 from gat.errors import UserError
-from gat.eval.frechet import frechet_distance, source_stats
+from gat.eval.frechet import frechet_distance, image_resolution, source_stats
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,6 +47,12 @@ def fid(args) -> int:
     missing = [path for path in (args.a, args.b) if not Path(path).exists()]
     if missing:  # before minutes of Inception on the other input
         raise UserError(f"not found: {', '.join(missing)}")
+    sizes = [image_resolution(path) for path in (args.a, args.b)]
+    if None not in sizes and sizes[0] != sizes[1]:
+        # Both are resized to 299 for Inception, so an FID comes out, but it measures the resize too.
+        cli.say(f"warning: the inputs differ in resolution ({args.a}: {sizes[0][0]}x{sizes[0][1]}, "
+                f"{args.b}: {sizes[1][0]}x{sizes[1][1]}); this FID is not comparable with same-size ones",
+                file=sys.stderr)
     device = cli.device(args.device)
     try:
         extractor = load_extractor(EvalConfig(extractor="inception", inception_path=args.inception), device)

@@ -107,3 +107,18 @@ def test_fid_names_a_damaged_input(tmp_path: Path, capsys: pytest.CaptureFixture
     paths = _archives(tmp_path)
     assert fid.main([str(paths[case]), str(paths["good"]), "--device", "cpu"]) == 2
     _one_error_line(capsys, f"{paths[case]}: {message}")
+
+
+@pytest.mark.slow  # Inception on CPU, twice
+def test_fid_warns_when_resolutions_differ(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """32x32 against 64x64 printed an FID with no word that it measures the resize too."""
+    rng = np.random.default_rng(0)
+    small, large = tmp_path / "small.npz", tmp_path / "large.npz"
+    np.savez(small, arr_0=rng.integers(0, 255, (4, 32, 32, 3), dtype=np.uint8))
+    np.savez(large, arr_0=rng.integers(0, 255, (4, 64, 64, 3), dtype=np.uint8))
+    assert fid.main([str(small), str(large), "--device", "cpu"]) == 0
+    captured = capsys.readouterr()
+    assert "warning: the inputs differ in resolution" in captured.err and "32x32" in captured.err
+    assert "64x64" in captured.err and captured.out.startswith("FID ")
+    assert fid.main([str(small), str(small), "--device", "cpu"]) == 0
+    assert "warning" not in capsys.readouterr().err

@@ -137,6 +137,29 @@ def source_stats(
     return mu, sigma, count
 
 
+def image_resolution(path: str | os.PathLike) -> tuple[int, int] | None:
+    """(height, width) of the images `source_stats` would read from `path`, from the archive's
+    header or the first image alone; None for statistics or what cannot be read (`source_stats`
+    reports that)."""
+    path = Path(path)
+    try:
+        if path.is_dir():
+            from PIL import Image
+
+            first = next((p for p in sorted(path.rglob("*")) if p.suffix.lower() in IMAGE_SUFFIXES), None)
+            if first is None:
+                return None
+            with Image.open(first) as image:
+                return image.height, image.width
+        with zipfile.ZipFile(path) as archive, archive.open("arr_0.npy") as member:
+            version = np.lib.format.read_magic(member)
+            reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape = reader(member)[0]
+            return (shape[1], shape[2]) if len(shape) == 4 else None
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        return None
+
+
 def _folder_batches(files: list[Path], batch: int) -> Iterator[np.ndarray]:
     """uint8 [B, H, W, 3] batches of the images in `files`; a batch ends early where the size changes."""
     from PIL import Image
