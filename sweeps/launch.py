@@ -124,8 +124,11 @@ def _fmt(value: float | None, spec: str) -> str:
 
 def dry_run_table(plan: Plan, rows: list[tuple[PlannedRun, RunStatus, str, resources.Resources]],
                   estimate: resources.Estimate) -> str:
-    """The --dry-run report: one line per selected run (the first TABLE_ROWS), then totals."""
-    header = f"{'run':<52} {'state':<12} {'params':>9} {'GFLOPs':>8} {'train FLOPs':>11} {'GPUs':>4} {'GPU-h':>8}  action"
+    """The --dry-run report: one line per selected run (the first TABLE_ROWS), then totals. Sizes
+    and hours to 3 significant figures (a CPU grid's models are 1e-5 GFLOPs); hours are CPU-hours
+    when no run of the grid asks for a GPU."""
+    unit = "GPU" if any(res.gpus for *_, res in rows) else "CPU"
+    header = f"{'run':<52} {'state':<12} {'params':>9} {'GFLOPs':>8} {'train FLOPs':>11} {'GPUs':>4} {unit + '-h':>8}  action"
     lines = [header, "-" * len(header)]
     total_flops = total_hours = 0.0
     submit_hours = 0.0
@@ -144,8 +147,8 @@ def dry_run_table(plan: Plan, rows: list[tuple[PlannedRun, RunStatus, str, resou
         params = None if stats is None else stats["params"] / 1e6
         lines.append(
             f"{run.name[:52]:<52} {status.state:<12} {_fmt(params, '8.2f') + 'M':>9} "
-            f"{_fmt(None if stats is None else stats['gflops'], '8.2f'):>8} {_fmt(flops, '11.2e'):>11} "
-            f"{res.gpus * res.nodes:>4} {_fmt(hours, '8.2f'):>8}  {action}"
+            f"{_fmt(None if stats is None else stats['gflops'], '8.3g'):>8} {_fmt(flops, '11.2e'):>11} "
+            f"{res.gpus * res.nodes:>4} {_fmt(hours, '8.3g'):>8}  {action}"
         )
     n_submit = sum(1 for _, _, a, _ in rows if a == "submit")
     groups = len({res for _, _, a, res in rows if a == "submit"})
@@ -154,8 +157,8 @@ def dry_run_table(plan: Plan, rows: list[tuple[PlannedRun, RunStatus, str, resou
     lines.append("-" * len(header))
     lines.append(
         f"{len(rows)} runs ({plan.merged} duplicate points merged); would submit {n_submit} in {groups} "
-        f"array job(s); total {total_flops:.2e} training FLOPs, {total_hours:.1f} GPU-hours "
-        f"({submit_hours:.1f} to submit) at {estimate.device_tflops:g} TFLOP/s x {estimate.mfu:g} MFU"
+        f"array job(s); total {total_flops:.2e} training FLOPs, {total_hours:.3g} {unit}-hours "
+        f"({submit_hours:.3g} to submit) at {estimate.device_tflops:g} TFLOP/s x {estimate.mfu:g} MFU"
         + ("; '?' = gat.models.describe unavailable" if unknown else "")
     )
     return "\n".join(lines)

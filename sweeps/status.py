@@ -79,11 +79,8 @@ def activity(run_dir: Path, step: int | None) -> str:
     """What a running run is doing now: `step s/S` once it trains, else the newest line of its
     trainer log (one-off data encoding as `encoding ... x/N`, or waiting for another job's)."""
     if step is not None:
-        try:
-            total = yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["steps"]
-        except (OSError, yaml.YAMLError, KeyError, TypeError):
-            return f"step {step}"
-        return f"step {step}/{total}"
+        total = planned_steps(run_dir)
+        return f"step {step}" if total is None else f"step {step}/{total}"
     try:
         with open(run_dir / SWEEP_SUBDIR / TRAINER_LOG, "rb") as handle:
             handle.seek(max(0, handle.seek(0, os.SEEK_END) - 4096))
@@ -95,6 +92,14 @@ def activity(run_dir: Path, step: int | None) -> str:
         return "starting"
     match = _TQDM.match(fragments[-1])  # a progress bar: keep its label and count
     return f"{match['what']} {match['count']}" if match else fragments[-1][:60]
+
+
+def planned_steps(run_dir: Path) -> int | None:
+    """``train.steps`` of a run's config.yaml (None before the run wrote it)."""
+    try:
+        return int(yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["steps"])
+    except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
+        return None
 
 
 def sacct_states(job_ids: list[str]) -> dict[str, str]:
@@ -169,6 +174,17 @@ def render(rows: list[RunRow]) -> str:
     return "\n".join(lines)
 
 
+def runs_done(sweep_dir: Path, rows: list[RunRow], settled: set[str]) -> float:
+    """The settled runs plus, for each running one, the fraction of its planned steps trained:
+    runs finish in bursts, so an ETA from finished runs alone misleads; one from steps does not."""
+    partial = 0.0
+    for row in rows:
+        total = planned_steps(Path(sweep_dir) / row.dir) if row.state == "running" and row.step else None
+        if total and row.run_id not in settled:
+            partial += min(row.step / total, 1.0)
+    return len(settled) + partial
+
+
 def watch(sweep_dir: Path, run_ids: list[str], stale_s: float, *, launch_id: str | None = None,
           submitted: set[str] | None = None, poll_s: float = 1.0) -> dict[str, str]:
     """Show a tqdm bar until every run in `run_ids` is final or failed, or no job is left that
@@ -179,9 +195,10 @@ def watch(sweep_dir: Path, run_ids: list[str], stale_s: float, *, launch_id: str
     wanted = set(run_ids)
     submitted = submitted or set()
     touched: set[str] = set()
-    # a log file (nohup, a batch job, CI) gets a line every 30 s, not one per poll
+    # a log file (nohup, a batch job, CI) gets a line every few seconds, not one per poll
     bar = tqdm(total=len(wanted), unit="run", desc="runs final", leave=True,
-               mininterval=0.1 if sys.stderr.isatty() else 30.0, miniters=0)
+               mininterval=0.1 if sys.stderr.isatty() else 5.0, miniters=0,
+               bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
     idle_polls = 0
     try:
         while True:
@@ -198,7 +215,7 @@ def watch(sweep_dir: Path, run_ids: list[str], stale_s: float, *, launch_id: str
             doing = [f"{r.name}: {activity(Path(sweep_dir) / r.dir, r.step)}" for r in rows if r.state == "running"]
             bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
                                 + (f" | {'; '.join(doing)}" if doing else ""), refresh=False)
-            bar.update(done - bar.n)  # redraws at most every mininterval
+            bar.update(runs_done(sweep_dir, rows, settled) - bar.n)  # redraws at most every mininterval
             if done == len(wanted):
                 break
             # nothing running or queued for the rest: stop after a short grace (jobs just

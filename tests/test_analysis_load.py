@@ -189,7 +189,7 @@ def test_a_study_without_run_folders_reads_its_committed_table(sweep: Path) -> N
     assert committed["run_id"].tolist() == full["run_id"].tolist() and committed.attrs["metrics"] == ["fid50k"]
     assert load.study_coords(sweep)["size"].tolist()[:4] == ["S/2", "B/2", "L/2", "S/2"]  # from the manifest
     (sweep / load.COMMITTED_TABLE).unlink()
-    with pytest.raises(AnalysisError, match="no run folders and no analysis/results.csv"):
+    with pytest.raises(AnalysisError, match="no run folders on disk and no committed analysis/results.csv"):
         load.load_study_table(sweep)
     with pytest.raises(AnalysisError, match="no such folder"):
         load.load_study_runs(sweep / "missing")

@@ -122,7 +122,7 @@ def test_published_table(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> 
 
 
 @pytest.mark.parametrize("case, message", [
-    ("empty", "no runs found"),
+    ("empty", "no run folders on disk"),
     ("no_metric", "no metric values"),
     ("bad_csv", "missing column(s) gflops, fid50k"),
     ("one_size", "need completed runs at 2 or more distinct gflops"),
@@ -215,7 +215,7 @@ def test_lr_transfer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
 
 def test_lr_transfer_needs_a_grid(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert plot_lr_transfer.main([str(tmp_path)]) == 2
-    assert "no runs found" in capsys.readouterr().err
+    assert "no run folders on disk" in capsys.readouterr().err
 
 
 def test_lr_transfer_needs_two_learning_rates_per_width(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:

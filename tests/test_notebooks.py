@@ -101,3 +101,23 @@ def test_paths_resolve_from_the_repository_not_the_working_directory(tmp_path: P
     assert paths.output_dir(study) == tmp_path / "figures" / "study"
     monkeypatch.setenv("GATSCALE_UPDATE_RESULTS", "1")  # only on request: the study's own analysis/
     assert paths.output_dir(study) == study / "analysis" and (study / "analysis").is_dir()
+
+
+@pytest.mark.slow
+def test_notebook_leaves_no_temp_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without GATSCALE_FIGURES a notebook writes into a temporary folder: gone once it ran."""
+    notebook = nbformat.read(ROOT / "notebooks" / "scaling.ipynb", as_version=4)
+    study = committed_copy(NOTEBOOKS["scaling"][0], tmp_path / "clone")
+    temp = tmp_path / "tmp"
+    temp.mkdir()
+    monkeypatch.setenv("TMPDIR", str(temp))
+    monkeypatch.setenv("GATSCALE_RESULTS", str(study))
+    for name in ("GATSCALE_FIGURES", "GATSCALE_UPDATE_RESULTS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])))
+    NotebookClient(notebook, timeout=600, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT / "notebooks")}}).execute()
+    outputs = [output for cell in notebook.cells for output in cell.get("outputs", [])]
+    assert any("gatscale-scaling_grid-" in str(output) for output in outputs), "the notebook names its folder"
+    assert not [output for output in outputs if output.output_type == "error"]
+    assert list(temp.iterdir()) == []

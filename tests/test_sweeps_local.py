@@ -209,9 +209,19 @@ def test_wait_shows_what_running_jobs_do(tmp_path):
     assert status.activity(run_dir, None) == "starting"
     log = run_dir / ".sweep" / "trainer.log"
     log.write_text("encoding Fashion-MNIST (once):  10%|#         | 94/938 [00:08<01:10, 11.9batch/s]"
-                   "\rencoding Fashion-MNIST (once):  45%|####5     | 420/938 [00:38<00:47, 11.0batch/s]")
-    assert status.activity(run_dir, None) == "encoding Fashion-MNIST (once) 420/938"
+                   "\rencoding Fashion-MNIST (once):  88%|########8 | 53/60 [01:20<00:10, 0.66batch/s]")
+    assert status.activity(run_dir, None) == "encoding Fashion-MNIST (once) 53/60"
     log.write_text("waiting for another process to finish encoding Fashion-MNIST (/cache/x)\n")
     assert status.activity(run_dir, None).startswith("waiting for another process")
     (run_dir / "config.yaml").write_text("train:\n  steps: 1500\n")
     assert status.activity(run_dir, 400) == "step 400/1500"
+
+
+def test_progress_counts_the_steps_of_running_runs(tmp_path):
+    """The launch's bar (and so its ETA) moves with the steps trained, not only when runs end."""
+    rows = []
+    for name, state, step in (("a", "completed", 1000), ("b", "running", 250), ("c", "running", 500), ("d", "pending", None)):
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.yaml").write_text("train: {steps: 1000}\n")
+        rows.append(status.RunRow(name, name, name, state, step, "", 1, "", ""))
+    assert status.runs_done(tmp_path, rows, {"a"}) == pytest.approx(1.75)

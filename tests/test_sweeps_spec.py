@@ -110,3 +110,15 @@ def test_imagenet_dry_run_prints_gpu_hours(tmp_path, capsys):
     assert "GPU-h" in text and "GPU-hours" in text and "w1152-d28-p2" in text
     assert "would submit 8" in text
     assert not out.exists()
+
+
+def test_cpu_dry_run_shows_gflops_and_cpu_hours(tmp_path, capsys):
+    """A CPU grid's models are 1e-5 to 1e-3 GFLOPs and its runs ask for no GPU: the table shows
+    the figures (not 0.00) and calls the hours CPU-hours."""
+    assert launch.main(["scaling_grid.yaml", "--dry-run", "--out", str(tmp_path / "sweep")]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    header, runs, total = lines[0], lines[2:-2], lines[-1]
+    assert "CPU-h" in header and "GPU-h" not in header and "CPU-hours" in total and "GPU-hours" not in total
+    gflops = [float(line.split()[3]) for line in runs]
+    hours = [float(line.split()[6]) for line in runs]
+    assert len(runs) == 12 and min(gflops) > 0 and min(hours) > 0

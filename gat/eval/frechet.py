@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sys
 import tempfile
 import warnings
 import zipfile
@@ -129,7 +130,9 @@ def source_stats(
     if extractor is None:
         raise ValueError(f"{path} holds images; pass a feature extractor to compute their statistics")
     feats = []
-    with tqdm(total=count, unit="img", desc=f"features of {path.name}", disable=not progress, leave=False) as bar:
+    # off a terminal (a log file) a line every 30 s, so a long extraction is seen to progress
+    with tqdm(total=count, unit="img", desc=f"features of {path.name}", disable=not progress, leave=False,
+              mininterval=0.1 if sys.stderr.isatty() else 30.0) as bar:
         for chunk in images:
             feats.append(extractor(torch.from_numpy(chunk).permute(0, 3, 1, 2).float() / 255.0))
             bar.update(len(chunk))
