@@ -424,6 +424,7 @@ def test_a_full_disk_fails_the_run_cleanly_and_the_rerun_resumes(synthetic, tmp_
         gat.train.run(tiny_config(), run_dir)
     status = rundir.read_status(run_dir)
     assert status["state"] == "failed" and "No space left on device" in status["reason"] and status["step"] == 4
+    assert status["checkpoint_step"] == 2  # the last durable step, what a rerun resumes from
     assert not list(run_dir.rglob("*.tmp"))
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     assert gat.train.run(tiny_config(), run_dir) == "completed"  # resumes from the step-2 checkpoint
