@@ -2,8 +2,10 @@
 building each piece once when concurrent jobs of a sweep all want it at the same moment."""
 from __future__ import annotations
 
+import hashlib
 import os
 import sys
+import warnings
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -36,3 +38,37 @@ def exclusive(target: Path, what: str) -> Iterator[None]:
         yield
     finally:
         lock.release()
+
+
+def _digest_path(path: Path) -> Path:
+    return path.with_name(path.name + ".sha256")
+
+
+def _sha256(path: Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def seal(path: Path) -> None:
+    """Record `path`'s SHA-256 beside it (`<name>.sha256`), after the file itself is in place."""
+    digest = _digest_path(path)
+    tmp = digest.with_name(digest.name + f".{os.getpid()}.tmp")
+    tmp.write_text(_sha256(path) + "\n")
+    os.replace(tmp, digest)
+
+
+def intact(path: Path, warn: bool = True) -> bool:
+    """True when the cache file `path` matches the hash `seal` recorded. A damaged file (or one
+    without a hash: an older cache) is False, with a warning naming it (when `warn`), so the
+    caller rebuilds it."""
+    if not path.is_file():
+        return False
+    digest = _digest_path(path)
+    recorded = digest.read_text().strip() if digest.is_file() else None
+    if recorded == _sha256(path):
+        return True
+    if not warn:
+        return False
+    why = "does not match its recorded hash" if recorded else "has no recorded hash"
+    warnings.warn(f"cache file {path} {why}; rebuilding it", stacklevel=2)
+    return False

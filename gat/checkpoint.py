@@ -1,14 +1,16 @@
 """Atomic checkpoints with one previous copy to fall back on, and the RNG state for exact resume.
 
 Layout under RUN_DIR/checkpoints/: `latest.pt`, `previous.pt`, and periodic `step-XXXXXXX.pt`
-snapshots (hard links to the same bytes where the file system allows). A save writes a temp
+snapshots (copies of their own, so damage to the rolling files never reaches them). A save writes a temp
 file, fsyncs it, demotes `latest` to `previous` and renames the temp file into place, so a kill
 at any instant leaves at least one complete checkpoint behind.
 
 Each file carries the SHA-256 of its own content (`content_sha256`: every tensor's bytes, dtype
 and shape, and every other value, walked in key order), so it is written atomically with the
 data it vouches for. Loading recomputes it: bytes damaged in place (garbage or zeros that still
-unpickle) are treated like a torn file, never resumed from.
+unpickle) are treated like a torn file, never resumed from. Files are unpickled with
+`weights_only=True` and only the numpy types the RNG state needs allowed, so a planted file on a
+shared filesystem cannot run code before (or instead of) the hash check.
 """
 from __future__ import annotations
 
@@ -17,11 +19,14 @@ import os
 import random
 import shutil
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
+
+from gat.errors import UserError
 
 LATEST = "latest.pt"
 PREVIOUS = "previous.pt"
@@ -29,8 +34,20 @@ REQUIRED_KEYS = ("step", "G", "D", "G_ema", "opt_g", "opt_d", "rng")
 DIGEST_KEY = "content_sha256"
 
 
+# numpy's RNG state (a uint32 array) is the only non-torch object a checkpoint holds.
+SAFE_GLOBALS = [np._core.multiarray._reconstruct, np.ndarray, np.dtype, type(np.dtype(np.uint32))]
+
+
 class CorruptCheckpoint(ValueError):
     """A checkpoint whose content does not match the hash stored in it."""
+
+
+class NoVerifiedCheckpoint(UserError):
+    """Checkpoint files exist, but none of them verifies: resuming would silently restart."""
+
+    def __init__(self, tried: Sequence[Path]):
+        self.tried = list(tried)
+        super().__init__(f"no checkpoint verifies (tried {', '.join(str(p) for p in self.tried)})")
 
 
 def snapshot_name(step: int) -> str:
@@ -74,12 +91,14 @@ def save(directory: Path, state: dict[str, Any], *, snapshot: bool = False) -> P
     os.replace(tmp, latest)
     _fsync_dir(directory)
     if snapshot:
+        # A copy, not a hard link: damage to latest/previous must not reach the run's history.
         target = directory / snapshot_name(int(state["step"]))
-        target.unlink(missing_ok=True)
+        tmp_snapshot = directory / f".{target.name}.tmp"
         try:
-            os.link(latest, target)
-        except OSError:
-            shutil.copy2(latest, target)
+            shutil.copyfile(latest, tmp_snapshot)
+            os.replace(tmp_snapshot, target)
+        finally:
+            tmp_snapshot.unlink(missing_ok=True)
     return latest
 
 
@@ -127,8 +146,8 @@ def content_digest(state: Any) -> str:
 
 
 def _read(path: Path) -> dict[str, Any]:
-    # weights_only=False: the state holds numpy/python RNG tuples, and we wrote the file ourselves.
-    state = torch.load(path, map_location="cpu", weights_only=False)
+    with torch.serialization.safe_globals(SAFE_GLOBALS):
+        state = torch.load(path, map_location="cpu", weights_only=True)
     if not isinstance(state, dict) or any(key not in state for key in REQUIRED_KEYS):
         raise ValueError(f"{path.name} is not a gatscale checkpoint (missing keys)")
     stored = state.pop(DIGEST_KEY, None)
@@ -141,15 +160,15 @@ def _read(path: Path) -> dict[str, Any]:
 
 def load_latest(directory: Path) -> dict[str, Any] | None:
     """The newest verified checkpoint: latest, else previous, else the step snapshots newest
-    first (with a warning naming what was skipped), else None.
+    first (with a warning naming what was skipped); None when there is no checkpoint file.
 
-    A truncated, corrupt or damaged file is skipped, never fatal and never resumed from: losing
-    `ckpt_every` steps beats losing the run or training on from bad bytes.
+    A truncated, corrupt, damaged or foreign file is skipped and never resumed from: losing
+    `ckpt_every` steps beats training on from bad bytes. When files exist but none verifies,
+    raises NoVerifiedCheckpoint rather than let the caller silently start over.
     """
     snapshots = sorted(directory.glob("step-*.pt"), reverse=True) if directory.is_dir() else []
-    for path in [directory / LATEST, directory / PREVIOUS, *snapshots]:
-        if not path.is_file():
-            continue
+    tried = [path for path in [directory / LATEST, directory / PREVIOUS, *snapshots] if path.is_file()]
+    for path in tried:
         try:
             state = _read(path)
         except Exception as err:  # torch raises several types for a torn zip archive
@@ -158,6 +177,8 @@ def load_latest(directory: Path) -> dict[str, Any] | None:
         if path.name != LATEST:
             warnings.warn(f"resuming from {path} (step {state['step']}) because {LATEST} was missing or corrupt")
         return state
+    if tried:
+        raise NoVerifiedCheckpoint(tried)
     return None
 
 
@@ -165,7 +186,13 @@ def load_for_inference(run_dir: Path, step: int | None = None) -> dict[str, Any]
     """A run's checkpoint for sampling: the step snapshot if `step` is given, else the newest."""
     directory = Path(run_dir) / "checkpoints"
     if step is not None:
-        return _read(directory / snapshot_name(step))
+        path = directory / snapshot_name(step)
+        if not path.is_file():
+            raise FileNotFoundError(f"no checkpoint {path}")
+        try:
+            return _read(path)
+        except Exception as err:
+            raise NoVerifiedCheckpoint([path]) from err
     state = load_latest(directory)
     if state is None:
         raise FileNotFoundError(f"no readable checkpoint in {directory}")

@@ -16,7 +16,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from filelock import FileLock, Timeout
+
 from gat import __version__
+from gat.errors import UserError
 
 STATES = ("running", "completed", "diverged", "failed")
 FINAL_STATES = ("completed", "diverged")
@@ -29,6 +32,8 @@ STATUS = "status.json"
 STATS = "stats.jsonl"
 WANDB_ID = "wandb_id"
 SAMPLES = "samples"
+LOCK = "trainer.lock"
+LOCK_HOLDER = "trainer.lock.json"
 
 
 def utc_now() -> str:
@@ -68,11 +73,45 @@ def read_json(path: Path) -> Any | None:
         return None
 
 
-def write_status(run_dir: Path, state: str, step: int, reason: str | None = None) -> None:
-    """Record the run's state (`running|completed|diverged|failed`) at `step`."""
+def write_status(run_dir: Path, state: str, step: int, reason: str | None = None,
+                 checkpoint_step: int | None = None) -> None:
+    """Record the run's state (`running|completed|diverged|failed`) at `step`, and the step of
+    its last written checkpoint (what a resume starts from; absent when not known)."""
     if state not in STATES:
         raise ValueError(f"unknown state {state!r}")
-    write_json_atomic(run_dir / STATUS, {"state": state, "step": step, "reason": reason, "updated": utc_now()})
+    record = {"state": state, "step": step, "reason": reason, "updated": utc_now()}
+    if checkpoint_step is not None:
+        record["checkpoint_step"] = checkpoint_step
+    write_json_atomic(run_dir / STATUS, record)
+
+
+def lock_writer(run_dir: Path) -> FileLock:
+    """Take the run folder's writer lock (held by the OS until released or the process dies),
+    so two trainers never interleave one folder; refuse, naming the holder, when it is taken."""
+    lock = FileLock(run_dir / LOCK)
+    try:
+        lock.acquire(timeout=0)
+    except Timeout:
+        holder = read_json(run_dir / LOCK_HOLDER) or {}
+        raise UserError(
+            f"{run_dir} is being trained by another process (host {holder.get('host', '?')}, "
+            f"pid {holder.get('pid', '?')}, since {holder.get('since', '?')}); wait for it or use another --out folder"
+        ) from None
+    try:
+        write_json_atomic(run_dir / LOCK_HOLDER, {"host": socket.gethostname(), "pid": os.getpid(), "since": utc_now()})
+    except BaseException:
+        lock.release()
+        raise
+    return lock
+
+
+def set_aside(path: Path) -> Path | None:
+    """Rename a non-empty file to `<name>.<UTC time>` (never delete a run's history); return the new path."""
+    if not path.is_file() or path.stat().st_size == 0:
+        return None
+    target = path.with_name(f"{path.name}.{utc_now().replace(':', '')}")
+    os.replace(path, target)
+    return target
 
 
 def read_status(run_dir: Path) -> dict[str, Any] | None:

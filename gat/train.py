@@ -24,8 +24,11 @@ import copy
 import hashlib
 import json
 import math
+import os
 import resource
+import signal
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -509,17 +512,50 @@ class Reporter:
             self.wandb.finish(exit_code=0 if state in rundir.FINAL_STATES else 1)
 
 
-def run(config: RunConfig, run_dir: str | Path) -> str:
+class StopSignals:
+    """SIGTERM (SLURM before a preemption or the time limit), SIGUSR2 (submitit) and SIGINT are
+    noted, not obeyed at once: the loop finishes its step and checkpoints, then `die` ends the
+    process by the same signal, which the sweep job treats as requeue-able. Only for a single
+    process in the main thread: ranks of a multi-process run could stop at different steps."""
+
+    SIGNALS = (signal.SIGTERM, signal.SIGUSR2, signal.SIGINT)
+
+    def __init__(self, enabled: bool):
+        self.received: int | None = None
+        self._previous: dict[int, Any] = {}
+        if enabled and threading.current_thread() is threading.main_thread():
+            self._previous = {sig: signal.signal(sig, self._note) for sig in self.SIGNALS}
+
+    def _note(self, signum: int, frame: Any) -> None:
+        self.received = signum
+
+    def restore(self) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        self._previous = {}
+
+    def die(self) -> None:
+        """Exit by the signal received, with its default action (rc -N, i.e. 128+N in a shell)."""
+        self.restore()
+        signal.signal(self.received, signal.SIG_DFL)
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.kill(os.getpid(), self.received)
+
+
+def run(config: RunConfig, run_dir: str | Path, restart: bool = False) -> str:
     """Train (or resume) the run in `run_dir`; return its final state, `completed` or `diverged`.
 
     A finished run (`completed`/`diverged`) is left alone. An exception is recorded as `failed`
-    in status.json and re-raised. Under torchrun or a multi-task SLURM step every rank calls
-    this; only rank 0 writes.
+    in status.json and re-raised. Checkpoint files of which none verifies are refused
+    (NoVerifiedCheckpoint) unless `restart`, which starts over and sets the old stats aside.
+    A preemption signal checkpoints the step reached, then ends the process by that signal.
+    Under torchrun or a multi-task SLURM step every rank calls this; only rank 0 writes.
     """
     run_dir = Path(run_dir)
     where = distributed.init(resolve_device(config).type)
     try:
-        state = _run(config, run_dir, where)
+        state = _run(config, run_dir, where, restart)
         # Every rank has closed its logs before any tears the group down: a rank leaving while
         # another still talks to the store can abort the other (seen once in CI under gloo).
         distributed.barrier()
@@ -528,7 +564,7 @@ def run(config: RunConfig, run_dir: str | Path) -> str:
         distributed.shutdown()
 
 
-def _run(config: RunConfig, run_dir: Path, where: distributed.DistEnv) -> str:
+def _run(config: RunConfig, run_dir: Path, where: distributed.DistEnv, restart: bool) -> str:
     device = resolve_device(config, where.local_rank)
     status = check_run_dir(config, run_dir, where.is_main)
     if status is not None and status["state"] in rundir.FINAL_STATES:
@@ -536,10 +572,24 @@ def _run(config: RunConfig, run_dir: Path, where: distributed.DistEnv) -> str:
             print(f"{run_dir}: already {status['state']} at step {status['step']}; nothing to do")
         return status["state"]
     main = where.is_main
+    lock = None
     if main:
         run_dir.mkdir(parents=True, exist_ok=True)
+        lock = rundir.lock_writer(run_dir)
+    # Read before the try: a refusal here is the user's to decide, not a `failed` run.
+    try:
+        state = checkpoint.load_latest(run_dir / "checkpoints")
+    except checkpoint.NoVerifiedCheckpoint as err:
+        if not restart:
+            if lock is not None:
+                lock.release()
+            raise UserError(f"{err}; rerun with --restart to train {run_dir} again from step 0") from None
+        state = None
+        cli.say(f"warning: {err}; restarting from step 0", file=sys.stderr)
     t = config.train
     step, reporter, outcome = 0, None, "interrupted"
+    stop = StopSignals(where.world_size == 1)
+    durable = int(state["step"]) if state is not None else 0  # the last checkpoint written: where a resume starts
     try:
         if t.batch % where.world_size:
             raise ConfigError(f"train.batch={t.batch} is not divisible by the {where.world_size} ranks")
@@ -551,7 +601,6 @@ def _run(config: RunConfig, run_dir: Path, where: distributed.DistEnv) -> str:
         order = DataOrder(len(dataset), t.batch, config.seed)
         meter = Meter()
         wall_before = 0.0
-        state = checkpoint.load_latest(run_dir / "checkpoints")
         if state is not None:
             restore(nets, state, meter)
             step, wall_before = int(state["step"]), float(state["wall_s"])
@@ -561,8 +610,11 @@ def _run(config: RunConfig, run_dir: Path, where: distributed.DistEnv) -> str:
             repa_dim = nets.encoder.dim if nets.encoder is not None else None
             rundir.write_json_atomic(run_dir / rundir.MODEL, registry.describe(config, **dims, repa_dim=repa_dim))
             rundir.record_attempt(run_dir, device_name(device), step, torch.get_num_threads())
-            rundir.truncate_stats(run_dir, step)  # lines past the checkpoint are about to be redone
-            rundir.write_status(run_dir, "running", step)
+            if step:
+                rundir.truncate_stats(run_dir, step)  # lines past the checkpoint are about to be redone
+            elif moved := rundir.set_aside(run_dir / rundir.STATS):  # a run's history is never deleted
+                cli.say(f"warning: training from step 0; the old stats are kept in {moved}", file=sys.stderr)
+            rundir.write_status(run_dir, "running", step, checkpoint_step=durable)
         reporter = Reporter(config, run_dir, dataset, nets, device, step, main)
         step_generator = torch.Generator(device=device)
         started = time.perf_counter()
@@ -585,34 +637,45 @@ def _run(config: RunConfig, run_dir: Path, where: distributed.DistEnv) -> str:
             if bad:
                 reporter.log(step, meter, wall_s)
                 if main:
-                    rundir.write_status(run_dir, "diverged", step, f"non-finite {', '.join(bad)} at step {step}")
+                    rundir.write_status(run_dir, "diverged", step, f"non-finite {', '.join(bad)} at step {step}",
+                                        checkpoint_step=durable)
                 outcome = "diverged"
                 return outcome
             if step % t.log_every == 0 or is_eval:
                 reporter.log(step, meter, wall_s, previous)
-            if main and (step % t.ckpt_every == 0 or step == t.steps):
+            if main and (step % t.ckpt_every == 0 or step == t.steps or stop.received is not None):
                 state = training_state(nets, step, meter, wall_s, dims)
                 checkpoint.save(run_dir / "checkpoints", state, snapshot=step % t.snapshot_every == 0)
+                durable = step
                 # The recorded step follows the checkpoints, so a later failure to resume never
                 # reports less progress than a good checkpoint holds.
-                rundir.write_status(run_dir, "running", step)
+                rundir.write_status(run_dir, "running", step, checkpoint_step=durable)
             del previous
+            if stop.received is not None and step < t.steps:
+                cli.say(f"{run_dir}: signal {stop.received} at step {step}; checkpointed, stopping", file=sys.stderr)
+                reporter.close(outcome)
+                reporter = None
+                stop.die()
 
         if main:
-            rundir.write_status(run_dir, "completed", step)
+            rundir.write_status(run_dir, "completed", step, checkpoint_step=durable)
         outcome = "completed"
         return outcome
     except Exception as err:
         if main:
             try:
-                rundir.write_status(run_dir, "failed", step, f"{type(err).__name__}: {err}")
+                rundir.write_status(run_dir, "failed", step, f"{type(err).__name__}: {err}",
+                                    checkpoint_step=durable)
             except OSError as status_err:  # the disk that failed the run may refuse this too
                 err.add_note(f"status.json could not record the failure either: {status_err}")
         outcome = "failed"
         raise
     finally:  # also on KeyboardInterrupt/SystemExit, which leave the run `running` (resumable)
+        stop.restore()
         if reporter is not None:
             reporter.close(outcome)
+        if lock is not None:
+            lock.release()
 
 
 # ---------------------------------------------------------------------------------------------
@@ -638,6 +701,8 @@ def main(argv: list[str] | None = None) -> int:
                         help="override a config value, e.g. --set train.steps=100 (repeatable)")
     parser.add_argument("--device", help="auto | cpu | cuda[:N]; shorthand for --set device=...")
     parser.add_argument("--dry-run", action="store_true", help="print the resolved config and model summary, write nothing")
+    parser.add_argument("--restart", action="store_true",
+                        help="when no checkpoint of --out verifies, train again from step 0 (old stats.jsonl kept aside) instead of refusing")
     args = parser.parse_args(argv)
 
     def body() -> int:
@@ -650,7 +715,7 @@ def main(argv: list[str] | None = None) -> int:
             dry_run(config)
             return 0
         try:
-            state = run(config, Path(args.out))
+            state = run(config, Path(args.out), restart=args.restart)
         except OSError as err:  # a full disk, a read-only or unwritable folder: not a bug to trace
             err.add_note("the run stopped; free space or fix permissions, then rerun to resume from the last checkpoint")
             raise

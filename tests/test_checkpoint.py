@@ -24,6 +24,8 @@ def test_save_rotates_latest_to_previous_and_snapshots(tmp_path):
     assert torch.load(directory / "latest.pt", weights_only=False)["step"] == 2
     assert torch.load(directory / "previous.pt", weights_only=False)["step"] == 1
     assert torch.load(directory / "step-0000002.pt", weights_only=False)["step"] == 2
+    # A copy, not a hard link: damage to the rolling files cannot reach it (issue 20, defect 4).
+    assert (directory / "step-0000002.pt").stat().st_ino != (directory / "latest.pt").stat().st_ino
     checkpoint.save(directory, _state(3))
     # The snapshot is its own file: rotating latest away does not touch it.
     assert torch.load(directory / "step-0000002.pt", weights_only=False)["step"] == 2
@@ -53,8 +55,8 @@ def test_load_latest_falls_back_when_latest_is_missing(tmp_path):
 def test_load_latest_rejects_foreign_files_and_empty_folders(tmp_path):
     assert checkpoint.load_latest(tmp_path) is None
     torch.save({"not": "ours"}, tmp_path / "latest.pt")
-    with pytest.warns(UserWarning, match="missing keys"):
-        assert checkpoint.load_latest(tmp_path) is None
+    with pytest.warns(UserWarning, match="missing keys"), pytest.raises(checkpoint.NoVerifiedCheckpoint, match="latest.pt"):
+        checkpoint.load_latest(tmp_path)
 
 
 def test_rng_state_round_trip():
@@ -142,3 +144,22 @@ def test_failed_write_leaves_no_tmp_and_keeps_the_old_checkpoint(tmp_path, monke
     assert sorted(p.name for p in directory.iterdir()) == ["latest.pt"]
     monkeypatch.undo()
     assert checkpoint.load_latest(directory)["step"] == 1
+
+
+class _Planted:
+    """Unpickling this creates a marker file: what a hostile checkpoint could do instead."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_planted_checkpoint_never_runs_code(tmp_path):
+    marker = tmp_path / "pwned"
+    directory = tmp_path / "checkpoints"
+    torch.save({**_state(1), "G": _Planted(marker)}, directory.mkdir() or directory / "latest.pt")
+    with pytest.warns(UserWarning, match="unreadable"), pytest.raises(checkpoint.NoVerifiedCheckpoint, match="latest.pt"):
+        checkpoint.load_latest(directory)
+    assert not marker.exists()

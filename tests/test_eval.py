@@ -162,6 +162,21 @@ def test_dataset_stats_are_cached(tmp_path: Path, monkeypatch: pytest.MonkeyPatc
         dataset_stats(data, fmnist, num=30, seed=1)
 
 
+def test_a_damaged_cache_file_is_named_and_rebuilt(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmnist) -> None:
+    """Issue 20, defect 7: flipped bytes in $GATSCALE_CACHE/stats/*.npz failed every run (BadZipFile)."""
+    monkeypatch.setenv("GATSCALE_CACHE", str(tmp_path / "cache"))
+    data = random_image_shards(tmp_path / "shards")
+    mu, sigma = dataset_stats(data, fmnist, num=30, seed=0)
+    (cached,) = (tmp_path / "cache" / "stats").glob("*.npz")
+    raw = bytearray(cached.read_bytes())
+    raw[10:60] = bytes(b ^ 0xFF for b in raw[10:60])
+    cached.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match=f"cache file {cached}.*rebuilding"):
+        again = dataset_stats(data, fmnist, num=30, seed=0)
+    assert np.array_equal(again[0], mu) and np.array_equal(again[1], sigma)
+    assert np.array_equal(load_ref_stats(cached)[0], mu)  # the file itself was rebuilt
+
+
 def test_concurrent_dataset_stats_compute_once(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, fmnist) -> None:
     """Runs of a sweep that start together share one computation of the reference statistics."""
     monkeypatch.setenv("GATSCALE_CACHE", str(tmp_path / "cache"))

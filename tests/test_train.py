@@ -424,6 +424,7 @@ def test_a_full_disk_fails_the_run_cleanly_and_the_rerun_resumes(synthetic, tmp_
         gat.train.run(tiny_config(), run_dir)
     status = rundir.read_status(run_dir)
     assert status["state"] == "failed" and "No space left on device" in status["reason"] and status["step"] == 4
+    assert status["checkpoint_step"] == 2  # the last durable step, what a rerun resumes from
     assert not list(run_dir.rglob("*.tmp"))
     monkeypatch.setattr(checkpoint.torch, "save", real_save)
     assert gat.train.run(tiny_config(), run_dir) == "completed"  # resumes from the step-2 checkpoint
@@ -439,3 +440,138 @@ def test_an_unwritable_run_folder_is_one_error_line(synthetic, tmp_path, monkeyp
     assert gat.train.main([str(config), "--out", str(tmp_path / "run")]) == 1
     err = capsys.readouterr().err
     assert err.startswith("error: Read-only file system") and err.count("\n") == 1 and "Traceback" not in err
+
+
+# --------------------------------------------------------------------------------------------
+# Trust (issue 20): planted checkpoints, lost history, two writers, preemption signals
+
+
+def _zero_middle(path: Path) -> None:
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2 : len(data) // 2 + 4096] = bytes(4096)
+    path.write_bytes(bytes(data))
+
+
+def _write_config(tmp_path: Path, config) -> str:
+    path = tmp_path / "c.yaml"
+    path.write_text(yaml.safe_dump(to_dict(config)))
+    return str(path)
+
+
+def test_damaged_rolling_checkpoints_leave_the_snapshot_intact(synthetic, monkeypatch, tmp_path):
+    """Defect 4's reproduction: stop at a step, truncate latest.pt, damage previous.pt."""
+    config = tiny_config()
+    gat.train.run(config, tmp_path / "straight")
+    run_dir = tmp_path / "resumed"
+    run_until_checkpoint(monkeypatch, config, run_dir, stop_step=4)
+    folder = run_dir / "checkpoints"
+    (folder / "latest.pt").write_bytes((folder / "latest.pt").read_bytes()[:100])
+    _zero_middle(folder / "previous.pt")
+    with pytest.warns(UserWarning, match="step-0000004.pt"):
+        assert gat.train.run(config, run_dir) == "completed"
+    assert_same_training_state(tmp_path / "straight", run_dir)
+
+
+def test_no_verifying_checkpoint_is_refused_and_stats_are_kept(synthetic, monkeypatch, tmp_path, capsys):
+    config = tiny_config()
+    run_dir = tmp_path / "run"
+    run_until_checkpoint(monkeypatch, config, run_dir, stop_step=4)
+    stats = (run_dir / "stats.jsonl").read_text()
+    folder = run_dir / "checkpoints"
+    for name in ("latest.pt", "previous.pt", "step-0000004.pt"):
+        _zero_middle(folder / name)
+    path = _write_config(tmp_path, config)
+    with pytest.warns(UserWarning):
+        assert gat.train.main([path, "--out", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: no checkpoint verifies") and "--restart" in err[0]
+    assert all(name in err[0] for name in ("latest.pt", "previous.pt", "step-0000004.pt"))
+    assert (run_dir / "stats.jsonl").read_text() == stats and rundir.read_status(run_dir)["state"] == "running"
+    with pytest.warns(UserWarning):
+        assert gat.train.main([path, "--out", str(run_dir), "--restart"]) == 0
+    assert rundir.read_status(run_dir)["state"] == "completed"
+    kept = list(run_dir.glob("stats.jsonl.*"))
+    assert len(kept) == 1 and kept[0].read_text() == stats  # the old history set aside, not deleted
+
+
+def test_a_planted_checkpoint_does_not_run_code_in_sample(synthetic, tmp_path, capsys):
+    """Defect 3's reproduction: a pickle that would act when loaded, as the only checkpoint."""
+    run_dir = tmp_path / "run"
+    gat.train.run(tiny_config(), run_dir)
+    marker = tmp_path / "pwned"
+    for path in (run_dir / "checkpoints").iterdir():
+        path.unlink()
+    torch.save({"step": 6, "G": Planted(marker)}, run_dir / "checkpoints" / "latest.pt")
+    with pytest.warns(UserWarning, match="unreadable"):
+        assert gat.sample.main([str(run_dir), "--out", str(tmp_path / "s.npz"), "--num", "4", "--device", "cpu"]) == 2
+    assert not marker.exists()
+    assert "error: no checkpoint verifies" in capsys.readouterr().err
+
+
+class Planted:
+    """Unpickling this creates a file (what a hostile checkpoint could do instead)."""
+
+    def __init__(self, marker: Path):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (open, (self.marker, "w"))
+
+
+def test_a_second_writer_is_refused_naming_the_holder(synthetic, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    holder = rundir.lock_writer(run_dir)  # as a running trainer holds it
+    try:
+        code = gat.train.main([_write_config(tmp_path, tiny_config()), "--out", str(run_dir)])
+    finally:
+        holder.release()
+    err = capsys.readouterr().err
+    assert code == 2 and err.startswith("error:") and f"pid {os.getpid()}" in err
+    assert not (run_dir / "status.json").exists()
+
+
+TRUST_OVERRIDES = ("train.steps=16", "train.ckpt_every=100", "train.log_every=2", "eval.every=100",
+                   "eval.extractor=none", "train.batch=8", "logging.wandb=off", "model.width=8")
+
+
+def _start_and_wait_for_step(run_dir: Path, step: int) -> subprocess.Popen:
+    process = subprocess.Popen(_cli(run_dir, *TRUST_OVERRIDES), env=CHILD_ENV, cwd=ROOT,
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 600
+    while time.time() < deadline and process.poll() is None:
+        if any(r["step"] >= step for r in rundir.read_stats(run_dir)):
+            break
+        time.sleep(0.05)
+    assert process.poll() is None, "the run finished before the test could act"
+    return process
+
+
+@pytest.mark.slow
+def test_two_trainer_processes_on_one_folder(tmp_path):
+    run_dir = tmp_path / "run"
+    first = _start_and_wait_for_step(run_dir, 2)
+    second = subprocess.run(_cli(run_dir, *TRUST_OVERRIDES), env=CHILD_ENV, cwd=ROOT, capture_output=True,
+                            text=True, timeout=900)
+    first.kill()
+    first.wait()
+    assert second.returncode == 2 and f"pid {first.pid}" in second.stderr, second.stderr[-2000:]
+    assert second.stderr.strip().splitlines()[-1].startswith("error:")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGUSR2, signal.SIGINT])
+def test_a_signal_checkpoints_the_step_reached_and_resumes_bitwise(tmp_path, sig):
+    straight, stopped = tmp_path / "straight", tmp_path / "stopped"
+    subprocess.run(_cli(straight, *TRUST_OVERRIDES), env=CHILD_ENV, cwd=ROOT, check=True, capture_output=True,
+                   timeout=900)
+    process = _start_and_wait_for_step(stopped, 4)
+    process.send_signal(sig)
+    _, err = process.communicate(timeout=600)
+    assert process.returncode == -sig, err[-2000:]  # what sweeps.job treats as requeue-able
+    status = rundir.read_status(stopped)
+    held = torch.load(stopped / "checkpoints" / "latest.pt", weights_only=False)["step"]
+    assert status["state"] == "running" and 4 <= held == status["step"] == status["checkpoint_step"] < 16
+    subprocess.run(_cli(stopped, *TRUST_OVERRIDES), env=CHILD_ENV, cwd=ROOT, check=True, capture_output=True,
+                   timeout=900)
+    assert_same_training_state(straight, stopped)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gat.cache import cache_root, exclusive
+from gat.cache import cache_root, exclusive, intact, seal
 from gat.data.dataset import LatentDataset
 from gat.eval.features import FeatureExtractor
 
@@ -221,8 +221,10 @@ def dataset_stats(
 
     if not cache:
         return compute()
-    if not path.is_file():
+    # Verified on every use: one damaged file would otherwise fail every run of a sweep.
+    if not intact(path):
         with exclusive(path, "computing reference statistics"):
-            if not path.is_file():  # the process we waited for may have written it
+            if not intact(path, warn=False):  # whoever we waited for may have rebuilt it
                 save_stats(path, *compute())
+                seal(path)
     return load_ref_stats(path)
