@@ -17,6 +17,7 @@ jobs run with `python -m` (default `gat.train`; tests use a stub).
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import subprocess
@@ -164,6 +165,35 @@ def dry_run_table(plan: Plan, rows: list[tuple[PlannedRun, RunStatus, str, resou
     return "\n".join(lines)
 
 
+def _plan_row(run: PlannedRun, estimate: resources.Estimate) -> dict[str, Any]:
+    """One run of `--dry-run --json`: identity, budget, solved steps, size and cost."""
+    flops = _estimated_flops(run) or None
+    return {"run_id": run.run_id, "name": run.name, "budget": run.budget, "train_flops": flops,
+            "steps": run.flat["train.steps"], "eval_every": run.flat["eval.every"],
+            "device_hours": costs.device_hours(flops, estimate),
+            **{key: run.flat[key] for key in ("model.width", "model.depth", "model.heads", "model.patch", "seed")}}
+
+
+def budget_table(plan: Plan, runs: list[PlannedRun], estimate: resources.Estimate) -> str:
+    """The isoFLOP part of --dry-run: per budget its sizes, solved steps, achieved FLOPs (and
+    their miss) and estimated time; then the dropped cells with their reasons."""
+    lines = ["", f"{'budget':>9} {'size':<16} {'steps':>8} {'train FLOPs':>11} {'miss':>7} {'hours':>7}  runs"]
+    cells: dict[tuple[float, str], list[PlannedRun]] = {}
+    for run in runs:
+        size = "-".join(f"{k[6]}{run.flat[k]}" for k in ("model.width", "model.depth", "model.heads", "model.patch"))
+        cells.setdefault((run.budget, size), []).append(run)
+    for (budget, size), group in sorted(cells.items(), key=lambda item: (item[0][0], -item[1][0].flat["train.steps"])):
+        flops = _estimated_flops(group[0])
+        hours = costs.device_hours(flops, estimate)
+        lines.append(f"{budget:9.2e} {size:<16} {group[0].flat['train.steps']:>8} {flops:11.3e} "
+                     f"{flops / budget - 1:+7.2%} {_fmt(hours and hours * len(group), '7.2f')}  {len(group)}")
+    total = sum(costs.device_hours(_estimated_flops(r), estimate) or 0.0 for r in runs)
+    lines.append(f"{len(cells)} cells, {len(runs)} runs, about {total:.2f} device-hours in all (runs one at a time)")
+    for budget, coords, reason in plan.dropped:
+        lines.append(f"dropped: budget {budget:.2e}, {', '.join(f'{k}={v}' for k, v in coords.items())}: {reason}")
+    return "\n".join(lines)
+
+
 def build_jobs(kind: str, runs: list[PlannedRun], spec: GridSpec, common: dict[str, Any]) -> list[RunJob]:
     """SLURM: one job (array task) per run. Local: `array_parallelism` workers sharing the list
     (each starts at a different offset and claims runs by lease). Debug: one job for all.
@@ -201,7 +231,12 @@ def launch(args: argparse.Namespace) -> int:
         in_queue = run.run_id in queued and not cancel_requested(run.dir)
         rows.append((run, status, decide(status.state, in_queue, args.rerun_failed), res))
     if args.dry_run:
+        if args.json:
+            print(json.dumps([_plan_row(run, estimate) for run, _, _, _ in rows], indent=1))
+            return 0
         print(dry_run_table(plan, rows, estimate))
+        if spec.budgets is not None:
+            print(budget_table(plan, [run for run, _, _, _ in rows], estimate))
         return 0
 
     kind = executors.resolve_kind(spec.executor.kind)
@@ -313,6 +348,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--set", action="append", metavar="KEY=VALUE", help="override for every point (repeatable)")
     p.add_argument("--only", metavar="REGEX", help="only runs whose name or id matches")
     p.add_argument("--dry-run", action="store_true", help="print the plan with costs; submit and write nothing")
+    p.add_argument("--json", action="store_true", help="with --dry-run: the plan as JSON, one object per run")
     p.add_argument("--rerun-failed", action="store_true", help="also rerun runs whose state is failed")
     p.add_argument("--executor", choices=("auto", "slurm", "local", "debug"), help="override executor.kind")
     p.add_argument("--parallelism", type=int, help="jobs in flight at once (overrides executor.array_parallelism)")

@@ -31,7 +31,7 @@ from gat import config as gat_config
 from gat.sizes import parse_size
 from sweeps import lease as leases
 from sweeps import manifest
-from sweeps.spec import GridSpec, Point, expand
+from sweeps.spec import GridError, GridSpec, Point, expand
 
 COSMETIC = gat_config.COSMETIC_KEYS
 ID_LENGTH = 8
@@ -63,6 +63,7 @@ class PlannedRun:
     flat: dict[str, Any]
     dir: Path
     group: str
+    budget: float | None = None  # the isoFLOP budget it was solved for (None: a grid without budgets)
 
     def wandb_context(self) -> dict[str, Any]:
         """The cosmetic logging keys the sweep adds to the run's config (see `wandb_context`)."""
@@ -81,6 +82,7 @@ class Plan:
     sweep_dir: Path
     runs: list[PlannedRun]
     merged: int = 0  # points whose effective config duplicated an earlier point
+    dropped: list[tuple[float, dict[str, Any], str]] = dataclasses.field(default_factory=list)  # (budget, coords, why)
 
 
 @dataclass
@@ -235,7 +237,8 @@ def make_plan(spec: GridSpec, sweep_dir: Path) -> Plan:
     seen: dict[str, PlannedRun] = {}
     merged = 0
     point: Point
-    for point in expand(spec):
+    dropped: list[tuple[float, dict[str, Any], str]] = []
+    for point, budget in _budget_points(spec, start, dropped):
         flat = normalise(start, point.overrides)
         rid = run_id(flat)
         if rid in seen and run_identity(seen[rid].flat) != run_identity(flat):
@@ -245,11 +248,46 @@ def make_plan(spec: GridSpec, sweep_dir: Path) -> Plan:
         if rid in seen:
             merged += 1
             continue
-        name = run_name(flat, spec.axes, rid)
+        name = run_name(flat, spec.axes + (["train.steps"] if budget else []), rid)
         if folders.get(rid, name) != name and not (runs_dir / name).is_dir():
             name = folders[rid]
-        seen[rid] = PlannedRun(rid, name, point.coords, point.overrides, flat, runs_dir / name, spec.name)
-    return Plan(spec=spec, sweep_dir=Path(sweep_dir), runs=list(seen.values()), merged=merged)
+        seen[rid] = PlannedRun(rid, name, point.coords, point.overrides, flat, runs_dir / name, spec.name, budget)
+    return Plan(spec=spec, sweep_dir=Path(sweep_dir), runs=list(seen.values()), merged=merged, dropped=dropped)
+
+
+def _budget_points(spec: GridSpec, start: dict[str, Any],
+                   dropped: list[tuple[float, dict[str, Any], str]]) -> list[tuple[Point, float | None]]:
+    """The grid's points, each with its budget: as expanded without `budgets:`, else one point per
+    (budget, point) with `train.steps` solved to the budget and `eval.every` following it. Cells
+    the grid's limits cannot meet go to `dropped` with the reason."""
+    points = expand(spec)
+    if spec.budgets is None:
+        return [(point, None) for point in points]
+    from sweeps import costs  # costs imports this module; the model package loads only for isoFLOP grids
+
+    b = spec.budgets
+    out = []
+    for budget in b.flops:
+        for point in points:
+            flat = normalise(start, point.overrides)
+            stats = costs.model_stats(flat)
+            if stats is None:
+                raise GridError("budgets: counting a size's FLOPs needs gat.models (install torch)")
+            per_step = costs.training_flops({**flat, "train.steps": 1}, stats)
+            steps = max(1, round(budget / per_step))
+            miss = steps * per_step / budget - 1
+            reason = (f"needs {steps} steps < budgets.min_steps={b.min_steps}" if steps < b.min_steps
+                      else f"needs {steps} steps > budgets.max_steps={b.max_steps}" if steps > b.max_steps
+                      else f"nearest step count misses the budget by {miss:+.1%} (tolerance {b.tolerance:g})"
+                      if abs(miss) > b.tolerance else None)
+            if reason:
+                dropped.append((budget, point.coords, reason))
+                continue
+            solved = {"train.steps": steps, "eval.every": -(-steps // b.eval_count)}
+            out.append((Point(point.coords, {**point.overrides, **solved}), budget))
+    if not out:
+        raise GridError("budgets: every (budget, size) cell was dropped: " + dropped[0][2])
+    return out
 
 
 def read_status(run_dir: Path, stale_s: float, now: float | None = None) -> RunStatus:

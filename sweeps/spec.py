@@ -14,6 +14,10 @@ include: [{model.width: [32, 64]}]   # keep only points matching one entry (opti
 exclude: [{model.width: 64, seed: 1}] # drop points matching any entry
 resources: {...}                # see sweeps.resources
 executor: {...}                 # see ExecutorSpec
+budgets:                        # isoFLOP grid (optional): steps solved per point, see BudgetSpec
+  flops: [1e13, 3e13]
+  tolerance: 0.01
+  eval_count: 8
 ```
 
 A filter entry maps keys to a value, a list of allowed values, or a comparison string
@@ -35,7 +39,7 @@ from gat import config as gat_config
 from gat.errors import UserError
 
 BUNDLED = Path(__file__).resolve().parent / "configs"
-SECTIONS = ("name", "base", "set", "axes", "zip", "include", "exclude", "resources", "executor")
+SECTIONS = ("name", "base", "set", "axes", "zip", "include", "exclude", "resources", "executor", "budgets")
 EXECUTOR_KINDS = ("auto", "slurm", "local", "debug")
 _COMPARISON = re.compile(r"^\s*(<=|>=|<|>|==|!=)\s*(\S+)\s*$")
 
@@ -67,6 +71,20 @@ class ExecutorSpec:
 
 
 @dataclass
+class BudgetSpec:
+    """An isoFLOP grid: every point is trained once per budget in `flops`, its `train.steps`
+    solved so that its training FLOPs (as `gat.flops` counts them) lie within `tolerance` (a
+    fraction) of the budget. A cell needing fewer than `min_steps` or more than `max_steps` is
+    dropped. Each run evaluates `eval_count` times (`eval.every` follows the steps)."""
+
+    flops: list[float]
+    tolerance: float = 0.01
+    min_steps: int = 100
+    max_steps: int = 1_000_000
+    eval_count: int = 8
+
+
+@dataclass
 class GridSpec:
     """A parsed grid file. `base` is the trainer config as plain nested data; `fixed` holds the
     `set:` overrides; `groups` are the product factors, each a list of {dotted key: value}."""
@@ -83,6 +101,7 @@ class GridSpec:
     exclude: list[dict[str, Any]]
     resources: dict[str, Any]
     executor: ExecutorSpec
+    budgets: BudgetSpec | None = None
 
 
 @dataclass(frozen=True)
@@ -173,7 +192,7 @@ def parse_grid(
         name=name, path=path, text=text if text is not None else yaml.safe_dump(data, sort_keys=False),
         base=base, base_source=base_source, fixed=fixed, groups=groups, axes=axes,
         include=include, exclude=exclude, resources=_mapping(data.get("resources"), "resources"),
-        executor=_executor(data.get("executor")),
+        executor=_executor(data.get("executor")), budgets=_budgets(data.get("budgets"), fixed, axes),
     )
 
 
@@ -341,6 +360,38 @@ def _load_base(base: Any, grid_path: Path | None) -> tuple[dict[str, Any], str]:
         return gat_config.read_yaml_file(source) or {}, str(source)
     except gat_config.ConfigError as err:
         raise GridError(f"base: {err}") from err
+
+
+def _budgets(value: Any, fixed: dict[str, Any], axes: list[str]) -> BudgetSpec | None:
+    """The `budgets:` section checked: positive budgets, a tolerance in (0, 1), sane step limits,
+    and no `train.steps` or `eval.every` elsewhere (the planner sets both)."""
+    if value is None:
+        return None
+    rest = dict(_mapping(value, "budgets"))
+    flops = rest.pop("flops", None)
+    try:
+        # YAML 1.1 reads `1e13` (no dot) as a string, so numbers are taken from text as well
+        flops = [float(f) for f in flops if not isinstance(f, bool)] if isinstance(flops, list) else []
+    except (TypeError, ValueError):
+        flops = []
+    if not flops or min(flops) <= 0 or len(flops) != len(value["flops"]):
+        raise GridError(f"budgets.flops: expected a non-empty list of positive FLOP counts, got {value.get('flops')!r}")
+    try:
+        spec = gat_config.build_dataclass(BudgetSpec, {**rest, "flops": []}, "budgets")
+    except gat_config.ConfigError as err:
+        raise GridError(str(err)) from err
+    spec.flops = sorted(set(flops))
+    if not 0 < spec.tolerance < 1:
+        raise GridError(f"budgets.tolerance must be a fraction in (0, 1), got {spec.tolerance!r}")
+    if not 1 <= spec.min_steps <= spec.max_steps:
+        raise GridError(f"budgets.min_steps and budgets.max_steps need 1 <= min_steps <= max_steps, "
+                        f"got {spec.min_steps} and {spec.max_steps}")
+    if spec.eval_count < 1:
+        raise GridError(f"budgets.eval_count must be >= 1, got {spec.eval_count}")
+    for key in ("train.steps", "eval.every"):
+        if key in fixed or key in axes:
+            raise GridError(f"budgets: {key} is solved from the budget; remove it from set/axes/zip")
+    return spec
 
 
 def _executor(value: Any) -> ExecutorSpec:

@@ -15,7 +15,7 @@ from gat import config as gat_config
 from sweeps import executors, launch, lease, manifest
 from sweeps.plan import flatten, make_plan, read_status, read_statuses, run_id
 from sweeps.resources import Resources, parse, resolve
-from sweeps.spec import ExecutorSpec, expand, load_grid, parse_grid, point_config
+from sweeps.spec import ExecutorSpec, GridError, expand, load_grid, parse_grid, point_config
 
 GOLDEN = Path(__file__).parent / "golden"
 BASE = {"model": {"width": 32, "depth": 4, "heads": 2}, "train": {"steps": 10, "base_lr": 1e-4}}
@@ -217,3 +217,44 @@ def test_two_concurrent_manifest_writers_lose_nothing(tmp_path):
     jobs = [j["job_id"] for j in manifest.read(tmp_path)["jobs"]]
     assert sorted(jobs) == sorted(f"{w}-{i}" for w in range(2) for i in range(40))
     assert not list(tmp_path.glob("*.tmp"))
+
+
+def test_isoflop_grid_solves_steps_to_the_budget(capsys):
+    """Issue 22's acceptance: every cell of the bundled isoFLOP ladder within 1% of its budget,
+    eval cadence following the steps, cells out of the step limits dropped with the reason, ids
+    stable, and --dry-run --json one object per run."""
+    from sweeps import costs
+
+    spec = load_grid("isoflop_cpu.yaml")
+    plan = make_plan(spec, Path("x"))
+    assert len(spec.budgets.flops) >= 4 and max(spec.budgets.flops) / min(spec.budgets.flops) >= 10 ** 1.5
+    for budget in spec.budgets.flops:
+        sizes = {(r.flat["model.width"], r.flat["model.depth"]) for r in plan.runs if r.budget == budget}
+        assert 4 <= len(sizes) <= 6 and len({d for _, d in sizes}) > 1
+    for run in plan.runs:
+        flops = costs.training_flops(run.flat, costs.model_stats(run.flat))
+        assert abs(flops / run.budget - 1) <= 0.01
+        assert spec.budgets.min_steps <= run.flat["train.steps"] <= spec.budgets.max_steps
+        assert run.flat["eval.every"] == -(-run.flat["train.steps"] // spec.budgets.eval_count)
+    assert plan.dropped and all("steps" in reason for _, _, reason in plan.dropped)
+    assert [r.run_id for r in make_plan(load_grid("isoflop_cpu.yaml"), Path("y")).runs] == [r.run_id for r in plan.runs]
+    assert launch.main(["isoflop_cpu.yaml", "--dry-run", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    assert len(rows) == len(plan.runs) and {"run_id", "budget", "train_flops", "steps", "model.width", "model.depth"} <= set(rows[0])
+    assert launch.main(["isoflop_cpu.yaml", "--dry-run"]) == 0
+    assert "dropped: budget" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("budgets, message", [
+    ({"flops": []}, "budgets.flops"), ({"flops": [1e12], "tolerance": 2}, "budgets.tolerance"),
+    ({"flops": [1e12], "min_steps": 10, "max_steps": 5}, "budgets.min_steps"),
+    ({"flops": [1e12], "colour": 1}, "budgets.colour"),
+])
+def test_bad_budgets_name_the_key(budgets, message):
+    with pytest.raises(GridError, match=message):
+        parse_grid({"axes": {"seed": [0]}, "budgets": budgets})
+
+
+def test_budgets_refuse_fixed_steps():
+    with pytest.raises(GridError, match="train.steps"):
+        parse_grid({"set": {"train.steps": 10}, "axes": {"seed": [0]}, "budgets": {"flops": [1e12]}})
