@@ -72,6 +72,7 @@ class BootstrapFit:
     seed: int
     n_runs: int
     samples: np.ndarray = field(repr=False)
+    ci_missing: dict[str, str] = field(default_factory=dict)  # parameter -> why its CI is not given
 
     def band(self, x: np.ndarray, level: float | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Pointwise percentile band of the fitted curve at ``x``."""
@@ -83,7 +84,7 @@ class BootstrapFit:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields: the fit, the CIs, the bootstrap settings."""
-        out = {"fit": self.fit.to_dict(), "ci": {k: list(v) for k, v in self.ci.items()}}
+        out = {"fit": self.fit.to_dict(), "ci": {k: list(v) for k, v in self.ci.items()}, "ci_missing": self.ci_missing}
         out.update(level=self.level, n_resamples=self.n_resamples, n_failed=self.n_failed,
                    seed=self.seed, resampled_unit="run", n_runs=self.n_runs)
         return to_jsonable(out)
@@ -185,7 +186,34 @@ def bootstrap_power_law(
             ci[name] = (float(np.percentile(samples_arr[:, k], tail)), float(np.percentile(samples_arr[:, k], 100 - tail)))
         else:
             ci[name] = (math.nan, math.nan)
-    return BootstrapFit(full, ci, level, n_resamples, n_resamples - len(samples_arr), seed, len(labels), samples_arr)
+    fitted = {name: ci[name] for name in PARAMS[:needed]}  # c is fixed at 0 without the irreducible term
+    missing = degenerate_intervals(fitted, len(np.unique(reduce(x, y)[0])), needed, len(samples_arr))
+    ci.update({name: (math.nan, math.nan) for name in missing})
+    return BootstrapFit(full, ci, level, n_resamples, n_resamples - len(samples_arr), seed, len(labels),
+                        samples_arr, missing)
+
+
+def degenerate_intervals(ci: dict[str, tuple[float, float]], n_distinct: int, n_params: int,
+                         n_samples: int) -> dict[str, str]:
+    """The intervals the data cannot support, each with the reason: no resample could be fitted,
+    as few distinct x as the law has parameters (every resample draws the same exact curve), or
+    a zero-width interval."""
+    reasons = {}
+    for name, (low, high) in ci.items():
+        if n_samples == 0:
+            reasons[name] = "no bootstrap resample could be fitted"
+        elif n_distinct <= n_params:
+            reasons[name] = f"{n_distinct} distinct x values for {n_params} parameters: the curve passes through every point"
+        elif not high - low > 1e-9 * max(1.0, abs(low), abs(high)):
+            reasons[name] = "zero-width interval: every resample gave the same value"
+    return reasons
+
+
+def ci_text(ci: tuple[float, float], missing: str | None, level: float, number: Callable[[float], str]) -> str:
+    """"95% CI low to high", or "no CI: <why>" for an interval the data cannot support."""
+    if missing:
+        return f"no {round(level * 100)}% CI: {missing}"
+    return f"{round(level * 100)}% CI {number(ci[0])} to {number(ci[1])}"
 
 
 def frontier_arrays(x: np.ndarray, y: np.ndarray) -> tuple[np.ndarray, np.ndarray]:

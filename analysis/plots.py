@@ -20,7 +20,7 @@ import seaborn as sns
 from matplotlib import ticker
 from scipy import stats
 
-from analysis.fit import BootstrapFit
+from analysis.fit import BootstrapFit, ci_text
 from gat.metric_names import metric_label
 
 DPI = 150
@@ -223,7 +223,7 @@ def law_text(fit: BootstrapFit, metric: str, x: str) -> str:
     name, x_name = metric_name(metric), X_SYMBOLS.get(x, x)
     law = f"{name} = a·{x_name}^(−b) + c" if fit.fit.irreducible else f"{name} ∝ {x_name}^(−b)"
     text = (f"{law}, b = {number(fit.fit.b)} "
-            f"({round(fit.level * 100)}% CI {number(low)} to {number(high)})")
+            f"({ci_text((low, high), fit.ci_missing.get('b'), fit.level, number)})")
     return text + (f", c = {fit.fit.c:.3g}" if fit.fit.irreducible else "")
 
 

@@ -2,13 +2,14 @@
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 import pandas as pd
 import pytest
 
 from analysis.fit import (
-    bootstrap_power_law, fit_power_law, frontier, frontier_arrays, holdout, log_pearson, residuals,
+    bootstrap_power_law, ci_text, fit_power_law, frontier, frontier_arrays, holdout, log_pearson, residuals,
 )
 
 # Bootstrap CIs are percentiles: 400 resamples pin a 95% interval well enough for a test
@@ -122,3 +123,15 @@ def test_results_serialise_to_json() -> None:
     assert set(blob["boot"]["ci"]) == {"a", "b", "c"} and "samples" not in blob["boot"]
     short = fit_power_law([1.0, 2.0], [3.0, 2.0]).to_dict()
     assert short["r"] is None  # NaN → null
+
+
+def test_two_runs_give_no_interval_not_a_zero_width_one() -> None:
+    """Issue 22: two runs made every resample draw the same line, printed as
+    "b = 0.3219 [95% CI 0.3219 to 0.3219]"; the interval is now reported missing with the reason."""
+    boot = bootstrap_power_law(np.array([1.0, 4.0]), np.array([100.0, 64.0]), np.array(["a", "b"]), n_resamples=50)
+    assert math.isnan(boot.ci["b"][0]) and "distinct x" in boot.ci_missing["b"]
+    assert "no 95% CI" in ci_text(boot.ci["b"], boot.ci_missing.get("b"), boot.level, str)
+    x = np.repeat([1.0, 2, 4, 8, 16], 2)
+    y = 100 * x ** -0.3 * np.exp(np.random.default_rng(0).normal(0, 0.05, x.size))
+    normal = bootstrap_power_law(x, y, np.arange(x.size), n_resamples=50)
+    assert not normal.ci_missing and normal.ci["b"][0] < normal.ci["b"][1]
