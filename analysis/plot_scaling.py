@@ -86,13 +86,8 @@ def exclusion_records(excluded: pd.DataFrame, metric: str) -> list[dict[str, Any
 
 def analyse(study: Study, out: Path, n_resamples: int, seed: int, irreducible: bool = False) -> dict[str, Any]:
     """Fit, plot and write the report files; returns the content of fit.json."""
+    check_fittable(study, irreducible)
     used, excluded, metric, x = study.used, study.excluded, study.metric, study.x
-    needed = 3 if irreducible else 2  # free parameters of the law
-    if used[x].nunique() < needed:
-        raise AnalysisError(
-            f"need completed runs at {needed} or more distinct {x} values with a {metric} value to fit, "
-            f"got {used[x].nunique()} ({len(excluded)} run(s) excluded)"
-        )
     plots.apply_style()
     final_fit = fitting.bootstrap_power_law(used[x], used[metric], used["run_id"], n_resamples=n_resamples, seed=seed,
                                             irreducible=irreducible)
@@ -140,6 +135,24 @@ def analyse(study: Study, out: Path, n_resamples: int, seed: int, irreducible: b
     save_table(study.table, out / "results.parquet")
     (out / "report.md").write_text(report(study, result["summary"], figures, out))
     return result
+
+
+def check_fittable(study: Study, irreducible: bool = False) -> None:
+    """Refuse, before any folder is written, data that no power law can be fitted to."""
+    used, metric, x = study.used, study.metric, study.x
+    needed = 3 if irreducible else 2  # free parameters of the law
+    if used[x].nunique() < needed:
+        raise AnalysisError(
+            f"need completed runs at {needed} or more distinct {x} values with a {metric} value to fit, "
+            f"got {used[x].nunique()} ({len(study.excluded)} run(s) excluded)"
+        )
+    for column in (x, metric):
+        # A log-log fit needs positive normal numbers: a subnormal like 1e-320 overflows its inverse.
+        bad = used[~(pd.to_numeric(used[column], errors="coerce") >= sys.float_info.min)]
+        if len(bad):
+            row = bad.iloc[0]
+            raise AnalysisError(f"{column}={row[column]} (run {row['run_id']}) is not a positive normal "
+                                f"number: a log-log fit cannot use it")
 
 
 def frontier_problem(front: pd.DataFrame, irreducible: bool = False) -> str:
@@ -279,6 +292,7 @@ def main(argv: list[str] | None = None) -> int:
 def _report(args: argparse.Namespace) -> int:
     study = load_study(args)  # before anything is written: bad input leaves no folder behind
     out = args.out or default_out(args.table or args.results[0], args.table is not None or study.table.attrs["committed"])
+    check_fittable(study, args.irreducible)
     out.mkdir(parents=True, exist_ok=True)
     result = analyse(study, out, args.bootstrap, args.seed, args.irreducible)
     final = result["final"]

@@ -122,3 +122,26 @@ def test_fid_warns_when_resolutions_differ(tmp_path: Path, capsys: pytest.Captur
     assert "64x64" in captured.err and captured.out.startswith("FID ")
     assert fid.main([str(small), str(small), "--device", "cpu"]) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+COMMITTED_TABLE = Path(__file__).resolve().parents[1] / "results" / "scaling_cpu" / "analysis" / "results.csv"
+
+
+@pytest.mark.parametrize("case,message", [("subnormal", "fd_fmnist=1e-320"), ("one_run", "2 or more distinct gflops")])
+def test_plot_scaling_refuses_unfittable_tables_before_the_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                                                  case: str, message: str) -> None:
+    """A final FD of 1e-320 raised OverflowError, and one run left an empty analysis folder."""
+    import pandas as pd
+
+    from analysis import plot_scaling
+
+    table = pd.read_csv(COMMITTED_TABLE)
+    if case == "subnormal":
+        table.loc[table.groupby("run_id")["step"].idxmax().iloc[0], "fd_fmnist"] = 1e-320
+    else:
+        table = table[table["run_id"] == table["run_id"].iloc[0]]
+    csv, out = tmp_path / "table.csv", tmp_path / "out"
+    table.to_csv(csv, index=False)
+    assert plot_scaling.main(["--table", str(csv), "--out", str(out)]) == 2
+    _one_error_line(capsys, message)
+    assert not out.exists()
