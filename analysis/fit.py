@@ -84,7 +84,9 @@ class BootstrapFit:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready fields: the fit, the CIs, the bootstrap settings."""
-        out = {"fit": self.fit.to_dict(), "ci": {k: list(v) for k, v in self.ci.items()}, "ci_missing": self.ci_missing}
+        out = {"fit": self.fit.to_dict(), "ci": {k: list(v) for k, v in self.ci.items()}}
+        if self.ci_missing:  # only then: a fit whose intervals all stand reads as before
+            out["ci_missing"] = self.ci_missing
         out.update(level=self.level, n_resamples=self.n_resamples, n_failed=self.n_failed,
                    seed=self.seed, resampled_unit="run", n_runs=self.n_runs)
         return to_jsonable(out)

@@ -299,7 +299,7 @@ def _report(args: argparse.Namespace) -> int:
     low, high = final["ci"]["b"]
     # the fit is metric = a * x^(-b) (+ c): b > 0 means the metric falls as x grows
     say(f"{study.metric} vs {study.x}: {study.metric} ∝ {study.x}^(-b), b = {_number(final['fit']['b'])} "
-        f"[{fitting.ci_text((low, high), final['ci_missing'].get('b'), final.get('level', 0.95), _number)}], "
+        f"[{fitting.ci_text((low, high), final.get('ci_missing', {}).get('b'), final.get('level', 0.95), _number)}], "
         f"r(log-log) = {_number(final['fit']['r'])}, r(semi-log) = {_number(final['r_semilog'])}, "
         f"n = {final['fit']['n']}, excluded = {len(result['excluded'])}")
     if "skipped" in result.get("frontier", {}):
