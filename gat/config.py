@@ -368,6 +368,11 @@ def apply_overrides(data: dict[str, Any], overrides: dict[str, Any]) -> dict[str
     return out
 
 
+def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
+    """Dotted keys back into nested mappings (`{"model.width": 8}` -> `{"model": {"width": 8}}`)."""
+    return apply_overrides({}, flat)
+
+
 def parse_set(items: list[str]) -> dict[str, Any]:
     """Parse CLI `key=value` strings; values are read as YAML scalars (`1e-4`, `true`, `null`)."""
     out = {}
@@ -495,7 +500,7 @@ def validate(config: RunConfig) -> None:
             raise ConfigError(f"{prefix}width/{prefix}heads={width // heads} must be a multiple of 4 (2-D RoPE)")
     if config.mng.mode != "off" and config.mng.levels < 2:
         raise ConfigError(f"mng.levels must be >= 2 when mng.mode={config.mng.mode}, got {config.mng.levels}")
-    if config.mng.mode != "off" and config.mng.levels > m.depth:
+    if config.mng.levels > m.depth:  # G keeps the level heads even with MNG off
         raise ConfigError(f"mng.levels={config.mng.levels} exceeds model.depth={m.depth}: each level needs a block")
     for key in OPTIONAL_POSITIVE:
         value = get_value(config, key)

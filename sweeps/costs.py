@@ -12,7 +12,6 @@ from typing import Any
 
 from gat import config as gat_config
 from gat.flops import training_flops_per_image
-from sweeps.plan import unflatten
 from sweeps.resources import Estimate
 
 # Latent shape (channels, size) and classes per data.kind: the Fashion-MNIST tiny VAE maps
@@ -38,7 +37,7 @@ def _describe(flat: dict[str, Any]) -> dict[str, Any] | None:
     except ImportError:
         return None
     channels, size, classes = DATA_SHAPES.get(flat.get("data.kind"), (4, 32, 1000))
-    cfg = gat_config.from_dict(unflatten(flat))
+    cfg = gat_config.from_dict(gat_config.unflatten(flat))
     repa_dim = 768 if cfg.repa.encoder != "none" else None
     info = dict(describe(cfg, latent_channels=channels, latent_size=size, num_classes=classes, repa_dim=repa_dim))
     info["params"] = info["generator_params"] + info["discriminator_params"]

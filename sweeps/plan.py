@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from gat import config as gat_config
+from gat.config import unflatten
 from gat.sizes import parse_size
 from sweeps import lease as leases
 from sweeps import manifest
@@ -135,18 +136,6 @@ def wandb_context(flat: dict[str, Any], group: str, coords: dict[str, Any]) -> d
     grid's name unless the grid sets one) and its coordinates. They stay out of `flat`, the
     point's config as the grid states it (what the run id hashes and the plan is checked against)."""
     return {"logging.wandb_group": flat.get("logging.wandb_group") or group, "logging.grid_point": dict(coords)}
-
-
-def unflatten(flat: dict[str, Any]) -> dict[str, Any]:
-    """Dotted keys back into nested mappings."""
-    out: dict[str, Any] = {}
-    for dotted, value in flat.items():
-        node = out
-        *parents, leaf = dotted.split(".")
-        for part in parents:
-            node = node.setdefault(part, {})
-        node[leaf] = value
-    return out
 
 
 def normalise(base_flat: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
@@ -263,7 +252,7 @@ def _budget_points(spec: GridSpec, start: dict[str, Any],
     points = expand(spec)
     if spec.budgets is None:
         return [(point, None) for point in points]
-    from sweeps import costs  # costs imports this module; the model package loads only for isoFLOP grids
+    from sweeps import costs  # the model package loads only for isoFLOP grids
 
     b = spec.budgets
     out = []

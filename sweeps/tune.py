@@ -51,7 +51,7 @@ from sweeps import costs, executors, manifest, resources
 from sweeps import lease as leases
 from sweeps.job import RunJob, RunTask
 from sweeps.launch import snapshot_code
-from sweeps.plan import FINAL, base_flat, normalise, read_status, run_id, run_name, unflatten, wandb_context
+from sweeps.plan import FINAL, base_flat, normalise, read_status, run_id, run_name, wandb_context
 from sweeps.spec import (GridError, GridSpec, Point, default_sweep_dir, expand, parse_grid, read_grid_file,
                          validate_points)
 
@@ -199,7 +199,7 @@ class Tuner:
         rid = run_id(flat)
         name = run_name(flat, [*self.grid.axes, PARAM], rid)
         coords = {**point.coords, PARAM: lr}
-        config = unflatten({**flat, **wandb_context(flat, self.grid.name, coords)})
+        config = gat_config.unflatten({**flat, **wandb_context(flat, self.grid.name, coords)})
         task = RunTask(rid, name, str((self.study_dir / "runs" / name).resolve()), config)
         entry = {"run_id": rid, "name": name, "dir": f"runs/{name}", "coords": coords, "overrides": overrides}
         return task, entry, flat

@@ -190,7 +190,7 @@ def test_stage_ends() -> None:
     assert stage_ends(28, 4) == [7, 14, 21, 28]
     assert stage_ends(10, 4) == [3, 5, 8, 10]
     assert stage_ends(4, 4) == [1, 2, 3, 4]
-    with pytest.raises(ConfigError, match=r"mng\.levels=4 exceeds the generator depth 3"):
+    with pytest.raises(ConfigError, match=r"mng\.levels=4 exceeds model\.depth=3"):
         build_generator(tiny_config(depth=3), **LATENT)
 
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 
-from gat.config import ConfigError, ModelConfig, RunConfig
+from gat.config import ModelConfig, RunConfig
 from gat.lr_rules import RULES, learning_rate
 from gat.mng import noise_levels, num_inputs
 from gat.models.discriminator import CMAP_DIM, Discriminator
@@ -34,8 +34,6 @@ def discriminator_size(cfg: ModelConfig) -> NetSize:
 def build_generator(cfg: RunConfig, *, latent_channels: int, latent_size: int, num_classes: int) -> Generator:
     """G for this run; it has `mng.levels` output heads even when MNG is off."""
     size = generator_size(cfg.model)
-    if cfg.mng.levels > size.depth:
-        raise ConfigError(f"mng.levels={cfg.mng.levels} exceeds the generator depth {size.depth}")
     return Generator(
         width=size.width,
         depth=size.depth,
