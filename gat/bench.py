@@ -16,15 +16,40 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-from tqdm import tqdm
+from gat import cli
 
-from gat import cli, train
-from gat.config import load_config, parse_set
-from gat.errors import ConfigError, UserError
-from gat.flops import training_flops_per_image
-from gat.models import registry
-from gat.sizes import parse_size
+
+def parser() -> cli.Parser:
+    """The command line of `python -m gat.bench`, built before the heavy imports below."""
+    parser = cli.Parser("gat.bench", __doc__)
+    parser.add_argument("config", nargs="?", default=None,
+                        help="trainer config YAML to start from: a path or a bundled name (default: the paper's recipe)")
+    parser.add_argument("--model", required=True, help="registry name (GAT-B/2) or w384-d12-h6-p2")
+    parser.add_argument("--batch", type=int, required=True, help="training batch (images per D and G step)")
+    parser.add_argument("--steps", type=int, required=True, help="timed steps")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, kernels, compile)")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (auto: a GPU when there is one)")
+    parser.add_argument("--latent-size", type=int, default=32, help="latent side (32 for 256² SD-VAE latents)")
+    parser.add_argument("--num-classes", type=int, default=1000, help="classes of the conditional models")
+    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (repeatable)")
+    return parser
+
+
+if __name__ == "__main__":  # --help, --version and usage errors answer before torch loads (seconds)
+    parser().parse_args()
+
+
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from gat import train  # noqa: E402
+from gat.config import load_config, parse_set  # noqa: E402
+from gat.errors import ConfigError, UserError  # noqa: E402
+from gat.flops import training_flops_per_image  # noqa: E402
+from gat.models import registry  # noqa: E402
+from gat.sizes import parse_size  # noqa: E402
 
 # Dense (non-sparse) bf16 peak TFLOP/s by device-name substring, from the vendors' datasheets.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "4090": 165.0}
@@ -46,19 +71,7 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; prints one line of results."""
-    parser = cli.Parser("gat.bench", __doc__)
-    parser.add_argument("config", nargs="?", default=None,
-                        help="trainer config YAML to start from: a path or a bundled name (default: the paper's recipe)")
-    parser.add_argument("--model", required=True, help="registry name (GAT-B/2) or w384-d12-h6-p2")
-    parser.add_argument("--batch", type=int, required=True, help="training batch (images per D and G step)")
-    parser.add_argument("--steps", type=int, required=True, help="timed steps")
-    parser.add_argument("--warmup", type=int, default=2, help="untimed steps first (allocator, kernels, compile)")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (auto: a GPU when there is one)")
-    parser.add_argument("--latent-size", type=int, default=32, help="latent side (32 for 256² SD-VAE latents)")
-    parser.add_argument("--num-classes", type=int, default=1000, help="classes of the conditional models")
-    parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak, for MFU")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value (repeatable)")
+    parser = parser()
     args = parser.parse_args(argv)
     for name in ("batch", "steps", "latent_size", "num_classes"):
         if getattr(args, name) < 1:

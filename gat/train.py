@@ -34,24 +34,44 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-import torch
-import yaml
-from torch import Tensor, nn
-from tqdm import tqdm
-
-from gat import checkpoint, diagnostics, distributed, rundir
 from gat import cli
-from gat.errors import UserError
-from gat import eval as gat_eval
-from gat.config import COSMETIC_KEYS, ConfigError, RunConfig, load_config, parse_set, save_config, to_dict
-from gat.data import load_dataset, load_decoder
-from gat.encoders import load_encoder
-from gat.lr_rules import learning_rate, param_groups
-from gat.models import registry
-from gat.metric_names import metric_name
-from gat.objective import discriminator_loss, generator_loss
-from gat.sample import generate, image_grid
-from gat.wandb_log import WandbLog
+
+
+def parser() -> cli.Parser:
+    """The command line of `python -m gat.train`, built before the heavy imports below."""
+    parser = cli.Parser("gat.train", __doc__)
+    parser.add_argument("config", help="trainer config YAML: a path, or a bundled name (fmnist.yaml, imagenet256.yaml)")
+    parser.add_argument("--out", required=True, help="the run folder to write (created, or resumed if it holds a run)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.steps=100 (repeatable)")
+    parser.add_argument("--device", help="auto | cpu | cuda[:N]; shorthand for --set device=...")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and model summary, write nothing")
+    parser.add_argument("--restart", action="store_true",
+                        help="when no checkpoint of --out verifies, train again from step 0 (old stats.jsonl kept aside) instead of refusing")
+    return parser
+
+
+if __name__ == "__main__":  # --help, --version and usage errors answer before torch loads (seconds)
+    parser().parse_args()
+
+
+import torch  # noqa: E402
+import yaml  # noqa: E402
+from torch import Tensor, nn  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from gat import checkpoint, diagnostics, distributed, rundir  # noqa: E402
+from gat.errors import UserError  # noqa: E402
+from gat import eval as gat_eval  # noqa: E402
+from gat.config import COSMETIC_KEYS, ConfigError, RunConfig, load_config, parse_set, save_config, to_dict  # noqa: E402
+from gat.data import load_dataset, load_decoder  # noqa: E402
+from gat.encoders import load_encoder  # noqa: E402
+from gat.lr_rules import learning_rate, param_groups  # noqa: E402
+from gat.models import registry  # noqa: E402
+from gat.metric_names import metric_name  # noqa: E402
+from gat.objective import discriminator_loss, generator_loss  # noqa: E402
+from gat.sample import generate, image_grid  # noqa: E402
+from gat.wandb_log import WandbLog  # noqa: E402
 
 LOGGED_TERMS = ("loss_d", "loss_g", "r1", "r2", "repa", "grad_norm_g", "grad_norm_d")
 GRID_SIZE = 64  # images per sample grid (8×8)
@@ -694,16 +714,7 @@ def dry_run(config: RunConfig) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; returns the exit code (0 also for a diverged run: it is a result)."""
-    parser = cli.Parser("gat.train", __doc__)
-    parser.add_argument("config", help="trainer config YAML: a path, or a bundled name (fmnist.yaml, imagenet256.yaml)")
-    parser.add_argument("--out", required=True, help="the run folder to write (created, or resumed if it holds a run)")
-    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
-                        help="override a config value, e.g. --set train.steps=100 (repeatable)")
-    parser.add_argument("--device", help="auto | cpu | cuda[:N]; shorthand for --set device=...")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and model summary, write nothing")
-    parser.add_argument("--restart", action="store_true",
-                        help="when no checkpoint of --out verifies, train again from step 0 (old stats.jsonl kept aside) instead of refusing")
-    args = parser.parse_args(argv)
+    args = parser().parse_args(argv)
 
     def body() -> int:
         overrides = parse_set(args.overrides)
