@@ -36,17 +36,44 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import matplotlib
-import matplotlib.pyplot as plt
-import numpy as np
-import pandas as pd
-import seaborn as sns
-from tqdm import tqdm
-
-from analysis import plots
-from analysis.load import ID_DTYPES, AnalysisError, load_study_runs, study_coords
 from gat import cli
-from gat.lr_rules import RULES, learning_rate
+
+REPORTS = ("early_layer_use", "instability")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = cli.Parser("analysis.ablations", __doc__)
+    parser.add_argument("study", type=Path, metavar="STUDY_DIR",
+                        help="a sweep folder: its run folders are used when on disk, else the tables committed "
+                             "in STUDY_DIR/analysis/")
+    parser.add_argument("--out", type=Path, help="folder to write the figures and tables into (default: STUDY_DIR/analysis)")
+    parser.add_argument("--report", choices=REPORTS, action="append",
+                        help="report to make (repeatable; default: early_layer_use when the study varies mng.mode, "
+                             "instability when it varies train.lr_rule or train.base_lr)")
+    parser.add_argument("--probe-samples", type=int, default=64,
+                        help="fixed (z, y) probes per run for the checkpoint probes (early_layer_use)")
+    parser.add_argument("--bootstrap", type=int, default=1000,
+                        help="bootstrap resamples of the probes for the early-share interval (early_layer_use)")
+    parser.add_argument("--coord-check", type=Path, metavar="CSV",
+                        help="python -m gat.coord_check's CSV (instability; default: STUDY_DIR/coord_check/coord_check.csv)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":  # --help, --version and usage errors answer before pandas and matplotlib load (seconds)
+    parse_args(None)
+
+
+import matplotlib  # noqa: E402
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import pandas as pd  # noqa: E402
+import seaborn as sns  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+from analysis import plots  # noqa: E402
+from analysis.load import ID_DTYPES, AnalysisError, load_study_runs, study_coords  # noqa: E402
+from gat.lr_rules import RULES, learning_rate  # noqa: E402
 
 RULE, LR, WIDTH, MNG = "train.lr_rule", "train.base_lr", "model.width", "mng.mode"
 # Run-level columns carried into per-line tables (all present in analysis.load's table).
@@ -651,7 +678,6 @@ def instability_report(study: str | Path, *, coord_check: str | Path | None = No
     return report
 
 
-REPORTS = ("early_layer_use", "instability")
 # The grid axes whose variation calls for each report when --report is not given.
 REPORT_AXES = {"early_layer_use": {MNG}, "instability": {RULE, LR}}
 
@@ -665,25 +691,6 @@ def default_reports(study: Path) -> list[str]:
         raise AnalysisError(f"{study} varies none of {MNG}, {RULE}, {LR} (it varies "
                             f"{', '.join(sorted(varied)) or 'nothing'}); name a report with --report")
     return chosen
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The command line."""
-    parser = cli.Parser("analysis.ablations", __doc__)
-    parser.add_argument("study", type=Path, metavar="STUDY_DIR",
-                        help="a sweep folder: its run folders are used when on disk, else the tables committed "
-                             "in STUDY_DIR/analysis/")
-    parser.add_argument("--out", type=Path, help="folder to write the figures and tables into (default: STUDY_DIR/analysis)")
-    parser.add_argument("--report", choices=REPORTS, action="append",
-                        help="report to make (repeatable; default: early_layer_use when the study varies mng.mode, "
-                             "instability when it varies train.lr_rule or train.base_lr)")
-    parser.add_argument("--probe-samples", type=int, default=64,
-                        help="fixed (z, y) probes per run for the checkpoint probes (early_layer_use)")
-    parser.add_argument("--bootstrap", type=int, default=1000,
-                        help="bootstrap resamples of the probes for the early-share interval (early_layer_use)")
-    parser.add_argument("--coord-check", type=Path, metavar="CSV",
-                        help="python -m gat.coord_check's CSV (instability; default: STUDY_DIR/coord_check/coord_check.csv)")
-    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

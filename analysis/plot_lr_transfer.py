@@ -16,7 +16,25 @@ import argparse
 import sys
 from pathlib import Path
 
-import matplotlib
+from gat.cli import Parser, run, say
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = Parser("analysis.plot_lr_transfer", __doc__)
+    parser.add_argument("results", nargs="+", type=Path, metavar="STUDY_DIR",
+                        help="sweep folders, run folders, or folders holding them")
+    parser.add_argument("--metric", help="metric column (default: FID vs reference stats, then FID vs training images, then fd_fmnist)")
+    parser.add_argument("--out", type=Path, help="folder to write the figures and tables into (default: STUDY_DIR/analysis; studies/<name>/analysis "
+                        "under the current folder when STUDY_DIR's committed table is read)")
+    return parser.parse_args(argv)
+
+
+if __name__ == "__main__":  # --help, --version and usage errors answer before pandas and matplotlib load (seconds)
+    parse_args(None)
+
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # files only: no display on cluster nodes
 
@@ -26,7 +44,6 @@ import pandas as pd  # noqa: E402
 from analysis import plots  # noqa: E402
 from analysis.load import AnalysisError, default_metric, final_rows, load_study_table  # noqa: E402
 from analysis.plot_scaling import default_out  # noqa: E402
-from gat.cli import Parser, run, say  # noqa: E402
 
 RULE, LR, WIDTH = "train.lr_rule", "train.base_lr", "model.width"
 
@@ -111,17 +128,6 @@ def markdown(table: pd.DataFrame) -> str:
     lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
     lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
     return "\n".join(lines) + "\n"
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The command line."""
-    parser = Parser("analysis.plot_lr_transfer", __doc__)
-    parser.add_argument("results", nargs="+", type=Path, metavar="STUDY_DIR",
-                        help="sweep folders, run folders, or folders holding them")
-    parser.add_argument("--metric", help="metric column (default: FID vs reference stats, then FID vs training images, then fd_fmnist)")
-    parser.add_argument("--out", type=Path, help="folder to write the figures and tables into (default: STUDY_DIR/analysis; studies/<name>/analysis "
-                        "under the current folder when STUDY_DIR's committed table is read)")
-    return parser.parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -22,7 +22,39 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import matplotlib
+from gat.cli import Parser, run, say
+
+X_CHOICES = ("gflops", "params", "train_flops")
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    """The command line."""
+    parser = Parser("analysis.plot_scaling", __doc__)
+    parser.add_argument("results", nargs="*", type=Path, metavar="STUDY_DIR",
+                        help="sweep folders, run folders, or folders holding them")
+    parser.add_argument("--table", type=Path, metavar="CSV",
+                        help="a table of the tidy shape (e.g. published points) instead of STUDY_DIR")
+    parser.add_argument("--x", choices=X_CHOICES, default="gflops", help="size axis of the final-metric fit")
+    parser.add_argument("--metric", help="metric column (default: FID vs reference stats, then FID vs training images, then fd_fmnist)")
+    parser.add_argument("--out", type=Path, help="folder to write the report into (default: STUDY_DIR/analysis; "
+                        "studies/<name>/analysis under the current folder with --table, or when STUDY_DIR's "
+                        "committed table is read, so nothing committed is rewritten)")
+    parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
+    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
+    parser.add_argument("--irreducible", action="store_true", help="fit y = a·x^(−b) + c (c ≥ 0) instead of a·x^(−b)")
+    parser.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
+                        help="keep only runs with this grid coordinate, e.g. mng.mode=exp (repeatable)")
+    args = parser.parse_args(argv)
+    if bool(args.results) == (args.table is not None):
+        parser.error("give the study folder(s) to analyse or --table CSV, one of the two")
+    return args
+
+
+if __name__ == "__main__":  # --help, --version and usage errors answer before pandas and matplotlib load (seconds)
+    parse_args(None)
+
+
+import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # files only: no display on cluster nodes
 
@@ -33,9 +65,6 @@ from analysis import plots  # noqa: E402
 from analysis.load import (  # noqa: E402
     AnalysisError, default_metric, final_rows, load_study_table, load_table, save_table,
 )
-from gat.cli import Parser, run, say  # noqa: E402
-
-X_CHOICES = ("gflops", "params", "train_flops")
 
 
 @dataclass
@@ -211,29 +240,6 @@ def _curves(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
     # A run with no metric value still has its last row: that is what gets drawn for it.
     gone = gone[gone[study.metric].notna() | ~gone["run_id"].duplicated(keep="last")]
     return fitted, gone
-
-
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    """The command line."""
-    parser = Parser("analysis.plot_scaling", __doc__)
-    parser.add_argument("results", nargs="*", type=Path, metavar="STUDY_DIR",
-                        help="sweep folders, run folders, or folders holding them")
-    parser.add_argument("--table", type=Path, metavar="CSV",
-                        help="a table of the tidy shape (e.g. published points) instead of STUDY_DIR")
-    parser.add_argument("--x", choices=X_CHOICES, default="gflops", help="size axis of the final-metric fit")
-    parser.add_argument("--metric", help="metric column (default: FID vs reference stats, then FID vs training images, then fd_fmnist)")
-    parser.add_argument("--out", type=Path, help="folder to write the report into (default: STUDY_DIR/analysis; "
-                        "studies/<name>/analysis under the current folder with --table, or when STUDY_DIR's "
-                        "committed table is read, so nothing committed is rewritten)")
-    parser.add_argument("--bootstrap", type=int, default=fitting.DEFAULT_RESAMPLES, help="bootstrap resamples")
-    parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
-    parser.add_argument("--irreducible", action="store_true", help="fit y = a·x^(−b) + c (c ≥ 0) instead of a·x^(−b)")
-    parser.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
-                        help="keep only runs with this grid coordinate, e.g. mng.mode=exp (repeatable)")
-    args = parser.parse_args(argv)
-    if bool(args.results) == (args.table is not None):
-        parser.error("give the study folder(s) to analyse or --table CSV, one of the two")
-    return args
 
 
 def select_rows(table: pd.DataFrame, conditions: list[str]) -> pd.DataFrame:

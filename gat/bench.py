@@ -71,11 +71,11 @@ def peak_tflops(device: torch.device, override: float | None) -> float | None:
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; prints one line of results."""
-    parser = parser()
-    args = parser.parse_args(argv)
+    command = parser()
+    args = command.parse_args(argv)
     for name in ("batch", "steps", "latent_size", "num_classes"):
         if getattr(args, name) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1")
+            command.error(f"--{name.replace('_', '-')} must be at least 1")
     return cli.run(lambda: bench(args))
 
 

@@ -45,12 +45,12 @@ from gat.eval.frechet import frechet_distance, image_resolution, source_stats  #
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point; prints `FID <value>` (or JSON) and returns 0, or 2 on bad input."""
-    parser = parser()
-    args = parser.parse_args(argv)
+    command = parser()
+    args = command.parse_args(argv)
     if args.num is not None and args.num < 2:
-        parser.error("--num must be at least 2")
+        command.error("--num must be at least 2")
     if args.batch < 1:
-        parser.error("--batch must be at least 1")
+        command.error("--batch must be at least 1")
     return cli.run(lambda: fid(args))
 
 

@@ -93,12 +93,12 @@ def load_ema_generator(run_dir: Path, device: torch.device, step: int | None = N
 
 def main(argv: list[str] | None = None) -> int:
     """CLI entry point: write `--num` samples of RUN_DIR's EMA generator to `--out`."""
-    parser = parser()
-    args = parser.parse_args(argv)
+    command = parser()
+    args = command.parse_args(argv)
     if args.num < 1 or args.batch < 1:
-        parser.error("--num and --batch must be at least 1")
+        command.error("--num and --batch must be at least 1")
     if not math.isfinite(args.psi):
-        parser.error(f"--psi must be a finite number, got {args.psi}")
+        command.error(f"--psi must be a finite number, got {args.psi}")
     return cli.run(lambda: write_samples(args))
 
 

@@ -38,21 +38,39 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-import optuna
-from optuna.storages import RetryHeartbeatStaleTrialCallback
-from optuna.trial import TrialState
-
 from gat import cli
-from gat.errors import UserError
-from gat import config as gat_config
-from gat import rundir
-from gat.lr_rules import learning_rate
-from sweeps import costs, executors, manifest, resources
-from sweeps import lease as leases
-from sweeps.job import RunJob, RunTask
-from sweeps.launch import snapshot_code
-from sweeps.plan import FINAL, base_flat, normalise, read_status, run_id, run_name, wandb_context
-from sweeps.spec import (GridError, GridSpec, Point, default_sweep_dir, expand, parse_grid, read_grid_file,
+
+
+def parser() -> argparse.ArgumentParser:
+    """The command line."""
+    p = cli.Parser("sweeps.tune", __doc__)
+    p.add_argument("search", help="search YAML: a path, or a bundled search's name (lr_search.yaml)")
+    p.add_argument("--out", help="study folder to write (default studies/<search name>/)")
+    p.add_argument("--n-trials", type=int, help="finished trials per study to reach (overrides search.n_trials)")
+    p.add_argument("--parallelism", type=int, help="trials in flight at once (overrides search.parallel)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="trainer override for every trial (repeatable)")
+    p.add_argument("--executor", choices=("auto", "slurm", "local", "debug"), help="override executor.kind")
+    return p
+
+
+if __name__ == "__main__":  # --help, --version and usage errors answer before optuna loads (seconds)
+    parser().parse_args()
+
+
+import optuna  # noqa: E402
+from optuna.storages import RetryHeartbeatStaleTrialCallback  # noqa: E402
+from optuna.trial import TrialState  # noqa: E402
+
+from gat.errors import UserError  # noqa: E402
+from gat import config as gat_config  # noqa: E402
+from gat import rundir  # noqa: E402
+from gat.lr_rules import learning_rate  # noqa: E402
+from sweeps import costs, executors, manifest, resources  # noqa: E402
+from sweeps import lease as leases  # noqa: E402
+from sweeps.job import RunJob, RunTask  # noqa: E402
+from sweeps.launch import snapshot_code  # noqa: E402
+from sweeps.plan import FINAL, base_flat, normalise, read_status, run_id, run_name, wandb_context  # noqa: E402
+from sweeps.spec import (GridError, GridSpec, Point, default_sweep_dir, expand, parse_grid, read_grid_file,  # noqa: E402
                          validate_points)
 
 PARAM = "train.base_lr"
@@ -407,18 +425,6 @@ def tune(args: argparse.Namespace) -> int:
         print(f"warning: some studies stopped short of {search.n_trials} trials after "
               f"{search.max_failures} failures; see the failed runs' status.json", file=sys.stderr)
     return 0 if reached else 1
-
-
-def parser() -> argparse.ArgumentParser:
-    """The command line."""
-    p = cli.Parser("sweeps.tune", __doc__)
-    p.add_argument("search", help="search YAML: a path, or a bundled search's name (lr_search.yaml)")
-    p.add_argument("--out", help="study folder to write (default studies/<search name>/)")
-    p.add_argument("--n-trials", type=int, help="finished trials per study to reach (overrides search.n_trials)")
-    p.add_argument("--parallelism", type=int, help="trials in flight at once (overrides search.parallel)")
-    p.add_argument("--set", action="append", metavar="KEY=VALUE", help="trainer override for every trial (repeatable)")
-    p.add_argument("--executor", choices=("auto", "slurm", "local", "debug"), help="override executor.kind")
-    return p
 
 
 def main(argv: list[str] | None = None) -> int:

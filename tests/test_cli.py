@@ -97,3 +97,24 @@ def test_a_real_process_prints_no_traceback(tmp_path):
                           capture_output=True, text=True, cwd=tmp_path, env={"PYTHONPATH": str(ROOT), "PATH": ""})
     assert done.returncode == 2
     assert done.stderr.startswith("error: ") and len(done.stderr.strip().splitlines()) == 1
+
+
+HEAVY = ("torch", "pandas", "scipy", "matplotlib", "seaborn", "optuna", "diffusers")
+
+
+def test_every_command_line_is_listed():
+    from benchmarks.bench_cli_help import commands  # the benchmark's discovery: modules with a __main__ guard
+
+    assert commands() == CLIS
+
+
+@pytest.mark.parametrize("module", CLIS)
+def test_help_parses_before_the_heavy_imports(module):
+    """`--help` answers before torch & co. load (benchmarks/bench_cli_help.py times it; not timed here)."""
+    done = subprocess.run([sys.executable, "-X", "importtime", "-m", module, "--help"],
+                          capture_output=True, text=True, cwd=ROOT)
+    assert done.returncode == 0 and done.stdout.startswith(f"usage: python -m {module}"), done.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip().split(".")[0] for line in done.stderr.splitlines()
+                if line.startswith("import time:")}
+    assert "argparse" in imported, "no -X importtime output: the check is broken"
+    assert sorted(imported & set(HEAVY)) == []

@@ -1,8 +1,26 @@
 """GAT's generator and discriminator, the size registry, and `describe` (model.json)."""
-from gat.models.discriminator import Discriminator
-from gat.models.generator import Generator
-from gat.models.registry import build_discriminator, build_generator, describe, discriminator_size, generator_size
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
 from gat.sizes import MODELS, NetSize, parse_size
+
+if TYPE_CHECKING:
+    from gat.models.discriminator import Discriminator
+    from gat.models.generator import Generator
+    from gat.models.registry import build_discriminator, build_generator, describe, discriminator_size, generator_size
+
+# The torch-backed names load on first use (PEP 562), so `python -m gat.models --help` does not wait for torch.
+_LAZY = {"Discriminator": "gat.models.discriminator", "Generator": "gat.models.generator",
+         **dict.fromkeys(("build_discriminator", "build_generator", "describe", "discriminator_size", "generator_size"),
+                         "gat.models.registry")}
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)
 
 __all__ = [
     "MODELS",

@@ -11,7 +11,6 @@ import sys
 
 from gat import cli
 from gat.config import from_dict
-from gat.models.registry import describe
 from gat.sizes import MODELS
 
 
@@ -63,6 +62,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
     def body() -> int:
+        from gat.models.registry import describe  # after parsing: --help should not wait for torch
+
         train = {"base_lr": args.base_lr, "base_width": args.base_width}
         config = from_dict({"model": {"name": args.name}, "train": train})
         info = describe(
