@@ -201,9 +201,9 @@ def worker(kind: str, case: dict, official: str | None) -> None:
 # Driver
 
 
-def extract(rev: str, into: Path) -> Path:
-    """The `gat` package of commit `rev`, extracted under `into`."""
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, "gat"], check=True, capture_output=True).stdout
+def extract(rev: str, into: Path, paths: tuple[str, ...] = ("gat",)) -> Path:
+    """The packages `paths` of commit `rev`, extracted under `into`."""
+    archive = subprocess.run(["git", "-C", str(ROOT), "archive", rev, *paths], check=True, capture_output=True).stdout
     with tarfile.open(fileobj=BytesIO(archive)) as tar:
         tar.extractall(into, filter="data")
     return into
