@@ -25,7 +25,9 @@ import functools
 import gc
 import io
 import json
+import operator
 import os
+import re
 import warnings
 from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
@@ -245,6 +247,44 @@ def save_table(table: pd.DataFrame, path: str | Path) -> Path:
     else:
         table.to_csv(path, index=False)
     return path
+
+
+_CONDITION = re.compile(r"^(?P<column>[^<>=!]+)(?P<op><=|>=|!=|==|<|>|=)(?P<value>.*)$")
+_COMPARE = {"<": operator.lt, "<=": operator.le, ">": operator.gt, ">=": operator.ge}
+
+
+def select_rows(table: pd.DataFrame, conditions: Sequence[str]) -> pd.DataFrame:
+    """Rows matching every condition: `COLUMN=VALUE` (as text or as the same number, so `seed=0`,
+    `mng.mode=off` and `model.width=64` all work), `COLUMN!=VALUE`, or a numeric comparison
+    `<`, `<=`, `>`, `>=` (`model.width<=64`). An unknown column, a non-numeric bound or a
+    condition no run meets is an AnalysisError naming it."""
+    for condition in conditions:
+        match = _CONDITION.match(condition)
+        if match is None or not match["column"].strip():
+            raise AnalysisError(f"--where {condition!r}: expected COLUMN=VALUE, COLUMN!=VALUE or COLUMN<=NUMBER (<, >, >=)")
+        column, op, value = match["column"].strip(), match["op"], match["value"].strip()
+        if column not in table:
+            raise AnalysisError(f"--where {condition!r}: no column {column!r} (columns: {', '.join(map(str, table.columns))})")
+        numbers = pd.to_numeric(table[column], errors="coerce")
+        try:
+            bound = float(value)
+        except ValueError:
+            bound = None
+        if op in _COMPARE:
+            if bound is None:
+                raise AnalysisError(f"--where {condition!r}: {op} needs a number, got {value!r}")
+            mask = _COMPARE[op](numbers, bound)
+        else:
+            mask = table[column].astype(str) == value
+            if bound is not None:
+                mask |= numbers == bound
+            if op == "!=":
+                mask = ~mask
+        if not mask.any():
+            values = ", ".join(sorted(table[column].astype(str).unique()))
+            raise AnalysisError(f"--where {condition!r}: no run has {column}{op}{value} (values: {values})")
+        table = table[mask]
+    return table
 
 
 def metric_columns(table: pd.DataFrame) -> list[str]:

@@ -42,8 +42,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples")
     parser.add_argument("--seed", type=int, default=0, help="bootstrap seed")
     parser.add_argument("--irreducible", action="store_true", help="fit y = a·x^(−b) + c (c ≥ 0) instead of a·x^(−b)")
-    parser.add_argument("--where", action="append", default=[], metavar="COLUMN=VALUE",
-                        help="keep only runs with this grid coordinate, e.g. mng.mode=exp (repeatable)")
+    parser.add_argument("--where", action="append", default=[], metavar="CONDITION",
+                        help="keep only runs with COLUMN=VALUE (e.g. mng.mode=exp), or a numeric comparison "
+                        "!=, <, <=, >, >= (model.width<=64) (repeatable)")
     args = parser.parse_args(argv)
     if bool(args.results) == (args.table is not None):
         parser.error("give the study folder(s) to analyse or --table CSV, one of the two")
@@ -63,7 +64,7 @@ import pandas as pd  # noqa: E402
 from analysis import fit as fitting  # noqa: E402
 from analysis import plots  # noqa: E402
 from analysis.load import (  # noqa: E402
-    AnalysisError, default_metric, final_rows, load_study_table, load_table, save_table,
+    AnalysisError, default_metric, final_rows, load_study_table, load_table, save_table, select_rows,
 )
 
 
@@ -242,20 +243,6 @@ def _curves(study: Study) -> tuple[pd.DataFrame, pd.DataFrame]:
     return fitted, gone
 
 
-def select_rows(table: pd.DataFrame, conditions: list[str]) -> pd.DataFrame:
-    """Rows matching every `COLUMN=VALUE` (compared as text, so `seed=0` and `mng.mode=off` work)."""
-    for condition in conditions:
-        column, sep, value = condition.partition("=")
-        if not sep or not column:
-            raise AnalysisError(f"--where {condition!r}: expected COLUMN=VALUE")
-        if column not in table:
-            raise AnalysisError(f"--where {condition!r}: no column {column!r} (columns: {', '.join(map(str, table.columns))})")
-        mask = table[column].astype(str) == value
-        if not mask.any():
-            values = ", ".join(sorted(table[column].astype(str).unique()))
-            raise AnalysisError(f"--where {condition!r}: no run has {column}={value} (values: {values})")
-        table = table[mask]
-    return table
 
 
 def load_study(args: argparse.Namespace) -> Study:

@@ -303,3 +303,72 @@ def divergence_heatmaps(grid: pd.DataFrame) -> plt.Figure:
         ax.set_ylabel("width")
     _finish(fig)
     return fig
+
+
+def isoflop_profiles(profiles: Sequence, metric: str) -> plt.Figure:
+    """Chinchilla Fig. 3 left: final metric against G GFLOPs, one curve per training budget,
+    the fitted log-log parabola dashed and its minimum starred (hollow when it lies outside the
+    sizes trained). ``profiles`` are `analysis.compute_optimal.Profile`s."""
+    colours = sns.color_palette("viridis", n_colors=max(len(profiles), 1))
+    fig, ax = plt.subplots(figsize=(5.6, 3.9))
+    for colour, p in zip(colours, profiles):
+        ax.scatter(p.n, p.fd, color=colour, s=22, label=f"{number(p.budget, 2)} FLOPs")
+        grid = np.geomspace(min(p.n), max(p.n), 100)
+        ax.plot(grid, np.exp(np.polyval(p.coef, np.log(grid))), color=colour, ls="--", lw=1)
+        if p.n_opt is not None:
+            at = float(np.exp(np.polyval(p.coef, np.log(p.n_opt))))
+            ax.scatter([p.n_opt], [at], marker="*", s=160, color="white" if p.edge else colour,
+                       edgecolor="black", linewidth=0.6, zorder=5)
+    ax.scatter([], [], marker="*", s=120, color="grey", edgecolor="black", label="minimum (hollow: outside the sizes)")
+    _log_axes(ax, "g_gflops", metric)
+    ax.set_xlabel("G GFLOPs per image (N)")
+    _finish(fig, legend=ax)
+    return fig
+
+
+def n_opt_against_compute(estimates, budget: float, level: float) -> plt.Figure:
+    """N_opt against training FLOPs out to ``budget``: the isoFLOP minima and envelope points
+    measured, each estimator's line, the parametric law's bootstrap band (``level``)."""
+    fig, ax = plt.subplots(figsize=(5.6, 3.9))
+    low = min([p.budget for p in estimates.profiles] + [c for c, _ in (estimates.envelope.pairs if estimates.envelope else [])]
+              or [budget / 10])
+    grid = np.geomspace(low, max(budget, low * 10), 100)
+    palette = dict(zip(("envelope", "isoflop", "parametric"), sns.color_palette("colorblind", 3)))
+    if estimates.envelope is not None:
+        c, n = zip(*estimates.envelope.pairs)
+        ax.scatter(c, n, s=8, color=palette["envelope"], alpha=0.5)
+        ax.plot(grid, [estimates.envelope.at(x) for x in grid], color=palette["envelope"], label="envelope")
+    minima = [(p.budget, p.n_opt) for p in estimates.profiles if p.n_opt is not None and not p.edge]
+    if minima:
+        ax.scatter(*zip(*minima), marker="*", s=120, color=palette["isoflop"], edgecolor="black", zorder=5)
+    if estimates.isoflop is not None:
+        ax.plot(grid, [estimates.isoflop.at(x) for x in grid], color=palette["isoflop"], label="isoFLOP minima")
+    law = estimates.law
+    ax.plot(grid, law.n_opt(grid, estimates.kappa), color=palette["parametric"], label="parametric law")
+    draws = np.array([s.n_opt(grid, estimates.kappa) for s in estimates.samples])
+    if len(draws) >= 10:
+        tail = 100 * (1 - level) / 2
+        ax.fill_between(grid, np.nanpercentile(draws, tail, axis=0), np.nanpercentile(draws, 100 - tail, axis=0),
+                        color=palette["parametric"], alpha=0.15, lw=0, label=f"law's {level:.0%} bootstrap band")
+    ax.axvline(budget, color="black", lw=0.8, ls=":", label="target budget")
+    ax.set_xscale("log")
+    ax.set_yscale("log")
+    ax.set_xlabel(axis_label("train_flops"))
+    ax.set_ylabel("compute-optimal G GFLOPs (N_opt)")
+    _finish(fig, legend=ax)
+    return fig
+
+
+def predicted_against_measured(rows: pd.DataFrame, metric: str) -> plt.Figure:
+    """Validation runs: measured final metric against the forecast's mean, with its PI as an
+    error bar, and the identity line."""
+    fig, ax = plt.subplots(figsize=(4.6, 4.2))
+    ax.errorbar(rows["predicted_mean"], rows["measured"],
+                xerr=[rows["predicted_mean"] - rows["pi_low"], rows["pi_high"] - rows["predicted_mean"]],
+                fmt="o", color="black", ecolor="grey", capsize=3, ms=5, label="run (PI as bar)")
+    span = [min(rows["pi_low"].min(), rows["measured"].min()), max(rows["pi_high"].max(), rows["measured"].max())]
+    ax.plot(span, span, color="grey", ls="--", lw=1, label="measured = predicted")
+    ax.set_xlabel(f"predicted {metric_name(metric)}")
+    ax.set_ylabel(f"measured {metric_name(metric)}")
+    _finish(fig, legend=ax)
+    return fig

@@ -30,6 +30,7 @@ BAD_INPUT = {
     "analysis.plot_scaling": lambda tmp: [str(tmp / "no-results")],
     "analysis.plot_lr_transfer": lambda tmp: [str(tmp / "no-results")],
     "analysis.ablations": lambda tmp: [str(tmp / "no-study")],
+    "analysis.forecast": lambda tmp: [str(tmp / "no-study"), "--budget", "1e14"],
 }
 CLIS = sorted(BAD_INPUT)
 
