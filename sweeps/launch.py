@@ -1,6 +1,6 @@
 """`python -m sweeps.launch GRID.yaml`: plan a grid, check it, and submit what is left to run.
 
-Relaunching is safe: run folders are the source of truth. Completed and diverged runs are
+Relaunching is safe: run folders are the source of truth. Completed, diverged and collapsed runs are
 skipped, interrupted ones resume from their checkpoint, failed ones rerun only with
 `--rerun-failed`, and runs that a live job holds or has queued are left alone. Two launches at
 once cannot train one point twice: each job takes the run's lease before training.
