@@ -57,3 +57,10 @@ def test_absurd_d_lr_collapses_a_tiny_run(tmp_path):
     last = json.loads((tmp_path / "r" / "stats.jsonl").read_text().splitlines()[-1])
     assert last["collapse"]["step"] == status["step"] < 300
     assert run(config, tmp_path / "r") == "collapsed"  # a relaunch leaves it alone
+
+
+@pytest.mark.parametrize("key, value", [("train.collapse_fd_ratio", 0.0), ("train.collapse_patience", -1)])
+def test_bad_collapse_keys_are_config_errors_naming_the_key(key, value):
+    from gat.config import ConfigError, load_config
+    with pytest.raises(ConfigError, match=key):
+        load_config("fmnist_smoke.yaml", {key: value})
