@@ -357,22 +357,27 @@ def plot_output_change(summary: pd.DataFrame) -> plt.Figure:
 
 
 def divergence_summary(table: pd.DataFrame) -> pd.DataFrame:
-    """Per (rule, width, base LR): runs, finished runs, fraction diverged among the finished
-    (completed or diverged) and the median step of divergence."""
+    """Per (rule, width, base LR): runs, finished runs (completed, diverged or collapsed), the
+    diverged and collapsed counts, fraction diverged among the finished, fraction unstable
+    (diverged or collapsed) and the median step of divergence."""
     per_run = runs(table)
     per_run = per_run.assign(
-        _finished=per_run["status"].isin(["completed", "diverged"]),
+        _finished=per_run["status"].isin(["completed", "diverged", "collapsed"]),
         _diverged=(per_run["status"] == "diverged").astype(float),
-        _step=pd.to_numeric(per_run["diverged_step"], errors="coerce"),
+        _collapsed=(per_run["status"] == "collapsed").astype(float),
+        _step=pd.to_numeric(per_run["diverged_step"].where(per_run["status"] == "diverged"), errors="coerce"),
     )
     grouped = per_run.groupby([RULE, WIDTH, LR])
     summary = pd.DataFrame({
         "n_runs": grouped.size(),
         "n_finished": grouped["_finished"].sum(),
         "n_diverged": grouped["_diverged"].sum(),
+        "n_collapsed": grouped["_collapsed"].sum(),
         "median_diverged_step": grouped["_step"].median(),
     }).reset_index()
-    summary["frac_diverged"] = summary["n_diverged"] / summary["n_finished"].where(summary["n_finished"] > 0)
+    finished = summary["n_finished"].where(summary["n_finished"] > 0)
+    summary["frac_diverged"] = summary["n_diverged"] / finished
+    summary["frac_unstable"] = (summary["n_diverged"] + summary["n_collapsed"]) / finished
     return summary
 
 

@@ -11,8 +11,8 @@ The input is the contract in ``docs/run_folder.md``; nothing here imports the tr
 * size and cost: ``g_params``, ``d_params``, ``g_gflops``, ``d_gflops`` (from ``model.json``;
   GFLOPs in the DiT convention, see ``gat.flops``), the plot aliases ``params`` (= G params)
   and ``gflops`` (= G GFLOPs), ``train_flops`` (cumulative G+D training FLOPs at that row);
-* outcome: ``status`` (completed | diverged | failed | running | pending | unknown), ``reason``,
-  ``diverged_step``;
+* outcome: ``status`` (completed | diverged | collapsed | failed | running | pending | unknown),
+  ``reason``, ``diverged_step`` (the step a diverged or collapsed run stopped being healthy);
 * per eval row: ``step``, ``images_seen``, ``wall_s``, ``gpu_hours`` (single-device runs:
   wall-clock hours), ``loss_d``, ``loss_g`` and one column per metric (``fid50k``, ``fid5k_train``, ``fd_fmnist``…; see gat.metric_names).
 
@@ -362,7 +362,7 @@ def _read_run(entry: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any
     status = _read_json(run_dir / "status.json") or {}
     record["status"] = status.get("state", "unknown")
     record["reason"] = status.get("reason")
-    record["diverged_step"] = status.get("step") if record["status"] == "diverged" else None
+    record["diverged_step"] = status.get("step") if record["status"] in ("diverged", "collapsed") else None
 
     config = _read_yaml(run_dir / "config.yaml")
     for column in CONFIG_COLUMNS:

@@ -94,7 +94,7 @@ def _why(run: dict[str, Any], metric: str, x: str) -> str:
         return f"diverged at step {int(step)}" if pd.notna(step) else "diverged"
     if state == "failed":
         return f"failed: {run.get('reason')}"
-    if state != "completed":
+    if state not in ("completed", "collapsed"):  # a collapsed run's last FD is its result
         return f"not finished (state {state})"
     for column in (metric, x):
         value = run[column]

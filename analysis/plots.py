@@ -35,7 +35,7 @@ AXIS_LABELS = {
 }
 X_SYMBOLS = {"gflops": "GFLOPs", "params": "N", "train_flops": "C"}  # the x of a fitted law
 EXCLUDED = {"marker": "X", "s": 70, "facecolor": "white", "edgecolor": "black", "linewidths": 1.2, "zorder": 5}
-STATUS_MARKERS = {"diverged": "X", "failed": "P", "running": "o", "pending": "s", "unknown": "o"}
+STATUS_MARKERS = {"diverged": "X", "collapsed": "v", "failed": "P", "running": "o", "pending": "s", "unknown": "o"}
 
 
 def apply_style() -> None:

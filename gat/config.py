@@ -98,6 +98,12 @@ class TrainConfig:
     lr_rule: str = "width_aware"
     base_lr: float = 2e-4
     base_width: int = 768
+    d_lr_mult: float = 1.0  # D's LR = the rule's LR at D's width × this (G's LR is the rule's)
+    # Collapse (docs/run_folder.md): FD above collapse_fd_ratio × its best so far at
+    # collapse_patience evals in a row (0: never); collapse_stop ends the run there.
+    collapse_fd_ratio: float = 1.1
+    collapse_patience: int = 3
+    collapse_stop: bool = True
     beta1: float = 0.0
     beta2: float = 0.99
     eps: float = 1e-8
@@ -185,10 +191,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
 }
 POSITIVE = (
     "model.width", "model.depth", "model.heads", "model.patch", "model.z_dim", "model.d_cmap_dim", "mng.levels",
-    "train.batch", "train.steps", "train.base_lr", "train.base_width", "train.log_every",
+    "train.batch", "train.steps", "train.base_lr", "train.base_width", "train.d_lr_mult", "train.log_every",
+    "train.collapse_fd_ratio",
     "train.ckpt_every", "train.snapshot_every", "eval.every", "loss.sigma", "train.eps", "eval.probe_batch",
 )
-NON_NEGATIVE = ("loss.gamma", "repa.weight", "train.grad_clip", "train.weight_decay", "eval.num_samples",
+NON_NEGATIVE = ("train.collapse_patience", "loss.gamma", "repa.weight", "train.grad_clip", "train.weight_decay", "eval.num_samples",
                 "data.num_workers")
 OPTIONAL_POSITIVE = ("model.d_width", "model.d_depth", "model.d_heads")
 MAX_SEED = 2**32 - 1  # numpy's legacy seeding and most samplers take 32-bit seeds
@@ -467,6 +474,9 @@ def save_config(config: RunConfig, path: str | Path) -> None:
 # Keys that change neither what a run computes nor its identity: how it is logged, how often it
 # checkpoints, how data is loaded. A run may resume with new values (recorded in config.yaml),
 # and the sweep engine leaves them out of the run id.
+# Keys added after run ids were pinned: part of a run's identity only when set off their default,
+# so adding them left every existing id as it was.
+IDENTITY_IF_SET = ("train.d_lr_mult", "train.collapse_fd_ratio", "train.collapse_patience", "train.collapse_stop")
 COSMETIC_KEYS = frozenset((
     *(f"logging.{f.name}" for f in dataclasses.fields(LoggingConfig)),  # all of them, new ones too
     "data.num_workers", "model.grad_checkpointing", "train.ckpt_every", "train.snapshot_every", "model.name",

@@ -21,8 +21,8 @@ from filelock import FileLock, Timeout
 from gat import __version__
 from gat.errors import UserError
 
-STATES = ("running", "completed", "diverged", "failed")
-FINAL_STATES = ("completed", "diverged")
+STATES = ("running", "completed", "diverged", "collapsed", "failed")
+FINAL_STATES = ("completed", "diverged", "collapsed")
 PACKAGES = ("torch", "numpy", "diffusers", "wandb", "scipy", "pyyaml", "safetensors", "submitit", "tqdm")
 
 CONFIG = "config.yaml"

@@ -14,8 +14,8 @@ Each iteration (paper §2.6) is one D step then one G step on the same z, labels
 AdamW (β = (0, 0.99)), width-aware LR per network, gradient-norm clipping at 1.0, bf16 autocast
 on CUDA. A run folder resumes exactly: model, EMA, optimisers and RNG states are checkpointed,
 and every random draw of a step is seeded from (seed, step, rank), so N steps + resume + N
-steps equals 2N steps bitwise on CPU. A non-finite loss or gradient ends the run as `diverged`
-(a data point, exit 0); an exception ends it as `failed` (exit 1).
+steps equals 2N steps bitwise on CPU. A non-finite loss or gradient ends the run as `diverged`,
+a sustained FD blow-up (CollapseWatch) as `collapsed` (both data points, exit 0); an exception ends it as `failed` (exit 1).
 """
 from __future__ import annotations
 
@@ -151,17 +151,19 @@ def build_nets(config: RunConfig, dims: dict[str, int], device: torch.device) ->
     return Nets(
         G=G, D=D, G_ema=G_ema, encoder=encoder,
         opt_g=make_optimizer(config, G, g_width),
-        opt_d=make_optimizer(config, D, d_width),
+        opt_d=make_optimizer(config, D, d_width, t.d_lr_mult),
         g_forward=compile_(G), d_forward=compile_(D),
         lr_g=learning_rate(t.lr_rule, g_width, t.base_lr, t.base_width),
-        lr_d=learning_rate(t.lr_rule, d_width, t.base_lr, t.base_width),
+        lr_d=learning_rate(t.lr_rule, d_width, t.base_lr, t.base_width) * t.d_lr_mult,
     )
 
 
-def make_optimizer(config: RunConfig, model: nn.Module, width: int) -> torch.optim.Optimizer:
-    """AdamW over the LR rule's parameter groups for a network of this width."""
+def make_optimizer(config: RunConfig, model: nn.Module, width: int, lr_mult: float = 1.0) -> torch.optim.Optimizer:
+    """AdamW over the LR rule's parameter groups for a network of this width, each LR × `lr_mult`."""
     t = config.train
     groups = param_groups(t.lr_rule, model, width, t.base_lr, t.base_width)
+    for group in groups:
+        group["lr"] *= lr_mult
     # The fused kernel exists for CPU and CUDA tensors and replaces ~15 ops per parameter.
     return torch.optim.AdamW(groups, betas=(t.beta1, t.beta2), eps=t.eps, weight_decay=t.weight_decay, fused=True)
 
@@ -481,6 +483,33 @@ def device_name(device: torch.device) -> str:
     return f"cpu ({torch.get_num_threads()} threads)"
 
 
+class CollapseWatch:
+    """Collapse with finite losses (docs/run_folder.md): the eval metric (FD, lower is better)
+    above `ratio` × its best so far at `patience` evals in a row. `patience` 0 never fires."""
+
+    def __init__(self, ratio: float, patience: int):
+        self.ratio, self.patience = ratio, patience
+        self.best, self.streak, self.since = math.inf, 0, None
+        self.fired: dict[str, Any] | None = None
+
+    def update(self, step: int, metrics: dict[str, float]) -> dict[str, Any] | None:
+        """Feed one eval's metrics; return the collapse record the first time the rule fires."""
+        if not metrics or not self.patience or self.fired is not None:
+            return None
+        name, value = next(iter(metrics.items()))
+        if value > self.ratio * self.best:
+            self.streak += 1
+            self.since = self.since if self.streak > 1 else step
+        else:
+            self.best, self.streak = min(self.best, value), 0
+        if self.streak < self.patience:
+            return None
+        self.fired = {"step": step, "signal": name, "value": value, "best": self.best, "since": self.since,
+                      "reason": f"{name} {value:.4g} above {self.ratio:g}x its best {self.best:.4g} "
+                                f"at {self.patience} evals in a row since step {self.since}"}
+        return self.fired
+
+
 class Reporter:
     """Rank 0's outputs at log and eval ticks: stats lines, W&B, progress, Fréchet distance,
     diagnostics and sample grids. On other ranks every method is a no-op."""
@@ -498,15 +527,22 @@ class Reporter:
         wants_fd = config.eval.extractor != "none" and config.eval.num_samples > 0
         self.evaluator = Evaluator(config, dataset, self.decoder, device) if wants_fd else None
         self.probe = diagnostics.make_probe(dataset, config, nets.G.z_dim, device)
+        self.collapse = CollapseWatch(config.train.collapse_fd_ratio, config.train.collapse_patience)
+        if start and (run_dir / rundir.STATS).exists():  # a resume replays the evals it keeps
+            for line in (run_dir / rundir.STATS).read_text().splitlines():
+                record = json.loads(line)
+                self.collapse.update(record["step"], record.get("metrics") or {})
 
     def step(self) -> None:
         if self.enabled:
             self.progress.step()
 
-    def log(self, step: int, meter: Meter, wall_s: float, previous: tuple[nn.Module, nn.Module] | None = None) -> None:
-        """Write one stats line; with `previous` (the weights one step ago) it is an eval tick."""
+    def log(self, step: int, meter: Meter, wall_s: float,
+            previous: tuple[nn.Module, nn.Module] | None = None) -> dict[str, Any] | None:
+        """Write one stats line; with `previous` (the weights one step ago) it is an eval tick.
+        Returns the collapse record when this eval fires the collapse rule."""
         if not self.enabled:
-            return
+            return None
         means = meter.flush()
         batch = self.config.train.batch
         record: dict[str, Any] = {"step": step, "images_seen": step * batch, "wall_s": wall_s}
@@ -522,9 +558,12 @@ class Reporter:
             record["diagnostics"] = diagnostics.measure(self.nets.G, self.nets.D, *previous, self.probe)
             samples = save_sample_grids(self.run_dir, step, self.nets.G_ema, self.decoder, self.config,
                                         self.num_classes, self.device)
+            if collapse := self.collapse.update(step, record["metrics"]):
+                record["collapse"] = collapse
         rundir.append_stats(self.run_dir, record)
         self.wandb.log(record, samples)
         self.progress.report(record)
+        return record.get("collapse")
 
     def close(self, state: str) -> None:
         if self.enabled:
@@ -662,7 +701,15 @@ def _run(config: RunConfig, run_dir: Path, where: distributed.DistEnv, restart: 
                 outcome = "diverged"
                 return outcome
             if step % t.log_every == 0 or is_eval:
-                reporter.log(step, meter, wall_s, previous)
+                collapse = reporter.log(step, meter, wall_s, previous)
+                # Only rank 0 evaluates, so only a single process can stop on it in step.
+                if collapse and t.collapse_stop and where.world_size == 1:
+                    state = training_state(nets, step, meter, wall_s, dims)
+                    checkpoint.save(run_dir / "checkpoints", state, snapshot=False)
+                    durable = step
+                    rundir.write_status(run_dir, "collapsed", step, collapse["reason"], checkpoint_step=durable)
+                    outcome = "collapsed"
+                    return outcome
             if main and (step % t.ckpt_every == 0 or step == t.steps or stop.received is not None):
                 state = training_state(nets, step, meter, wall_s, dims)
                 checkpoint.save(run_dir / "checkpoints", state, snapshot=step % t.snapshot_every == 0)
@@ -677,9 +724,11 @@ def _run(config: RunConfig, run_dir: Path, where: distributed.DistEnv, restart: 
                 reporter = None
                 stop.die()
 
+        fired = reporter.collapse.fired if main else None
+        outcome = "collapsed" if fired else "completed"
         if main:
-            rundir.write_status(run_dir, "completed", step, checkpoint_step=durable)
-        outcome = "completed"
+            rundir.write_status(run_dir, outcome, fired["step"] if fired else step,
+                                fired["reason"] if fired else None, checkpoint_step=durable)
         return outcome
     except Exception as err:
         if main:

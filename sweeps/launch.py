@@ -1,6 +1,6 @@
 """`python -m sweeps.launch GRID.yaml`: plan a grid, check it, and submit what is left to run.
 
-Relaunching is safe: run folders are the source of truth. Completed and diverged runs are
+Relaunching is safe: run folders are the source of truth. Completed, diverged and collapsed runs are
 skipped, interrupted ones resume from their checkpoint, failed ones rerun only with
 `--rerun-failed`, and runs that a live job holds or has queued are left alone. Two launches at
 once cannot train one point twice: each job takes the run's lease before training.
@@ -34,7 +34,7 @@ from gat.errors import UserError
 from sweeps import costs, executors, manifest, resources
 from sweeps import lease as leases
 from sweeps.job import RunJob, RunTask, cancel_requested, clear_cancel
-from sweeps.plan import Plan, PlannedRun, RunStatus, flatten, make_plan, read_statuses
+from sweeps.plan import FINAL, Plan, PlannedRun, RunStatus, flatten, make_plan, read_statuses
 from sweeps.status import watch
 from sweeps.spec import GridError, GridSpec, Point, default_sweep_dir, load_grid, only_filter, validate_points
 
@@ -65,7 +65,7 @@ def queued_runs(sweep_dir: Path) -> dict[str, str]:
 
 def decide(state: str, queued: bool, rerun_failed: bool) -> str:
     """What the launcher does with a run: `submit`, or why it skips."""
-    if state in ("completed", "diverged"):
+    if state in FINAL:
         return f"skip ({state})"
     if state == "running":
         return "skip (running)"

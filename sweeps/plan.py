@@ -37,10 +37,10 @@ from sweeps.spec import GridError, GridSpec, Point, expand
 COSMETIC = gat_config.COSMETIC_KEYS
 ID_LENGTH = 8
 COLLISION_ID_LENGTH = 16
-FINAL = ("completed", "diverged")
+FINAL = ("completed", "diverged", "collapsed")
 # Derived states: `pending` (never started), `running` (a live lease), `interrupted` (status says
 # running but nobody holds the lease: resume it), plus the trainer's final/failed states.
-STATES = ("pending", "running", "interrupted", "completed", "diverged", "failed")
+STATES = ("pending", "running", "interrupted", "completed", "diverged", "collapsed", "failed")
 LABELS = {
     "model.width": "w", "model.depth": "d", "model.heads": "h", "model.patch": "p",
     "model.d_width": "dw", "model.d_depth": "dd", "model.d_heads": "dh", "model.name": "",
@@ -163,7 +163,9 @@ def _model_size(name: str) -> dict[str, int]:
 
 def run_identity(flat: dict[str, Any]) -> str:
     """What makes two runs the same run: the JSON list of the sorted non-cosmetic [key, value] pairs."""
-    return json.dumps([[k, flat[k]] for k in sorted(flat.keys() - COSMETIC)], separators=(",", ":"), default=str)
+    defaults, _ = _defaults()
+    keys = {k for k in flat.keys() - COSMETIC if k not in gat_config.IDENTITY_IF_SET or flat[k] != defaults[k]}
+    return json.dumps([[k, flat[k]] for k in sorted(keys)], separators=(",", ":"), default=str)
 
 
 def run_id(flat: dict[str, Any], length: int | None = None) -> str:

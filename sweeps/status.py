@@ -27,7 +27,7 @@ from sweeps.job import read_events
 from sweeps.plan import STATES, SWEEP_SUBDIR, TRAINER_LOG, read_status
 from sweeps.spec import ExecutorSpec, GridError, default_sweep_dir, load_grid, only_filter
 
-FINAL_OR_FAILED = ("completed", "diverged", "failed")
+FINAL_OR_FAILED = ("completed", "diverged", "collapsed", "failed")
 _DEFAULT_STALE_S = ExecutorSpec().lease_stale_s
 
 

@@ -144,11 +144,16 @@ def test_output_change_by_width(sweep: Path) -> None:
 
 
 def test_divergence_summary_and_plots(sweep: Path) -> None:
+    collapsed = sweep / "runs" / "width_aware-w64-exp" / "status.json"  # finite losses, FD blown up
+    collapsed.write_text(json.dumps({**json.loads(collapsed.read_text()), "state": "collapsed", "step": 40}))
     table = load_results([sweep])
+    assert set(table.loc[table["status"] == "collapsed", "diverged_step"]) == {40}  # the tidy table
     summary = ablations.divergence_summary(table)
     wide = summary[(summary["train.lr_rule"] == "constant") & (summary["model.width"] == 256)].iloc[0]
     assert wide["frac_diverged"] == 1.0 and wide["median_diverged_step"] == 45 and wide["n_runs"] == 2
     assert summary[summary["train.lr_rule"] == "width_aware"]["frac_diverged"].eq(0).all()
+    narrow = summary[(summary["train.lr_rule"] == "width_aware") & (summary["model.width"] == 64)].iloc[0]
+    assert (narrow["n_collapsed"], narrow["n_finished"], narrow["frac_unstable"]) == (1, 2, 0.5)
     assert len(ablations.plot_divergence(summary).axes) == 2
     traces = ablations.stats_traces(table)
     fig = ablations.plot_grad_norms(traces)
