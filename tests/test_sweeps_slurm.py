@@ -121,7 +121,9 @@ def test_real_trainer_end_to_end(slurm_cluster, tmp_path, monkeypatch):
     two complete; one of those is preempted mid-run and ends with the same stats as the other
     launch of the same config run without interruption."""
     monkeypatch.delenv("GATSCALE_TRAINER", raising=False)
-    fixed = {"train.steps": 20, "train.log_every": 5, "train.ckpt_every": 5, "eval.every": 10,
+    # 400 steps (~15 s at ~0.04 s a step) so the preemption lands mid-run: at 20 steps the run
+    # had finished before the signal arrived, and the test saw one attempt instead of two.
+    fixed = {"train.steps": 400, "train.log_every": 5, "train.ckpt_every": 10, "eval.every": 200,
              "eval.num_samples": 64}
     if os.environ.get("GATSCALE_TEST_FMNIST_VAE"):  # a stand-in VAE where the committed one is absent
         fixed["data.vae"] = os.environ["GATSCALE_TEST_FMNIST_VAE"]
@@ -138,7 +140,7 @@ def test_real_trainer_end_to_end(slurm_cluster, tmp_path, monkeypatch):
     by_seed = {r["coords"]["seed"]: r for r in manifest.read(sweep)["runs"]}
     target = sweep / by_seed[0]["dir"]
     # past the first checkpoint (or failed at start: then say why at once)
-    wait_for(lambda: stats_lines(target) >= 2 or status.collect(sweep)[0].state == "failed", timeout=300, poll=1)
+    wait_for(lambda: stats_lines(target) >= 2 or status.collect(sweep)[0].state == "failed", timeout=300, poll=0.2)
     first = {r.run_id: r for r in status.collect(sweep)}[by_seed[0]["run_id"]]
     assert first.state != "failed", f"the trainer failed: {first.reason}"
     job = next(j["job_id"] for j in manifest.read(sweep)["jobs"] if by_seed[0]["run_id"] in j["run_ids"])
@@ -148,7 +150,7 @@ def test_real_trainer_end_to_end(slurm_cluster, tmp_path, monkeypatch):
         "completed", "completed", "failed")
     rows = {r.run_id: r for r in status.collect(sweep)}
     assert "/nonexistent/fmnist" in rows[by_seed[2]["run_id"]].reason
-    assert rows[by_seed[0]["run_id"]].attempts == 2 and rows[by_seed[0]["run_id"]].step == 20
+    assert rows[by_seed[0]["run_id"]].attempts == 2 and rows[by_seed[0]["run_id"]].step == 400
     # an uninterrupted run of the same config, for comparison
     reference = tmp_path / "reference"
     assert launch.main([str(grid), "--out", str(reference), "--executor", "slurm", "--only", "s0-", "--wait"]) == 0
