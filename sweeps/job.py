@@ -41,6 +41,7 @@ from sweeps.plan import FINAL, SWEEP_SUBDIR, TRAINER_LOG
 
 _POLL_S = 2.0
 _STOP_GRACE_S = 30.0  # how long the trainer gets to exit after SIGTERM before SIGKILL
+_REQUEUE_GRACE_S = 5.0  # how long a signal sent to the whole job takes to reach this process too
 _FOLLOW_TIMEOUT_S = 600.0
 # Exit by these signals means the scheduler is stopping us (preemption, time limit, scancel),
 # not a bug in the run: the run stays `running` so the next job resumes it.
@@ -137,6 +138,16 @@ def _die_with_parent() -> Callable[[], None] | None:
     except (OSError, AttributeError):
         return None
     return lambda: prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
+
+
+def _requeue_self() -> None:
+    """Send this job submitit's preemption signal, whose handler checkpoints `RunJob` and
+    requeues it (SLURM: scontrol requeue; local: the controller restarts it). Outside a submitit
+    job (the debug executor, a direct call) there is no handler, and nothing is sent."""
+    handler = signal.getsignal(signal.SIGUSR2)
+    if callable(handler):
+        os.kill(os.getpid(), signal.SIGUSR2)
+        time.sleep(_STOP_GRACE_S)  # the handler exits the process; this only bounds a slow one
 
 
 def _log_tail(path: Path, lines: int = 3) -> str:
@@ -264,8 +275,13 @@ class RunJob(submitit.helpers.Checkpointable):
         if state in FINAL or state == "failed":
             return state, status.get("reason")
         if rc < 0 and -rc in _STOP_SIGNALS:
-            # the scheduler signalled the trainer too; our own handler requeues the job
-            time.sleep(_STOP_GRACE_S)
+            # The trainer checkpointed at the signal. When the scheduler signalled the whole job,
+            # submitit's USR2 handler requeues it and never returns here; give that signal a
+            # moment to arrive. A trainer signalled alone (SLURM's SIGTERM reaches every process,
+            # which submitit ignores; an admin's kill) would otherwise leave the run interrupted
+            # until the next launch: requeue through the same handler.
+            time.sleep(_REQUEUE_GRACE_S)
+            _requeue_self()
             return "interrupted", f"trainer stopped by signal {-rc}"
         reason = f"trainer exited with code {rc} without a final state: {_log_tail(log)}"
         _write_failed(run_dir, reason)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -90,6 +91,11 @@ def test_two_concurrent_launches_run_each_point_once(slurm_cluster, stub_trainer
 def preempt(job_id: str) -> None:
     """What a preempting scheduler does: USR2 now; then lift SLURM's 120 s requeue hold."""
     subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    lift_requeue_hold(job_id)
+
+
+def lift_requeue_hold(job_id: str) -> None:
+    """Start a requeued job now instead of after SLURM's 120 s hold, as an operator would."""
     wait_for(lambda: "Reason=BeginTime" in subprocess.run(["scontrol", "show", "job", job_id],
                                                           capture_output=True, text=True).stdout, timeout=60)
     # slurmd refuses to launch a job whose credential is dated the same second as its kill
@@ -160,6 +166,48 @@ def test_real_trainer_end_to_end(slurm_cluster, tmp_path, monkeypatch):
         return [(r["step"], r["loss_d"], r["loss_g"]) for r in map(json.loads, (run / "stats.jsonl").read_text().splitlines())]
 
     assert losses(target) == losses(ref)
+
+
+def test_sigterm_to_the_trainer_requeues_and_resumes_at_the_signal_step(slurm_cluster, tmp_path, monkeypatch):
+    """SLURM's SIGTERM reaches the trainer (submitit ignores it in the job): the trainer
+    checkpoints the step it reached, the job requeues itself, and the resumed run starts at that
+    step and ends with the stats of an uninterrupted run, bit for bit. No regular checkpoint falls
+    mid-run, so only the signal's checkpoint can explain where it resumed."""
+    monkeypatch.delenv("GATSCALE_TRAINER", raising=False)
+    fixed = {"train.steps": 400, "train.log_every": 5, "train.ckpt_every": 1000, "eval.every": 400,
+             "eval.num_samples": 64, "seed": 7}
+    if os.environ.get("GATSCALE_TEST_FMNIST_VAE"):
+        fixed["data.vae"] = os.environ["GATSCALE_TEST_FMNIST_VAE"]
+    grid = tmp_path / "term.yaml"
+    grid.write_text(yaml.safe_dump({
+        "base": "gat/configs/fmnist_smoke.yaml", "set": fixed, "axes": {"train.batch": [16]},
+        "resources": {"gpus": 0, "cpus_per_task": 1, "timeout_min": 20},
+        "executor": {"retries": 0, "lease_heartbeat_s": 2, "lease_stale_s": 20},
+    }))
+    sweep, reference = tmp_path / "sweep", tmp_path / "reference"
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "slurm"]) == 0
+    (run,) = manifest.read(sweep)["runs"]
+    target = sweep / run["dir"]
+    wait_for(lambda: stats_lines(target) >= 2 and trainer_pids(target), timeout=300, poll=0.2)
+    for pid in trainer_pids(target):
+        os.kill(pid, signal.SIGTERM)
+    (job,) = slurm_job_ids(sweep)
+    lift_requeue_hold(job)
+    assert status.watch(sweep, [run["run_id"]], 20) == {run["run_id"]: "completed"}
+    events = read_events(target)
+    assert [e["event"] for e in events].count("interrupted") == 1
+    assert [e["restart"] for e in events if e["event"] == "start"] == [0, 1]
+    attempts = json.loads((target / "provenance.json").read_text())["attempts"]
+    resumed = attempts[1]["resumed_from_step"]
+    assert len(attempts) == 2 and 10 <= resumed < 400, attempts  # the signal's step: no other checkpoint
+    assert launch.main([str(grid), "--out", str(reference), "--executor", "slurm", "--wait"]) == 0
+    assert training_record(target) == training_record(reference / run["dir"])
+
+
+def training_record(run_dir: Path) -> list[dict]:
+    """Every stats line without its timing and memory fields, which differ between any two runs."""
+    lines = map(json.loads, (run_dir / "stats.jsonl").read_text().splitlines())
+    return [{k: v for k, v in line.items() if k not in ("wall_s", "sec_per_step", "images_per_s", "peak_mem_mb")} for line in lines]
 
 
 def trainer_pids(run_dir: Path) -> list[int]:
