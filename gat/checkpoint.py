@@ -43,11 +43,12 @@ class CorruptCheckpoint(ValueError):
 
 
 class NoVerifiedCheckpoint(UserError):
-    """Checkpoint files exist, but none of them verifies: resuming would silently restart."""
+    """Checkpoint files exist but none verifies, or the run recorded one that is gone: resuming
+    would silently restart."""
 
-    def __init__(self, tried: Sequence[Path]):
+    def __init__(self, tried: Sequence[Path], why: str | None = None):
         self.tried = list(tried)
-        super().__init__(f"no checkpoint verifies (tried {', '.join(str(p) for p in self.tried)})")
+        super().__init__(why or f"no checkpoint verifies (tried {', '.join(str(p) for p in self.tried)})")
 
 
 def snapshot_name(step: int) -> str:

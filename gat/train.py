@@ -638,6 +638,10 @@ def _run(config: RunConfig, run_dir: Path, where: distributed.DistEnv, restart: 
     # Read before the try: a refusal here is the user's to decide, not a `failed` run.
     try:
         state = checkpoint.load_latest(run_dir / "checkpoints")
+        recorded = int((status or {}).get("checkpoint_step") or 0)
+        if state is None and recorded > 0:
+            raise checkpoint.NoVerifiedCheckpoint([], f"status.json records a checkpoint at step {recorded}, "
+                                                      f"but {run_dir / 'checkpoints'} holds none")
     except checkpoint.NoVerifiedCheckpoint as err:
         if not restart:
             if lock is not None:

@@ -7,6 +7,7 @@ they take seconds; the smoke and kill tests go through the real CLI and Fashion-
 from __future__ import annotations
 
 import json
+import shutil
 import os
 import signal
 import subprocess
@@ -469,6 +470,11 @@ def test_damaged_rolling_checkpoints_leave_the_snapshot_intact(synthetic, monkey
     _zero_middle(folder / "previous.pt")
     with pytest.warns(UserWarning, match="step-0000004.pt"):
         assert gat.train.run(config, run_dir) == "completed"
+    # it resumed from the snapshot (a hard-linked snapshot shared the damage and the run silently
+    # started over at step 0), and the history before it was neither set aside nor redone
+    attempts = json.loads((run_dir / "provenance.json").read_text())["attempts"]
+    assert [a["resumed_from_step"] for a in attempts] == [0, 4]
+    assert not list(run_dir.glob("stats.jsonl.*"))
     assert_same_training_state(tmp_path / "straight", run_dir)
 
 
@@ -492,6 +498,22 @@ def test_no_verifying_checkpoint_is_refused_and_stats_are_kept(synthetic, monkey
     assert rundir.read_status(run_dir)["state"] == "completed"
     kept = list(run_dir.glob("stats.jsonl.*"))
     assert len(kept) == 1 and kept[0].read_text() == stats  # the old history set aside, not deleted
+
+
+def test_checkpoints_gone_after_a_recorded_one_are_refused(synthetic, monkeypatch, tmp_path, capsys):
+    """status.json names a checkpointed step, but the folder was emptied (a cleaner, a failed
+    copy): starting over at step 0 would silently lose the run, so it is the user's call."""
+    config = tiny_config()
+    run_dir = tmp_path / "run"
+    run_until_checkpoint(monkeypatch, config, run_dir, stop_step=4)
+    recorded = rundir.read_status(run_dir)["checkpoint_step"]
+    assert recorded > 0
+    shutil.rmtree(run_dir / "checkpoints")
+    path = _write_config(tmp_path, config)
+    assert gat.train.main([path, "--out", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"records a checkpoint at step {recorded}" in err[0] and "--restart" in err[0]
+    assert gat.train.main([path, "--out", str(run_dir), "--restart"]) == 0
 
 
 def test_a_planted_checkpoint_does_not_run_code_in_sample(synthetic, tmp_path, capsys):
