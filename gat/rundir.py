@@ -105,6 +105,18 @@ def lock_writer(run_dir: Path) -> FileLock:
     return lock
 
 
+def wait_for_writer(run_dir: Path, timeout_s: float) -> bool:
+    """Wait until no process holds the run folder's writer lock (at most `timeout_s`); True
+    when it is free. A trainer whose job died is still checkpointing for a few seconds."""
+    lock = FileLock(Path(run_dir) / LOCK)
+    try:
+        lock.acquire(timeout=timeout_s)
+    except Timeout:
+        return False
+    lock.release()
+    return True
+
+
 def set_aside(path: Path) -> Path | None:
     """Rename a non-empty file to `<name>.<UTC time>` (never delete a run's history); return the new path."""
     if not path.is_file() or path.stat().st_size == 0:

@@ -297,6 +297,11 @@ class RunJob(submitit.helpers.Checkpointable):
         request = folder / "request.yaml"
         if lease is not None:  # rank 0 writes it; followers read the same file
             rundir.write_text_atomic(request, yaml.safe_dump(task.config, sort_keys=False))
+            # a dead job's trainer (SIGTERM by PR_SET_DEATHSIG) may still be checkpointing: a
+            # trainer started now would be refused the folder and the run recorded `failed`
+            if not rundir.wait_for_writer(run_dir, _STOP_GRACE_S + 10):
+                self._stopped_because = "another process still writes the run folder"
+                return None
         env = dict(os.environ)
         env["PYTHONPATH"] = os.pathsep.join(p for p in (self.code_root, env.get("PYTHONPATH")) if p)
         # torch starts one thread per core it sees, and SLURM without task/cgroup (or the local

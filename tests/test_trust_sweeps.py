@@ -8,14 +8,16 @@ import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
 import yaml
 
 from gat import config as gat_config
+from gat import rundir
 from gat.train import ConfigMismatchError, check_run_dir
-from sweep_stub import starts_per_run, write_grid
+from sweep_stub import starts_per_run, stub_intervals, write_grid
 from sweeps import launch, lease, manifest, status
 from sweeps.cancel import cancel_sweep
 from sweeps.launch import validate_plan
@@ -187,6 +189,27 @@ def test_a_lease_of_a_killed_local_worker_is_stale_at_once(tmp_path, stub_traine
     assert "1 to submit" in capsys.readouterr().out
     assert starts_per_run(sweep) == {run_dir.name: 2}
     assert [r.state for r in status.collect(sweep)] == ["completed"]
+
+
+def test_a_trainer_still_checkpointing_for_a_dead_job_is_waited_for(tmp_path, stub_trainer):
+    # A killed worker's trainer gets SIGTERM and checkpoints while holding the folder's writer
+    # lock; the relaunch's trainer was refused the folder and the run recorded `failed`.
+    sweep = tmp_path / "sweep"
+    grid = write_grid(tmp_path / "g.yaml", seed=[0])
+    assert launch.main([str(grid), "--out", str(sweep), "--dry-run"]) == 0
+    (run,) = make_plan(load_grid(grid), sweep).runs
+    run_dir = sweep / "runs" / run.name
+    run_dir.mkdir(parents=True)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from filelock import FileLock; "
+                               "lock = FileLock(sys.argv[1]); lock.acquire(); print('held', flush=True); "
+                               "time.sleep(3)", str(run_dir / rundir.LOCK)], stdout=subprocess.PIPE, text=True)
+    assert holder.stdout.readline().strip() == "held"
+    released = time.time() + 3
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "debug", "--wait"]) == 0
+    holder.wait()
+    assert [r.state for r in status.collect(sweep)] == ["completed"]
+    ((started, _),) = stub_intervals(sweep)
+    assert started >= released - 0.5  # the trainer started once the holder had let go
 
 
 def test_slurm_without_a_controller_is_an_error_before_the_manifest(tmp_path, capsys, monkeypatch):
