@@ -95,6 +95,7 @@ class RunStatus:
     reason: str | None = None
     updated: str | None = None
     holder: dict[str, Any] | None = None
+    checkpoint_step: int | None = None  # the last durable step: where a resume starts
 
 
 @lru_cache(maxsize=1)
@@ -297,7 +298,8 @@ def read_status(run_dir: Path, stale_s: float, now: float | None = None) -> RunS
         state = "running"  # a job holds it: retrying, or rerunning with --rerun-failed
     elif state not in STATES:
         state = "failed"
-    return RunStatus(state, status.get("step"), status.get("reason"), status.get("updated"), holder)
+    return RunStatus(state, status.get("step"), status.get("reason"), status.get("updated"), holder,
+                     status.get("checkpoint_step"))
 
 
 def read_statuses(plan: Plan, stale_s: float) -> dict[str, RunStatus]:

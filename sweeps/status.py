@@ -44,6 +44,7 @@ class RunRow:
     attempts: int
     job: str
     reason: str
+    checkpoint_step: int | None = None  # the last durable step (a resume starts there)
 
 
 def last_progress(run_dir: Path) -> tuple[int | None, str]:
@@ -156,7 +157,7 @@ def collect(sweep_dir: Path, *, only: str | None = None, stale_s: float = _DEFAU
         rows.append(RunRow(
             run_id=entry["run_id"], name=entry["name"], dir=entry["dir"], state=state, step=step,
             metric=metric, attempts=sum(1 for e in events if e.get("event") == "start"),
-            job=str(last_job or job_id), reason=reason,
+            job=str(last_job or job_id), reason=reason, checkpoint_step=status.checkpoint_step,
         ))
     return rows
 
@@ -166,10 +167,11 @@ def render(rows: list[RunRow]) -> str:
     counts = {s: sum(1 for r in rows if r.state == s) for s in (*STATES, "queued")}
     head = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no runs"
     lines = [f"{len(rows)} runs: {head}", "",
-             f"{'run':<52} {'state':<11} {'step':>7} {'attempts':>8} {'job':<12} {'last metric':<22} reason"]
+             f"{'run':<52} {'state':<11} {'step':>7} {'ckpt':>7} {'attempts':>8} {'job':<12} {'last metric':<22} reason"]
     for r in rows:
         reason = r.reason.replace("\n", " ")[:80]
-        lines.append(f"{r.name[:52]:<52} {r.state:<11} {'' if r.step is None else r.step:>7} "
+        durable = "" if r.checkpoint_step is None else r.checkpoint_step
+        lines.append(f"{r.name[:52]:<52} {r.state:<11} {'' if r.step is None else r.step:>7} {durable:>7} "
                      f"{r.attempts:>8} {r.job[:12]:<12} {r.metric[:22]:<22} {reason}")
     return "\n".join(lines)
 

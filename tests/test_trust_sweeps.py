@@ -212,6 +212,19 @@ def test_a_trainer_still_checkpointing_for_a_dead_job_is_waited_for(tmp_path, st
     assert started >= released - 0.5  # the trainer started once the holder had let go
 
 
+def test_status_names_the_last_durable_step(tmp_path, stub_trainer):
+    # Weak point: after a disk-full failure status.json said step 30 while latest.pt held 20.
+    sweep = tmp_path / "sweep"
+    assert launch.main([str(write_grid(tmp_path / "g.yaml", seed=[0])), "--out", str(sweep), "--executor", "debug"]) == 0
+    (run_dir,) = (sweep / "runs").iterdir()
+    (run_dir / "status.json").write_text(json.dumps({"state": "failed", "step": 30, "checkpoint_step": 20,
+                                                     "reason": "OSError: No space left on device"}))
+    (row,) = status.collect(sweep)
+    assert (row.state, row.checkpoint_step) == ("failed", 20)
+    header, line = status.render([row]).splitlines()[2:4]
+    assert line.split()[header.split().index("ckpt")] == "20"
+
+
 def test_slurm_without_a_controller_is_an_error_before_the_manifest(tmp_path, capsys, monkeypatch):
     fake = tmp_path / "bin"
     fake.mkdir()
