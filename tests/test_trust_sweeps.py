@@ -145,7 +145,10 @@ def test_a_full_disk_is_an_environment_error_naming_the_folder(tmp_path, capsys,
     assert "Traceback" not in err
 
 
-def test_cancel_stays_inside_the_sweep_and_signals_only_its_own_jobs(tmp_path, stub_trainer, capsys):
+@pytest.mark.parametrize("recorded_start", ["none", "another process's"])
+def test_cancel_stays_inside_the_sweep_and_signals_only_its_own_jobs(tmp_path, stub_trainer, capsys, recorded_start):
+    # a job id that is now some other process: no start time recorded, or a reused pid whose
+    # start time differs from the one the launch recorded
     sweep = tmp_path / "sweep"
     assert launch.main([str(write_grid(tmp_path / "g.yaml", seed=[0, 1])), "--out", str(sweep),
                         "--executor", "debug"]) == 0
@@ -156,6 +159,8 @@ def test_cancel_stays_inside_the_sweep_and_signals_only_its_own_jobs(tmp_path, s
             data["runs"][0]["dir"] = "../../elsewhere"
             data["jobs"] = [{"job_id": str(bystander.pid), "run_ids": [r["run_id"] for r in data["runs"]],
                              "executor": "local"}]
+            if recorded_start != "none":
+                data["jobs"][0]["process_start"] = lease.process_start(bystander.pid) - 1
         manifest.update(sweep, tamper)
         capsys.readouterr()
         names, stopped = cancel_sweep(sweep)
