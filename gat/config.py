@@ -350,11 +350,18 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
+@functools.cache
+def _field_names(cls: type) -> frozenset[str]:
+    # `validate` reads ~50 keys per config and a large grid validates every point: computing
+    # dataclasses.fields per read took half of a 20,000-point dry run
+    return frozenset(f.name for f in dataclasses.fields(cls))
+
+
 def get_value(config: RunConfig, dotted: str) -> Any:
     """Read `a.b` from a config; raises ConfigError naming the key if it does not exist."""
     node: Any = config
     for part in dotted.split("."):
-        if not dataclasses.is_dataclass(node) or part not in {f.name for f in dataclasses.fields(node)}:
+        if not dataclasses.is_dataclass(node) or part not in _field_names(type(node)):
             raise ConfigError(f"unknown key {dotted}")
         node = getattr(node, part)
     return node
