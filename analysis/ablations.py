@@ -47,7 +47,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("study", type=Path, metavar="STUDY_DIR",
                         help="a sweep folder: its run folders are used when on disk, else the tables committed "
                              "in STUDY_DIR/analysis/")
-    parser.add_argument("--out", type=Path, help="folder to write the figures and tables into (default: STUDY_DIR/analysis)")
+    parser.add_argument("--out", type=Path, help="folder to write the figures and tables into (default: STUDY_DIR/analysis; "
+                        "studies/<study>/analysis when it reads committed tables)")
     parser.add_argument("--report", choices=REPORTS, action="append",
                         help="report to make (repeatable; default: early_layer_use when the study varies mng.mode, "
                              "instability when it varies train.lr_rule or train.base_lr)")
@@ -73,6 +74,7 @@ from tqdm import tqdm  # noqa: E402
 
 from analysis import plots  # noqa: E402
 from analysis.load import ID_DTYPES, AnalysisError, load_study_runs, study_coords  # noqa: E402
+from analysis.plot_scaling import default_out  # noqa: E402
 from gat.lr_rules import RULES, learning_rate  # noqa: E402
 
 RULE, LR, WIDTH, MNG = "train.lr_rule", "train.base_lr", "model.width", "mng.mode"
@@ -714,7 +716,9 @@ def _write_reports(args: argparse.Namespace) -> int:
     if not any(report.figures for report in made.values()):
         why = "; ".join(f"{item}: {reason}" for report in made.values() for item, reason in report.missing.items())
         raise AnalysisError(f"{args.study}: no figure could be made ({why})")
-    out = args.out or args.study / "analysis"
+    # a report made from committed tables never writes over them (they are in git)
+    committed = any(report.source == "committed tables" for report in made.values())
+    out = args.out or (default_out(args.study, untracked=True) if committed else args.study / "analysis")
     for name, report in made.items():
         written = report.save(out)
         cli.say(f"{name}, from the {report.source}: wrote {len(written)} file(s) to {out}")

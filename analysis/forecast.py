@@ -98,6 +98,8 @@ def _forecast(args: argparse.Namespace) -> int:
     from analysis.plot_scaling import default_out
 
     table = load_table(args.table) if args.table is not None else load_study_table(*args.results)
+    if table.attrs.get("source"):
+        say(f"read {table.attrs['source']}", file=sys.stderr if args.json else None)
     table = select_rows(table, args.where)
     metric = args.metric or default_metric(table)
     if metric not in table:
@@ -115,6 +117,10 @@ def _forecast(args: argparse.Namespace) -> int:
         raise AnalysisError(f"the study has one size (G {sizes[0]:.4g} GFLOPs): a law of size needs several")
     if len(budgets) < 2:
         raise AnalysisError(f"the study has one budget ({budgets[0]:.3g} FLOPs): an isoFLOP ladder needs several")
+    if not co.isoflop_profiles(pts):
+        raise AnalysisError(f"no budget was trained at three or more sizes (runs sharing a budget: their final "
+                            f"training FLOPs within {co.BUDGET_TOLERANCE:.0%}): not an isoFLOP ladder; plan one with "
+                            "a grid's budgets: section (sweeps/configs/isoflop_cpu.yaml)")
     template = _template(args)
     batches = table["train.batch"].dropna().astype(int) if "train.batch" in table else []
     batch = Counter(batches).most_common(1)[0][0] if len(batches) else int(template["train.batch"])

@@ -86,6 +86,37 @@ def test_default_out_of_a_committed_study_rewrites_nothing(tmp_path):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("study", ["mng_cpu", "lr_rule_cpu"])
+def test_ablations_reproduce_the_committed_tables_without_writing_over_them(study, tmp_path):
+    """`analysis.ablations results/<study>` on a checkout without run folders: the committed
+    tables come out again (to 1e-7), into studies/<study>/analysis, and results/ is untouched."""
+    import pandas as pd
+
+    copy = tmp_path / "results" / study
+    shutil.copytree(ROOT / "results" / study, copy)
+    before = {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()}
+    done = subprocess.run([sys.executable, "-m", "analysis.ablations", f"results/{study}"],
+                          cwd=tmp_path, capture_output=True, text=True, env=_env())
+    assert done.returncode == 0, done.stderr
+    assert "from the committed tables" in done.stdout
+    assert {p: p.read_bytes() for p in copy.rglob("*") if p.is_file()} == before
+    made = sorted((tmp_path / "studies" / study / "analysis").glob("*.csv"))
+    assert made
+    for table in made:
+        pd.testing.assert_frame_equal(pd.read_csv(table), pd.read_csv(copy / "analysis" / table.name), rtol=1e-7)
+
+
+def test_forecast_names_a_study_that_is_not_an_isoflop_ladder(tmp_path, capsys):
+    from analysis import forecast
+
+    assert forecast.main([str(ROOT / "results/scaling_cpu"), "--budget", "1e14", "--out", str(tmp_path / "out")]) == 2
+    out, err = capsys.readouterr()
+    assert "read the committed table" in out
+    assert err.startswith("error: no budget was trained at three or more sizes") and "not an isoFLOP ladder" in err
+    assert err.count("\n") == 1 and not (tmp_path / "out").exists()
+
+
+@pytest.mark.slow
 def test_the_readme_table_example_leaves_the_checkout_clean(tmp_path):
     """The README's `--table published.csv` example, run from the root of a checkout with the
     CSV at the root and under tests/data: git status stays clean (studies/ is ignored)."""
