@@ -334,7 +334,8 @@ def _watch(plan: Plan, runs: list[PlannedRun], sweep_dir: Path, launch_id: str, 
     """Watch until every run is final (or nothing is left queued); 1 if any failed."""
 
     states = watch(sweep_dir, [r.run_id for r in runs], plan.spec.executor.lease_stale_s,
-                   launch_id=launch_id, submitted=submitted)
+                   launch_id=launch_id, submitted=submitted,
+                   planned={r.run_id: int(r.flat["train.steps"]) for r in runs})
     # The analysis is its own step (data flows one way); say exactly how to take it.
     print(f"next: python -m analysis.plot_scaling {sweep_dir}   # tables, fits and plots in {sweep_dir / 'analysis'}")
     return 1 if any(s == "failed" for s in states.values()) else 0

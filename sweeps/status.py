@@ -17,7 +17,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import yaml
 
@@ -176,31 +176,43 @@ def render(rows: list[RunRow]) -> str:
     return "\n".join(lines)
 
 
-def runs_done(sweep_dir: Path, rows: list[RunRow], settled: set[str]) -> float:
-    """The settled runs plus, for each running one, the fraction of its planned steps trained:
-    runs finish in bursts, so an ETA from finished runs alone misleads; one from steps does not."""
-    partial = 0.0
+def work_done(sweep_dir: Path, rows: list[RunRow], settled: set[str],
+              planned: Mapping[str, int] | None = None) -> float:
+    """How much of the watched work is done: with `planned` (run id -> planned steps), steps:
+    each settled run's planned steps plus the steps each running one has trained; without it,
+    runs: the settled ones plus each running one's fraction of its steps. Runs finish in bursts
+    and differ in length, so an ETA from finished runs misleads; one from steps does not."""
+    done = 0.0
     for row in rows:
-        total = planned_steps(Path(sweep_dir) / row.dir) if row.state == "running" and row.step else None
-        if total and row.run_id not in settled:
-            partial += min(row.step / total, 1.0)
-    return len(settled) + partial
+        weight = planned.get(row.run_id, 0) if planned is not None else 1
+        if row.run_id in settled:
+            done += weight
+        elif row.state == "running" and row.step:
+            total = planned.get(row.run_id) if planned is not None else planned_steps(Path(sweep_dir) / row.dir)
+            if total:
+                done += weight * min(row.step / total, 1.0)
+    return done
 
 
 def watch(sweep_dir: Path, run_ids: list[str], stale_s: float, *, launch_id: str | None = None,
-          submitted: set[str] | None = None, poll_s: float = 1.0) -> dict[str, str]:
+          submitted: set[str] | None = None, poll_s: float = 1.0,
+          planned: Mapping[str, int] | None = None) -> dict[str, str]:
     """Show a tqdm bar until every run in `run_ids` is final or failed, or no job is left that
     could move it; returns the final state of each run. A run in `submitted` only counts once a
-    job of `launch_id` has dealt with it (a rerun of a failed run starts out `failed`)."""
+    job of `launch_id` has dealt with it (a rerun of a failed run starts out `failed`). With
+    `planned` (run id -> planned steps) the bar and its ETA count steps, else runs."""
     from tqdm import tqdm
 
     wanted = set(run_ids)
     submitted = submitted or set()
     touched: set[str] = set()
+    total = sum(planned.get(rid, 0) for rid in wanted) if planned is not None else len(wanted)
+    unit, shown = ("step", "{n:.0f}") if planned is not None else ("run", "{n:.1f}")
     # a log file (nohup, a batch job, CI) gets a line every few seconds, not one per poll
-    bar = tqdm(total=len(wanted), unit="run", desc="runs final", leave=True,
+    bar = tqdm(total=total, unit=unit, desc=f"{unit}s trained" if planned is not None else "runs final", leave=True,
                mininterval=0.1 if sys.stderr.isatty() else 5.0, miniters=0,
-               bar_format="{l_bar}{bar}| {n:.1f}/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+               bar_format="{l_bar}{bar}| " + shown + "/{total_fmt} [{elapsed}<{remaining}, {rate_fmt}{postfix}]")
+    first = True
     idle_polls = 0
     try:
         while True:
@@ -217,7 +229,12 @@ def watch(sweep_dir: Path, run_ids: list[str], stale_s: float, *, launch_id: str
             doing = [f"{r.name}: {activity(Path(sweep_dir) / r.dir, r.step)}" for r in rows if r.state == "running"]
             bar.set_postfix_str(", ".join(f"{k} {v}" for k, v in sorted(counts.items()))
                                 + (f" | {'; '.join(doing)}" if doing else ""), refresh=False)
-            bar.update(runs_done(sweep_dir, rows, settled) - bar.n)  # redraws at most every mininterval
+            done_now = work_done(sweep_dir, rows, settled, planned)
+            if first:  # work done before this watch began is not part of its rate (nor its ETA)
+                bar.initial = bar.n = done_now
+                bar.refresh()
+                first = False
+            bar.update(done_now - bar.n)  # redraws at most every mininterval
             if done == len(wanted):
                 break
             # nothing running or queued for the rest: stop after a short grace (jobs just

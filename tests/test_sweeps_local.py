@@ -224,4 +224,14 @@ def test_progress_counts_the_steps_of_running_runs(tmp_path):
         (tmp_path / name).mkdir()
         (tmp_path / name / "config.yaml").write_text("train: {steps: 1000}\n")
         rows.append(status.RunRow(name, name, name, state, step, "", 1, "", ""))
-    assert status.runs_done(tmp_path, rows, {"a"}) == pytest.approx(1.75)
+    assert status.work_done(tmp_path, rows, {"a"}) == pytest.approx(1.75)
+    # weighted by planned steps: a long run counts for more than a short one
+    planned = {"a": 1000, "b": 4000, "c": 500, "d": 2000}
+    assert status.work_done(tmp_path, rows, {"a"}, planned) == pytest.approx(1000 + 250 / 4000 * 4000 + 500)
+
+
+def test_the_launch_bar_counts_planned_steps(tmp_path, stub_trainer, capsys):
+    grid = write_grid(tmp_path / "g.yaml", steps=20)
+    assert launch.main([str(grid), "--out", str(tmp_path / "sweep"), "--executor", "debug", "--wait"]) == 0
+    bar = capsys.readouterr().err
+    assert "steps trained" in bar and "60/60" in bar  # 3 runs x 20 steps
