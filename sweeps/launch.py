@@ -24,6 +24,8 @@ import subprocess
 import sys
 import time
 import uuid
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,18 +36,30 @@ from gat.errors import UserError
 from sweeps import costs, executors, manifest, resources
 from sweeps import lease as leases
 from sweeps.job import RunJob, RunTask, cancel_requested, clear_cancel
-from sweeps.plan import FINAL, Plan, PlannedRun, RunStatus, flatten, make_plan, read_statuses
+from sweeps.plan import (FINAL, Dropped, Plan, PlannedRun, PlanStream, RunStatus, base_flat, budget_points, flatten,
+                         make_plan, normalise, status_reader)
 from sweeps.status import watch
 from sweeps.spec import GridError, GridSpec, Point, default_sweep_dir, load_grid, only_filter, validate_points
 
 
 TABLE_ROWS = 300  # a 10^6-point dry run prints these and a count, not a million lines
+# A run, its state, what the launcher does with it, and its resources.
+Row = tuple[PlannedRun, RunStatus, str, resources.Resources]
 
 
-def select(plan: Plan, only: str | None) -> list[PlannedRun]:
-    """Runs whose name or ID matches `only` (a regular expression), or all."""
+def select(runs: Iterable[PlannedRun], only: str | None) -> Iterator[PlannedRun]:
+    """Runs whose name or ID matches `only` (a regular expression), or all, in plan order. When
+    none does, a GridError once `runs` is exhausted: before any output of a caller that prints
+    only what it has been given."""
     wanted = only_filter(only)
-    return [r for r in plan.runs if wanted(r.name, r.run_id)]
+    total = chosen = 0
+    for run in runs:
+        total += 1
+        if wanted(run.name, run.run_id):
+            chosen += 1
+            yield run
+    if not chosen:
+        raise GridError(f"--only {only!r} matches none of the {total} runs")
 
 
 def queued_runs(sweep_dir: Path) -> dict[str, str]:
@@ -79,23 +93,52 @@ def decide(state: str, queued: bool, rerun_failed: bool) -> str:
     return "submit"
 
 
-def validate_plan(plan: Plan) -> None:
-    """Every run's values through gat.config (each axis value once, each combination of the
+def validate_plan(plan: Plan | PlanStream) -> None:
+    """Every point's values through gat.config (each axis value once, each combination of the
     interacting keys once), then each distinct model shape through gat.models.describe (which
     catches what only building the nets can, e.g. more MNG levels than blocks); also checks the
-    fast normalisation agrees with the trainer's."""
-    points = [Point(r.coords, r.overrides) for r in plan.runs]
-    for index, cfg in validate_points(plan.spec, points).items():
-        run = plan.runs[index]
-        resolved = flatten(gat_config.to_dict(cfg))
-        if resolved != run.flat:
-            diff = sorted(k for k in set(resolved) | set(run.flat) if resolved.get(k) != run.flat.get(k))
-            raise GridError(f"{run.name}: internal error, plan and trainer config disagree on {diff}")
-        try:
-            costs.model_stats(run.flat)
-        except gat_config.ConfigError as err:
-            coords = ", ".join(f"axis {k}={v!r}" for k, v in run.coords.items())
-            raise GridError(f"{coords}: {err}") from err
+    fast normalisation agrees with the trainer's.
+
+    The grid's points are expanded twice rather than held: once to validate, once to pick out
+    the representatives `validate_points` names by index. Expanding needs no ids or folders, so
+    both cost little next to the plan's own walk. (Duplicate points, which the plan merges, are
+    validated too: their config is one an earlier point already has.)"""
+    spec = plan.spec
+    start = base_flat(spec)
+    checked = validate_points(spec, (point for point, _ in budget_points(spec, start)))
+    last = max(checked)
+    for index, (point, _) in enumerate(budget_points(spec, start)):
+        if index in checked:
+            _check_representative(point, normalise(start, point.overrides), checked[index])
+        if index == last:
+            break
+
+
+def _check_representative(point: Point, flat: dict[str, Any], cfg: gat_config.RunConfig) -> None:
+    """A validated point's trainer config `cfg` is the plan's `flat`, and its models build."""
+    where = ", ".join(f"axis {k}={v!r}" for k, v in point.coords.items()) or "base config"
+    resolved = flatten(gat_config.to_dict(cfg))
+    if resolved != flat:
+        diff = sorted(k for k in set(resolved) | set(flat) if resolved.get(k) != flat.get(k))
+        raise GridError(f"{where}: internal error, plan and trainer config disagree on {diff}")
+    try:
+        costs.model_stats(flat)
+    except gat_config.ConfigError as err:
+        raise GridError(f"{where}: {err}") from err
+
+
+def plan_rows(runs: Iterable[PlannedRun], spec: GridSpec, sweep_dir: Path, defaults: resources.Resources,
+              rules: list[tuple[dict[str, Any], dict[str, Any]]], rerun_failed: bool) -> Iterator[Row]:
+    """Each run with its state, what the launcher does with it, and its resources, as `runs`
+    yields them. Only the run folders that exist are read (`status_reader`)."""
+    status_of = status_reader(sweep_dir, spec.executor.lease_stale_s)
+    queued = queued_runs(sweep_dir) if (sweep_dir / manifest.MANIFEST).exists() else {}
+    for run in runs:
+        status = status_of(run)
+        res = resources.resolve(run.flat, defaults, rules, stats=lambda r=run: costs.model_stats(r.flat) or {})
+        # A cancelled run's old job skips it or has stopped it: it counts as not queued.
+        in_queue = run.run_id in queued and not cancel_requested(run.dir)
+        yield run, status, decide(status.state, in_queue, rerun_failed), res
 
 
 def snapshot_code(dest: Path) -> Path:
@@ -123,46 +166,61 @@ def _fmt(value: float | None, spec: str) -> str:
     return "?" if value is None else format(value, spec)
 
 
-def dry_run_table(plan: Plan, rows: list[tuple[PlannedRun, RunStatus, str, resources.Resources]],
-                  estimate: resources.Estimate) -> str:
-    """The --dry-run report: one line per selected run (the first TABLE_ROWS), then totals. Sizes
-    and hours to 3 significant figures (a CPU grid's models are 1e-5 GFLOPs); hours are CPU-hours
-    when no run of the grid asks for a GPU."""
-    unit = "GPU" if any(res.gpus for *_, res in rows) else "CPU"
-    header = f"{'run':<52} {'state':<12} {'params':>9} {'GFLOPs':>8} {'train FLOPs':>11} {'GPUs':>4} {unit + '-h':>8}  action"
-    lines = [header, "-" * len(header)]
-    total_flops = total_hours = 0.0
-    submit_hours = 0.0
-    unknown = False
-    for run, status, action, res in rows:
+@dataclass
+class DryRunTable:
+    """The --dry-run report, added up as the rows stream past: a line for each of the first
+    TABLE_ROWS runs, then totals over all of them. Sizes and hours to 3 significant figures (a CPU
+    grid's models are 1e-5 GFLOPs); hours are CPU-hours when no run of the grid asks for a GPU."""
+
+    estimate: resources.Estimate
+    shown: list[str] = field(default_factory=list)  # the first TABLE_ROWS lines
+    runs: int = 0
+    submit: int = 0
+    flops: float = 0.0
+    hours: float = 0.0
+    submit_hours: float = 0.0
+    unknown: bool = False  # a size gat.models could not describe ('?')
+    gpus: bool = False  # some run asks for a GPU: hours are GPU-hours
+    groups: set[resources.Resources] = field(default_factory=set)  # one array job per resources to submit
+
+    def add(self, run: PlannedRun, status: RunStatus, action: str, res: resources.Resources) -> None:
+        """Count one row in the totals, and keep its line while fewer than TABLE_ROWS are."""
         stats = costs.model_stats(run.flat)
         flops = costs.training_flops(run.flat, stats)
-        hours = costs.device_hours(flops, estimate)
-        unknown |= hours is None
-        total_flops += flops or 0.0
-        total_hours += hours or 0.0
+        hours = costs.device_hours(flops, self.estimate)
+        self.runs += 1
+        self.unknown |= hours is None
+        self.gpus |= bool(res.gpus)
+        self.flops += flops or 0.0
+        self.hours += hours or 0.0
         if action == "submit":
-            submit_hours += hours or 0.0
-        if len(lines) - 2 >= TABLE_ROWS:
-            continue  # counted in the totals, not printed
-        params = None if stats is None else stats["params"] / 1e6
-        lines.append(
-            f"{run.name[:52]:<52} {status.state:<12} {_fmt(params, '8.2f') + 'M':>9} "
-            f"{_fmt(None if stats is None else stats['gflops'], '8.3g'):>8} {_fmt(flops, '11.2e'):>11} "
-            f"{res.gpus * res.nodes:>4} {_fmt(hours, '8.3g'):>8}  {action}"
+            self.submit += 1
+            self.submit_hours += hours or 0.0
+            self.groups.add(res)
+        if len(self.shown) < TABLE_ROWS:
+            params = None if stats is None else stats["params"] / 1e6
+            self.shown.append(
+                f"{run.name[:52]:<52} {status.state:<12} {_fmt(params, '8.2f') + 'M':>9} "
+                f"{_fmt(None if stats is None else stats['gflops'], '8.3g'):>8} {_fmt(flops, '11.2e'):>11} "
+                f"{res.gpus * res.nodes:>4} {_fmt(hours, '8.3g'):>8}  {action}"
+            )
+
+    def render(self, merged: int) -> str:
+        """The table: header, the lines kept, a count of the rest, totals (`merged` duplicate points)."""
+        unit = "GPU" if self.gpus else "CPU"
+        header = (f"{'run':<52} {'state':<12} {'params':>9} {'GFLOPs':>8} {'train FLOPs':>11} {'GPUs':>4} "
+                  f"{unit + '-h':>8}  action")
+        rule = "-" * len(header)
+        more = ([f"... {self.runs - TABLE_ROWS} more runs not shown (--only REGEX lists a subset)"]
+                if self.runs > TABLE_ROWS else [])
+        totals = (
+            f"{self.runs} runs ({merged} duplicate points merged); would submit {self.submit} in "
+            f"{len(self.groups)} array job(s); total {self.flops:.2e} training FLOPs, {self.hours:.3g} {unit}-hours "
+            f"({self.submit_hours:.3g} to submit) at {self.estimate.device_tflops:g} TFLOP/s "
+            f"x {self.estimate.mfu:g} MFU"
+            + ("; '?' = gat.models.describe unavailable" if self.unknown else "")
         )
-    n_submit = sum(1 for _, _, a, _ in rows if a == "submit")
-    groups = len({res for _, _, a, res in rows if a == "submit"})
-    if len(rows) > TABLE_ROWS:
-        lines.append(f"... {len(rows) - TABLE_ROWS} more runs not shown (--only REGEX lists a subset)")
-    lines.append("-" * len(header))
-    lines.append(
-        f"{len(rows)} runs ({plan.merged} duplicate points merged); would submit {n_submit} in {groups} "
-        f"array job(s); total {total_flops:.2e} training FLOPs, {total_hours:.3g} {unit}-hours "
-        f"({submit_hours:.3g} to submit) at {estimate.device_tflops:g} TFLOP/s x {estimate.mfu:g} MFU"
-        + ("; '?' = gat.models.describe unavailable" if unknown else "")
-    )
-    return "\n".join(lines)
+        return "\n".join([header, rule, *self.shown, *more, rule, totals])
 
 
 def _plan_row(run: PlannedRun, estimate: resources.Estimate) -> dict[str, Any]:
@@ -174,24 +232,81 @@ def _plan_row(run: PlannedRun, estimate: resources.Estimate) -> dict[str, Any]:
             **{key: run.flat[key] for key in ("model.width", "model.depth", "model.heads", "model.patch", "seed")}}
 
 
-def budget_table(plan: Plan, runs: list[PlannedRun], estimate: resources.Estimate) -> str:
-    """The isoFLOP part of --dry-run: per budget its sizes, solved steps, achieved FLOPs (and
-    their miss) and estimated time; then the dropped cells with their reasons."""
-    lines = ["", f"{'budget':>9} {'size':<16} {'steps':>8} {'train FLOPs':>11} {'miss':>7} {'hours':>7}  runs"]
-    cells: dict[tuple[float, str], list[PlannedRun]] = {}
-    for run in runs:
+@dataclass
+class BudgetCell:
+    """One (budget, size) cell of an isoFLOP grid: its first run's solved steps and FLOPs, and its run count."""
+
+    steps: int
+    flops: float
+    runs: int = 0
+
+
+@dataclass
+class BudgetTable:
+    """The isoFLOP part of --dry-run, added up as the runs stream past: per budget its sizes, solved
+    steps, achieved FLOPs (and their miss) and estimated time; then the dropped cells with their reasons."""
+
+    estimate: resources.Estimate
+    cells: dict[tuple[float, str], BudgetCell] = field(default_factory=dict)  # by (budget, size), first seen first
+    runs: int = 0
+    hours: float = 0.0
+
+    def add(self, run: PlannedRun) -> None:
+        """Count one run in its cell and in the total hours."""
         size = "-".join(f"{k[6]}{run.flat[k]}" for k in ("model.width", "model.depth", "model.heads", "model.patch"))
-        cells.setdefault((run.budget, size), []).append(run)
-    for (budget, size), group in sorted(cells.items(), key=lambda item: (item[0][0], -item[1][0].flat["train.steps"])):
-        flops = _estimated_flops(group[0])
-        hours = costs.device_hours(flops, estimate)
-        lines.append(f"{budget:9.2e} {size:<16} {group[0].flat['train.steps']:>8} {flops:11.3e} "
-                     f"{flops / budget - 1:+7.2%} {_fmt(hours and hours * len(group), '7.2f')}  {len(group)}")
-    total = sum(costs.device_hours(_estimated_flops(r), estimate) or 0.0 for r in runs)
-    lines.append(f"{len(cells)} cells, {len(runs)} runs, about {total:.2f} device-hours in all (runs one at a time)")
-    for budget, coords, reason in plan.dropped:
-        lines.append(f"dropped: budget {budget:.2e}, {', '.join(f'{k}={v}' for k, v in coords.items())}: {reason}")
-    return "\n".join(lines)
+        flops = _estimated_flops(run)
+        cell = self.cells.setdefault((run.budget, size), BudgetCell(run.flat["train.steps"], flops))
+        cell.runs += 1
+        self.runs += 1
+        self.hours += costs.device_hours(flops, self.estimate) or 0.0
+
+    def render(self, dropped: Dropped) -> str:
+        """The cells by budget, most steps first, a total, then each cell the plan dropped."""
+        lines = ["", f"{'budget':>9} {'size':<16} {'steps':>8} {'train FLOPs':>11} {'miss':>7} {'hours':>7}  runs"]
+        for (budget, size), cell in sorted(self.cells.items(), key=lambda item: (item[0][0], -item[1].steps)):
+            hours = costs.device_hours(cell.flops, self.estimate)
+            lines.append(f"{budget:9.2e} {size:<16} {cell.steps:>8} {cell.flops:11.3e} "
+                         f"{cell.flops / budget - 1:+7.2%} {_fmt(hours and hours * cell.runs, '7.2f')}  {cell.runs}")
+        lines.append(f"{len(self.cells)} cells, {self.runs} runs, about {self.hours:.2f} device-hours in all "
+                     "(runs one at a time)")
+        for budget, coords, reason in dropped:
+            lines.append(f"dropped: budget {budget:.2e}, {', '.join(f'{k}={v}' for k, v in coords.items())}: {reason}")
+        return "\n".join(lines)
+
+
+def print_json_array(items: Iterable[Any]) -> None:
+    """What `print(json.dumps(list(items), indent=1))` prints, written an item at a time so the
+    list is never held; "[" is written with the first item, so an error raised before it leaves
+    stdout empty."""
+    first = True
+    for item in items:
+        # An item inside the list is indented one step deeper; json.dumps escapes newlines in
+        # strings, so every newline in its text starts one of its lines.
+        print(("[\n " if first else ",\n ") + json.dumps(item, indent=1).replace("\n", "\n "), end="")
+        first = False
+    print("[]" if first else "\n]")
+
+
+def dry_run(spec: GridSpec, sweep_dir: Path, args: argparse.Namespace, defaults: resources.Resources,
+            rules: list[tuple[dict[str, Any], dict[str, Any]]], estimate: resources.Estimate) -> int:
+    """--dry-run in one walk of the plan that holds no run: each run's JSON object printed as it
+    comes (--json), or each row added to the table, whose kept lines and totals print at the end."""
+    plan = PlanStream(spec, sweep_dir)
+    validate_plan(plan)
+    rows = plan_rows(select(plan, args.only), spec, sweep_dir, defaults, rules, args.rerun_failed)
+    if args.json:
+        print_json_array(_plan_row(run, estimate) for run, *_ in rows)
+        return 0
+    table = DryRunTable(estimate)
+    budgets = BudgetTable(estimate) if spec.budgets is not None else None
+    for run, status, action, res in rows:
+        table.add(run, status, action, res)
+        if budgets is not None:
+            budgets.add(run)
+    print(table.render(plan.merged))
+    if budgets is not None:
+        print(budgets.render(plan.dropped))
+    return 0
 
 
 def build_jobs(kind: str, runs: list[PlannedRun], spec: GridSpec, common: dict[str, Any]) -> list[RunJob]:
@@ -216,28 +331,12 @@ def launch(args: argparse.Namespace) -> int:
         spec.executor.array_parallelism = args.parallelism
     sweep_dir = Path(args.out) if args.out else default_sweep_dir(spec.name)
     defaults, rules, estimate = resources.parse(spec.resources)
+    if args.dry_run:
+        return dry_run(spec, sweep_dir, args, defaults, rules, estimate)
     plan = make_plan(spec, sweep_dir)
     validate_plan(plan)
-    chosen = select(plan, args.only)
-    if not chosen:
-        raise GridError(f"--only {args.only!r} matches none of the {len(plan.runs)} runs")
-    statuses = read_statuses(plan, spec.executor.lease_stale_s)
-    queued = queued_runs(sweep_dir) if (sweep_dir / manifest.MANIFEST).exists() else {}
-    rows = []
-    for run in chosen:
-        status = statuses[run.run_id]
-        res = resources.resolve(run.flat, defaults, rules, stats=lambda r=run: costs.model_stats(r.flat) or {})
-        # A cancelled run's old job skips it or has stopped it: it counts as not queued.
-        in_queue = run.run_id in queued and not cancel_requested(run.dir)
-        rows.append((run, status, decide(status.state, in_queue, args.rerun_failed), res))
-    if args.dry_run:
-        if args.json:
-            print(json.dumps([_plan_row(run, estimate) for run, _, _, _ in rows], indent=1))
-            return 0
-        print(dry_run_table(plan, rows, estimate))
-        if spec.budgets is not None:
-            print(budget_table(plan, [run for run, _, _, _ in rows], estimate))
-        return 0
+    chosen = list(select(plan.runs, args.only))
+    rows = list(plan_rows(chosen, spec, sweep_dir, defaults, rules, args.rerun_failed))
 
     kind = executors.resolve_kind(spec.executor.kind)
     if kind == "slurm" and not executors.slurm_available():

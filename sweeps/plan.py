@@ -11,17 +11,21 @@ metrics exist) makes a new run. The folder name is descriptive plus the ID:
 
 Normalisation is done here on flat dotted dicts instead of through `gat.config.from_dict` (about
 15 ms a point) so that a 10,000-point grid plans in well under 2 s; `tests/test_sweeps_plan.py`
-checks both paths give the same config.
+checks both paths give the same config. `PlanStream` walks the plan one run at a time, holding
+per run only its id and a digest (about 200 bytes), so a 10^6-point `--dry-run` need not hold
+10^6 configs (about 3 KB each); `make_plan` lists the same walk.
 """
 from __future__ import annotations
 
 import dataclasses
 import hashlib
+import itertools
 import json
 import os
 import re
 import time
 import typing
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
@@ -32,7 +36,7 @@ from gat.config import unflatten
 from gat.sizes import parse_size
 from sweeps import lease as leases
 from sweeps import manifest
-from sweeps.spec import GridError, GridSpec, Point, expand
+from sweeps.spec import GridError, GridSpec, Point, matches
 
 COSMETIC = gat_config.COSMETIC_KEYS
 ID_LENGTH = 8
@@ -50,6 +54,7 @@ LABELS = {
 ALWAYS = ("model.width", "model.depth", "model.patch")
 SWEEP_SUBDIR = ".sweep"  # the sweep engine's own files inside a run folder
 TRAINER_LOG = "trainer.log"  # in SWEEP_SUBDIR: the trainer's stdout and stderr
+Dropped = list[tuple[float, dict[str, Any], str]]  # (budget, coords, why) of the cells a budget grid leaves out
 
 
 @dataclass
@@ -83,7 +88,7 @@ class Plan:
     sweep_dir: Path
     runs: list[PlannedRun]
     merged: int = 0  # points whose effective config duplicated an earlier point
-    dropped: list[tuple[float, dict[str, Any], str]] = dataclasses.field(default_factory=list)  # (budget, coords, why)
+    dropped: Dropped = dataclasses.field(default_factory=list)
 
 
 @dataclass
@@ -217,50 +222,93 @@ def existing_folders(sweep_dir: Path) -> dict[str, str]:
     return found
 
 
-def make_plan(spec: GridSpec, sweep_dir: Path) -> Plan:
-    """Expand the grid and give every point its ID, name and run folder.
+@dataclass
+class PlanStream:
+    """The plan walked one run at a time, in plan order, without holding the runs: what
+    `make_plan` lists, for a caller that only needs to look at each run once (`--dry-run`).
 
-    Points with the same effective config (e.g. an axis over a cosmetic key) are one run. A run
-    that already has a folder under another name keeps it (see `existing_folders`).
+    Each walk expands the grid afresh and recounts `merged` and `dropped`, which are complete
+    once it ends. A walk holds each distinct run's id and identity digest (to merge duplicates
+    and tell an id collision from one), never its config.
     """
-    start = base_flat(spec)
-    runs_dir = Path(sweep_dir) / "runs"
-    folders = existing_folders(sweep_dir)
-    seen: dict[str, PlannedRun] = {}
-    merged = 0
-    point: Point
-    dropped: list[tuple[float, dict[str, Any], str]] = []
-    for point, budget in _budget_points(spec, start, dropped):
-        flat = normalise(start, point.overrides)
-        rid = run_id(flat)
-        if rid in seen and run_identity(seen[rid].flat) != run_identity(flat):
-            # A different config whose 8-digit id collides (expected about once in 10^5 points):
-            # it gets the longer id rather than being merged away.
-            rid = run_id(flat, COLLISION_ID_LENGTH)
-        if rid in seen:
-            merged += 1
+
+    spec: GridSpec
+    sweep_dir: Path
+    merged: int = 0  # points whose effective config duplicated an earlier point
+    dropped: Dropped = dataclasses.field(default_factory=list)
+
+    def __iter__(self) -> Iterator[PlannedRun]:
+        """Points with the same effective config (e.g. an axis over a cosmetic key) are one run. A
+        run that already has a folder under another name keeps it (see `existing_folders`)."""
+        self.merged, self.dropped = 0, []
+        start = base_flat(self.spec)
+        runs_dir = Path(self.sweep_dir) / "runs"
+        folders = existing_folders(self.sweep_dir)
+        seen: dict[str, bytes] = {}  # run id -> SHA-1 of its identity
+        for point, budget in budget_points(self.spec, start, self.dropped):
+            flat = normalise(start, point.overrides)
+            digest = hashlib.sha1(run_identity(flat).encode()).digest()
+            rid = _unique_id(digest, seen)
+            if rid in seen:
+                self.merged += 1
+                continue
+            seen[rid] = digest
+            name = run_name(flat, self.spec.axes + (["train.steps"] if budget else []), rid)
+            if folders.get(rid, name) != name and not (runs_dir / name).is_dir():
+                name = folders[rid]
+            yield PlannedRun(rid, name, point.coords, point.overrides, flat, runs_dir / name, self.spec.name, budget)
+
+
+def _unique_id(digest: bytes, seen: dict[str, bytes]) -> str:
+    """The run id for an identity's SHA-1 `digest` (what `run_id` gives): its first ID_LENGTH hex
+    digits, or COLLISION_ID_LENGTH when those already name a different config (expected about
+    once in 10^5 points), so the two are not merged. An id in `seen` with this digest is a duplicate."""
+    rid = digest.hex()[:ID_LENGTH]
+    if rid in seen and seen[rid] != digest:
+        rid = digest.hex()[:COLLISION_ID_LENGTH]
+    return rid
+
+
+def make_plan(spec: GridSpec, sweep_dir: Path) -> Plan:
+    """Expand the grid and give every point its ID, name and run folder (`PlanStream`, listed)."""
+    stream = PlanStream(spec, Path(sweep_dir))
+    runs = list(stream)
+    return Plan(spec=spec, sweep_dir=Path(sweep_dir), runs=runs, merged=stream.merged, dropped=stream.dropped)
+
+
+def grid_points(spec: GridSpec) -> Iterator[Point]:
+    """`sweeps.spec.expand`'s points, in its order, one at a time (a 10^6-point grid never holds
+    them all). Keep the two in step: tests/test_trust_sweeps.py compares them."""
+    found = False
+    for combo in itertools.product(*spec.groups):
+        coords: dict[str, Any] = {}
+        for part in combo:
+            coords.update(part)
+        if spec.include and not any(matches(coords, f) for f in spec.include):
             continue
-        name = run_name(flat, spec.axes + (["train.steps"] if budget else []), rid)
-        if folders.get(rid, name) != name and not (runs_dir / name).is_dir():
-            name = folders[rid]
-        seen[rid] = PlannedRun(rid, name, point.coords, point.overrides, flat, runs_dir / name, spec.name, budget)
-    return Plan(spec=spec, sweep_dir=Path(sweep_dir), runs=list(seen.values()), merged=merged, dropped=dropped)
+        if any(matches(coords, f) for f in spec.exclude):
+            continue
+        found = True
+        yield Point(coords=coords, overrides={**spec.fixed, **coords})
+    if not found:
+        raise GridError("the grid has no points left after include/exclude")
 
 
-def _budget_points(spec: GridSpec, start: dict[str, Any],
-                   dropped: list[tuple[float, dict[str, Any], str]]) -> list[tuple[Point, float | None]]:
+def budget_points(spec: GridSpec, start: dict[str, Any],
+                  dropped: Dropped | None = None) -> Iterator[tuple[Point, float | None]]:
     """The grid's points, each with its budget: as expanded without `budgets:`, else one point per
     (budget, point) with `train.steps` solved to the budget and `eval.every` following it. Cells
-    the grid's limits cannot meet go to `dropped` with the reason."""
-    points = expand(spec)
+    the grid's limits cannot meet go to `dropped` with the reason. `start` is `base_flat(spec)`."""
     if spec.budgets is None:
-        return [(point, None) for point in points]
+        yield from ((point, None) for point in grid_points(spec))
+        return
     from sweeps import costs  # the model package loads only for isoFLOP grids
 
     b = spec.budgets
-    out = []
+    dropped = [] if dropped is None else dropped
+    found = False
     for budget in b.flops:
-        for point in points:
+        for point in grid_points(spec):
             flat = normalise(start, point.overrides)
             stats = costs.model_stats(flat)
             if stats is None:
@@ -275,11 +323,11 @@ def _budget_points(spec: GridSpec, start: dict[str, Any],
             if reason:
                 dropped.append((budget, point.coords, reason))
                 continue
+            found = True
             solved = {"train.steps": steps, "eval.every": -(-steps // b.eval_count)}
-            out.append((Point(point.coords, {**point.overrides, **solved}), budget))
-    if not out:
+            yield Point(point.coords, {**point.overrides, **solved}), budget
+    if not found:
         raise GridError("budgets: every (budget, size) cell was dropped: " + dropped[0][2])
-    return out
 
 
 def read_status(run_dir: Path, stale_s: float, now: float | None = None) -> RunStatus:
@@ -302,15 +350,18 @@ def read_status(run_dir: Path, stale_s: float, now: float | None = None) -> RunS
                      status.get("checkpoint_step"))
 
 
-def read_statuses(plan: Plan, stale_s: float) -> dict[str, RunStatus]:
-    """Every planned run's status; folders are listed once so absent runs cost nothing."""
-    runs_dir = plan.sweep_dir / "runs"
+def status_reader(sweep_dir: Path, stale_s: float) -> Callable[[PlannedRun], RunStatus]:
+    """A function giving a planned run's status. `runs/` is listed once, here, so a run without a
+    folder costs nothing (it is `pending`) and a 10^6-point plan reads only the folders there are."""
     try:
-        existing = {entry.name for entry in os.scandir(runs_dir) if entry.is_dir()}
+        existing = {entry.name for entry in os.scandir(Path(sweep_dir) / "runs") if entry.is_dir()}
     except FileNotFoundError:
         existing = set()
     now = time.time()
-    return {
-        run.run_id: read_status(run.dir, stale_s, now) if run.name in existing else RunStatus("pending")
-        for run in plan.runs
-    }
+    return lambda run: read_status(run.dir, stale_s, now) if run.name in existing else RunStatus("pending")
+
+
+def read_statuses(plan: Plan, stale_s: float) -> dict[str, RunStatus]:
+    """Every planned run's status, by run id (see `status_reader`)."""
+    status_of = status_reader(plan.sweep_dir, stale_s)
+    return {run.run_id: status_of(run) for run in plan.runs}

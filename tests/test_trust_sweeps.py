@@ -9,6 +9,8 @@ import os
 import subprocess
 import sys
 import time
+import tracemalloc
+from contextlib import redirect_stdout
 from pathlib import Path
 
 import pytest
@@ -21,8 +23,8 @@ from sweep_stub import starts_per_run, stub_intervals, write_grid
 from sweeps import launch, lease, manifest, status
 from sweeps.cancel import cancel_sweep
 from sweeps.launch import validate_plan
-from sweeps.plan import make_plan
-from sweeps.spec import BUNDLED, GridError, load_grid
+from sweeps.plan import grid_points, make_plan
+from sweeps.spec import BUNDLED, GridError, expand, load_grid, parse_grid
 
 GOLDEN_IDS = Path(__file__).parent / "golden" / "run_ids.json"
 
@@ -252,3 +254,56 @@ def test_a_huge_dry_run_prints_a_summary_not_every_row(tmp_path, capsys):
     assert len(out) == launch.TABLE_ROWS + 5  # header, rule, rows, the count, rule, totals
     assert out[-3] == "... 50 more runs not shown (--only REGEX lists a subset)"
     assert out[-1].startswith(f"{launch.TABLE_ROWS + 50} runs") and not sweep.exists()
+
+
+def _dry_run_peak(tmp_path: Path, seeds: int, *flags: str) -> tuple[int, Path]:
+    """Peak bytes Python allocates during a --dry-run of `seeds` x 100 learning rates, and the
+    file its stdout went to (a file, so the output itself is not counted)."""
+    lrs = [1e-4 * (1 + i) for i in range(100)]
+    grid = write_grid(tmp_path / f"g{seeds}.yaml", seed=list(range(seeds)), **{"train.base_lr": lrs})
+    out = tmp_path / f"out{seeds}.txt"
+    with out.open("w") as stream, redirect_stdout(stream):
+        tracemalloc.start()
+        try:
+            assert launch.main([str(grid), "--out", str(tmp_path / "sweep"), "--dry-run", *flags]) == 0
+            peak = tracemalloc.get_traced_memory()[1]
+        finally:
+            tracemalloc.stop()
+    return peak, out
+
+
+@pytest.mark.parametrize("flags", [(), ("--json",)], ids=["table", "json"])
+def test_a_huge_dry_run_streams_the_plan(tmp_path, flags):
+    # Issue 20: a 10^6-point dry run took 3.4 GB (each planned run holds its whole config, ~3 KB).
+    # The plan now streams past; what grows per point is an id and a digest (~130 bytes).
+    with open(os.devnull, "w") as sink, redirect_stdout(sink):  # imports and the model-size cache, not counted
+        launch.main([str(write_grid(tmp_path / "warm.yaml")), "--out", str(tmp_path / "sweep"), "--dry-run"])
+    small, _ = _dry_run_peak(tmp_path, 10, *flags)
+    big, out = _dry_run_peak(tmp_path, 60, *flags)
+    assert (big - small) / 5_000 < 500, f"{(big - small) / 5_000:.0f} bytes per point"
+    if flags:
+        assert len(json.loads(out.read_text())) == 6_000
+    else:
+        assert out.read_text().splitlines()[-1].startswith("6000 runs (0 duplicate points merged); would submit 6000")
+
+
+def test_streamed_dry_run_json_is_the_array_as_before(tmp_path, capsys):
+    grid = write_grid(tmp_path / "g.yaml", **{"model.width": [8, 16], "seed": [0, 1]})
+    assert launch.main([str(grid), "--out", str(tmp_path / "sweep"), "--dry-run", "--json"]) == 0
+    out = capsys.readouterr().out
+    assert out == json.dumps(json.loads(out), indent=1) + "\n" and len(json.loads(out)) == 4
+    assert launch.main([str(grid), "--out", str(tmp_path / "sweep"), "--dry-run", "--json", "--only", "nomatch"]) == 2
+    assert capsys.readouterr().out == ""  # the error comes before any of the array
+
+
+def test_streamed_grid_points_are_expand_s():
+    grids = [load_grid(p.name) for p in sorted(BUNDLED.glob("*.yaml")) if "search" not in yaml.safe_load(p.read_text())]
+    grids.append(parse_grid({"base": {"model": {"width": 32, "depth": 4, "heads": 2}},
+                             "axes": {"seed": [0, 1], "train.lr_rule": ["constant", "width_aware"]},
+                             "zip": [{"model.width": [32, 64], "model.heads": [2, 4]}], "set": {"train.steps": 5},
+                             "exclude": [{"seed": 1, "train.lr_rule": "constant"}],
+                             "include": [{"model.width": "<=64"}]}))
+    for spec in grids:
+        assert list(grid_points(spec)) == expand(spec), spec.name
+    with pytest.raises(GridError, match="no points left"):
+        list(grid_points(parse_grid({"axes": {"seed": [0]}, "include": [{"seed": 1}]})))
