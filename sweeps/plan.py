@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import itertools
 import json
 import os
 import re
@@ -36,7 +35,7 @@ from gat.config import unflatten
 from gat.sizes import parse_size
 from sweeps import lease as leases
 from sweeps import manifest
-from sweeps.spec import GridError, GridSpec, Point, matches
+from sweeps.spec import GridError, GridSpec, Point, grid_points
 
 COSMETIC = gat_config.COSMETIC_KEYS
 ID_LENGTH = 8
@@ -274,24 +273,6 @@ def make_plan(spec: GridSpec, sweep_dir: Path) -> Plan:
     stream = PlanStream(spec, Path(sweep_dir))
     runs = list(stream)
     return Plan(spec=spec, sweep_dir=Path(sweep_dir), runs=runs, merged=stream.merged, dropped=stream.dropped)
-
-
-def grid_points(spec: GridSpec) -> Iterator[Point]:
-    """`sweeps.spec.expand`'s points, in its order, one at a time (a 10^6-point grid never holds
-    them all). Keep the two in step: tests/test_trust_sweeps.py compares them."""
-    found = False
-    for combo in itertools.product(*spec.groups):
-        coords: dict[str, Any] = {}
-        for part in combo:
-            coords.update(part)
-        if spec.include and not any(matches(coords, f) for f in spec.include):
-            continue
-        if any(matches(coords, f) for f in spec.exclude):
-            continue
-        found = True
-        yield Point(coords=coords, overrides={**spec.fixed, **coords})
-    if not found:
-        raise GridError("the grid has no points left after include/exclude")
 
 
 def budget_points(spec: GridSpec, start: dict[str, Any],

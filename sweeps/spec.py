@@ -31,7 +31,7 @@ import itertools
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import yaml
 
@@ -208,9 +208,10 @@ def only_filter(only: str | None) -> Callable[[str, str], bool]:
     return lambda name, run_id: bool(pattern.search(name) or pattern.search(run_id))
 
 
-def expand(spec: GridSpec) -> list[Point]:
-    """All points of the grid in a stable order (product of groups, then include/exclude)."""
-    points = []
+def grid_points(spec: GridSpec) -> Iterator[Point]:
+    """The grid's points in a stable order (product of groups, then include/exclude), one at a
+    time: a dry run of a 10^6-point grid never holds them all."""
+    found = False
     for combo in itertools.product(*spec.groups):
         coords: dict[str, Any] = {}
         for part in combo:
@@ -219,10 +220,15 @@ def expand(spec: GridSpec) -> list[Point]:
             continue
         if any(matches(coords, f) for f in spec.exclude):
             continue
-        points.append(Point(coords=coords, overrides={**spec.fixed, **coords}))
-    if not points:
+        found = True
+        yield Point(coords=coords, overrides={**spec.fixed, **coords})
+    if not found:
         raise GridError("the grid has no points left after include/exclude")
-    return points
+
+
+def expand(spec: GridSpec) -> list[Point]:
+    """All points of the grid (`grid_points` as a list)."""
+    return list(grid_points(spec))
 
 
 def matches(values: dict[str, Any], condition: dict[str, Any]) -> bool:

@@ -23,8 +23,8 @@ from sweep_stub import starts_per_run, stub_intervals, write_grid
 from sweeps import launch, lease, manifest, status
 from sweeps.cancel import cancel_sweep
 from sweeps.launch import validate_plan
-from sweeps.plan import grid_points, make_plan
-from sweeps.spec import BUNDLED, GridError, expand, load_grid, parse_grid
+from sweeps.plan import make_plan
+from sweeps.spec import BUNDLED, GridError, load_grid
 
 GOLDEN_IDS = Path(__file__).parent / "golden" / "run_ids.json"
 
@@ -295,15 +295,3 @@ def test_streamed_dry_run_json_is_the_array_as_before(tmp_path, capsys):
     assert launch.main([str(grid), "--out", str(tmp_path / "sweep"), "--dry-run", "--json", "--only", "nomatch"]) == 2
     assert capsys.readouterr().out == ""  # the error comes before any of the array
 
-
-def test_streamed_grid_points_are_expand_s():
-    grids = [load_grid(p.name) for p in sorted(BUNDLED.glob("*.yaml")) if "search" not in yaml.safe_load(p.read_text())]
-    grids.append(parse_grid({"base": {"model": {"width": 32, "depth": 4, "heads": 2}},
-                             "axes": {"seed": [0, 1], "train.lr_rule": ["constant", "width_aware"]},
-                             "zip": [{"model.width": [32, 64], "model.heads": [2, 4]}], "set": {"train.steps": 5},
-                             "exclude": [{"seed": 1, "train.lr_rule": "constant"}],
-                             "include": [{"model.width": "<=64"}]}))
-    for spec in grids:
-        assert list(grid_points(spec)) == expand(spec), spec.name
-    with pytest.raises(GridError, match="no points left"):
-        list(grid_points(parse_grid({"axes": {"seed": [0]}, "include": [{"seed": 1}]})))
