@@ -36,6 +36,17 @@ def slurm_cluster():
         pytest.skip(message)
 
 
+def real_smoke_grid(path: Path, fixed: dict, executor: dict, **points) -> Path:
+    """A grid of real gat.train runs on the fmnist_smoke config, one CPU each; `points` holds
+    its axes/zip sections."""
+    if os.environ.get("GATSCALE_TEST_FMNIST_VAE"):  # a stand-in VAE where the committed one is absent
+        fixed = {**fixed, "data.vae": os.environ["GATSCALE_TEST_FMNIST_VAE"]}
+    path.write_text(yaml.safe_dump({"base": "gat/configs/fmnist_smoke.yaml", "set": fixed, **points,
+                                    "resources": {"gpus": 0, "cpus_per_task": 1, "timeout_min": 20},
+                                    "executor": executor}))
+    return path
+
+
 def slurm_job_ids(sweep: Path) -> list[str]:
     return [j["job_id"] for j in manifest.read(sweep)["jobs"]]
 
@@ -131,16 +142,9 @@ def test_real_trainer_end_to_end(slurm_cluster, tmp_path, monkeypatch):
     # had finished before the signal arrived, and the test saw one attempt instead of two.
     fixed = {"train.steps": 400, "train.log_every": 5, "train.ckpt_every": 10, "eval.every": 200,
              "eval.num_samples": 64}
-    if os.environ.get("GATSCALE_TEST_FMNIST_VAE"):  # a stand-in VAE where the committed one is absent
-        fixed["data.vae"] = os.environ["GATSCALE_TEST_FMNIST_VAE"]
-    grid = tmp_path / "smoke.yaml"
-    grid.write_text(yaml.safe_dump({
-        "base": "gat/configs/fmnist_smoke.yaml",
-        "set": fixed,
-        "zip": [{"seed": [0, 1, 2], "data.path": [None, None, "/nonexistent/fmnist"]}],
-        "resources": {"gpus": 0, "cpus_per_task": 1, "timeout_min": 20},
-        "executor": {"array_parallelism": 2, "retries": 0, "lease_heartbeat_s": 2, "lease_stale_s": 20},
-    }))
+    grid = real_smoke_grid(tmp_path / "smoke.yaml", fixed,
+                           {"array_parallelism": 2, "retries": 0, "lease_heartbeat_s": 2, "lease_stale_s": 20},
+                           zip=[{"seed": [0, 1, 2], "data.path": [None, None, "/nonexistent/fmnist"]}])
     sweep = tmp_path / "sweep"
     assert launch.main([str(grid), "--out", str(sweep), "--executor", "slurm"]) == 0
     by_seed = {r["coords"]["seed"]: r for r in manifest.read(sweep)["runs"]}
@@ -176,14 +180,8 @@ def test_sigterm_to_the_trainer_requeues_and_resumes_at_the_signal_step(slurm_cl
     monkeypatch.delenv("GATSCALE_TRAINER", raising=False)
     fixed = {"train.steps": 400, "train.log_every": 5, "train.ckpt_every": 1000, "eval.every": 400,
              "eval.num_samples": 64, "seed": 7}
-    if os.environ.get("GATSCALE_TEST_FMNIST_VAE"):
-        fixed["data.vae"] = os.environ["GATSCALE_TEST_FMNIST_VAE"]
-    grid = tmp_path / "term.yaml"
-    grid.write_text(yaml.safe_dump({
-        "base": "gat/configs/fmnist_smoke.yaml", "set": fixed, "axes": {"train.batch": [16]},
-        "resources": {"gpus": 0, "cpus_per_task": 1, "timeout_min": 20},
-        "executor": {"retries": 0, "lease_heartbeat_s": 2, "lease_stale_s": 20},
-    }))
+    grid = real_smoke_grid(tmp_path / "term.yaml", fixed, {"retries": 0, "lease_heartbeat_s": 2, "lease_stale_s": 20},
+                           axes={"train.batch": [16]})
     sweep, reference = tmp_path / "sweep", tmp_path / "reference"
     assert launch.main([str(grid), "--out", str(sweep), "--executor", "slurm"]) == 0
     (run,) = manifest.read(sweep)["runs"]
@@ -232,14 +230,9 @@ def test_chaos_ends_with_the_undisturbed_results(slurm_cluster, tmp_path, monkey
     monkeypatch.delenv("GATSCALE_TRAINER", raising=False)
     fixed = {"train.steps": 80, "train.log_every": 5, "train.ckpt_every": 5, "train.snapshot_every": 80,
              "eval.every": 40, "eval.num_samples": 64}
-    if os.environ.get("GATSCALE_TEST_FMNIST_VAE"):
-        fixed["data.vae"] = os.environ["GATSCALE_TEST_FMNIST_VAE"]
-    grid = tmp_path / "chaos.yaml"
-    grid.write_text(yaml.safe_dump({
-        "base": "gat/configs/fmnist_smoke.yaml", "set": fixed, "axes": {"seed": [0, 1, 2, 3]},
-        "resources": {"gpus": 0, "cpus_per_task": 1, "timeout_min": 20},
-        "executor": {"array_parallelism": 4, "retries": 3, "lease_heartbeat_s": 1, "lease_stale_s": 8},
-    }))
+    grid = real_smoke_grid(tmp_path / "chaos.yaml", fixed,
+                           {"array_parallelism": 4, "retries": 3, "lease_heartbeat_s": 1, "lease_stale_s": 8},
+                           axes={"seed": [0, 1, 2, 3]})
     reference, sweep = tmp_path / "reference", tmp_path / "sweep"
     assert launch.main([str(grid), "--out", str(reference), "--executor", "local", "--wait"]) == 0
     assert launch.main([str(grid), "--out", str(sweep), "--executor", "slurm"]) == 0
