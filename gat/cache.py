@@ -72,3 +72,27 @@ def intact(path: Path, warn: bool = True) -> bool:
     why = "does not match its recorded hash" if recorded else "has no recorded hash"
     warnings.warn(f"cache file {path} {why}; rebuilding it", stacklevel=2)
     return False
+
+
+def seal_folder(folder: Path) -> None:
+    """`seal` every file of a built cache folder (its own hash files aside)."""
+    for path in sorted(Path(folder).iterdir()):
+        if path.is_file() and not path.name.endswith(".sha256"):
+            seal(path)
+
+
+def folder_intact(folder: Path, warn: bool = True) -> bool:
+    """True when every file of a cache folder matches its recorded hash (see `intact`); the
+    first that does not is named in a warning (when `warn`), so the caller rebuilds the folder."""
+    files = [p for p in sorted(Path(folder).iterdir()) if p.is_file() and not p.name.endswith(".sha256")] \
+        if Path(folder).is_dir() else []
+    if not files:
+        return False
+    for path in files:
+        if not intact(path, warn=False):
+            if warn:
+                recorded = _digest_path(path).is_file()
+                why = "does not match its recorded hash" if recorded else "has no recorded hash"
+                warnings.warn(f"cache file {path} {why}; rebuilding {folder}", stacklevel=2)
+            return False
+    return True

@@ -88,6 +88,21 @@ def test_fashion_mnist_cache_is_reused(fmnist_subset: Path, monkeypatch: pytest.
     assert second.root == first.root and second.fingerprint == first.fingerprint
 
 
+def test_a_damaged_latent_cache_is_named_and_rebuilt(fmnist_subset: Path) -> None:
+    """Issue 20, defect 7 for the encoded latents: flipped bytes in a shard would fail every run
+    of a sweep or train it on wrong data; the file is named and the folder encoded again."""
+    cfg = DataConfig(kind="fashion_mnist", path=str(fmnist_subset))
+    first = load_dataset(cfg)
+    latents = first.batch(torch.arange(8), torch.Generator().manual_seed(0))[0]
+    shard = next(p for p in sorted(Path(first.root).iterdir()) if p.suffix not in (".json", ".sha256"))
+    raw = bytearray(shard.read_bytes())
+    raw[-64:] = bytes(b ^ 0xFF for b in raw[-64:])
+    shard.write_bytes(bytes(raw))
+    with pytest.warns(UserWarning, match=f"cache file {shard}.*rebuilding"):
+        again = load_dataset(cfg)
+    assert torch.equal(again.batch(torch.arange(8), torch.Generator().manual_seed(0))[0], latents)
+
+
 @pytest.mark.slow
 def test_concurrent_first_use_encodes_once(fmnist_subset: Path, tmp_path: Path) -> None:
     """The jobs of a first launch wait for one encoding instead of each repeating it."""

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from gat.cache import cache_root, exclusive
+from gat.cache import cache_root, exclusive, folder_intact, seal_folder
 from gat.errors import UserError
 from gat.data import vae as vae_lib
 from gat.data.shards import write_shards
@@ -133,10 +133,13 @@ def encoded_fashion_mnist(
     source = str(vae_source or vae_lib.FMNIST_VAE_DIR)
     vae_key = vae_lib.weights_fingerprint(source)
     target = _cache_dir(root, vae_key)
-    if (target / "meta.json").is_file():
+    # Every file is checked against its hash: damaged latents would fail every run of a sweep,
+    # or worse, train them on wrong data.
+    if folder_intact(target):
         return target
     with exclusive(target, "encoding Fashion-MNIST"):
-        if not (target / "meta.json").is_file():  # the process we waited for may have built it
+        if not folder_intact(target, warn=False):  # the process we waited for may have built it
+            shutil.rmtree(target, ignore_errors=True)
             _encode(root, source, vae_key, target, batch, progress)
     return target
 
@@ -176,6 +179,7 @@ def _encode(root: Path, source: str, vae_key: str, target: Path, batch: int, pro
                 "source": str(root),
             },
         )
+        seal_folder(tmp)
         os.replace(tmp, target)
     finally:
         torch.set_num_threads(threads)
