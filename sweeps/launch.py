@@ -169,8 +169,10 @@ def _fmt(value: float | None, spec: str) -> str:
 @dataclass
 class DryRunTable:
     """The --dry-run report, added up as the rows stream past: a line for each of the first
-    TABLE_ROWS runs, then totals over all of them. Sizes and hours to 3 significant figures (a CPU
-    grid's models are 1e-5 GFLOPs); hours are CPU-hours when no run of the grid asks for a GPU."""
+    TABLE_ROWS runs, then totals over all of them. `params` counts G and D; `G GFLOPs` is the
+    generator's forward GFLOPs per image, the x axis of the fits. Sizes and hours to 3 significant
+    figures (a CPU grid's models are 1e-5 GFLOPs); hours are CPU-hours when no run of the grid asks
+    for a GPU."""
 
     estimate: resources.Estimate
     shown: list[str] = field(default_factory=list)  # the first TABLE_ROWS lines
@@ -201,14 +203,14 @@ class DryRunTable:
             params = None if stats is None else stats["params"] / 1e6
             self.shown.append(
                 f"{run.name[:52]:<52} {status.state:<12} {_fmt(params, '8.2f') + 'M':>9} "
-                f"{_fmt(None if stats is None else stats['gflops'], '8.3g'):>8} {_fmt(flops, '11.2e'):>11} "
+                f"{_fmt(None if stats is None else stats['generator_gflops'], '8.3g'):>8} {_fmt(flops, '11.2e'):>11} "
                 f"{res.gpus * res.nodes:>4} {_fmt(hours, '8.3g'):>8}  {action}"
             )
 
     def render(self, merged: int) -> str:
         """The table: header, the lines kept, a count of the rest, totals (`merged` duplicate points)."""
         unit = "GPU" if self.gpus else "CPU"
-        header = (f"{'run':<52} {'state':<12} {'params':>9} {'GFLOPs':>8} {'train FLOPs':>11} {'GPUs':>4} "
+        header = (f"{'run':<52} {'state':<12} {'params':>9} {'G GFLOPs':>8} {'train FLOPs':>11} {'GPUs':>4} "
                   f"{unit + '-h':>8}  action")
         rule = "-" * len(header)
         more = ([f"... {self.runs - TABLE_ROWS} more runs not shown (--only REGEX lists a subset)"]

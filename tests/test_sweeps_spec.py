@@ -122,3 +122,5 @@ def test_cpu_dry_run_shows_gflops_and_cpu_hours(tmp_path, capsys):
     gflops = [float(line.split()[3]) for line in runs]
     hours = [float(line.split()[6]) for line in runs]
     assert len(runs) == 12 and min(gflops) > 0 and min(hours) > 0
+    # the generator's GFLOPs, as the committed fit's x axis reads them (width 4 to width 32)
+    assert (min(gflops), max(gflops)) == pytest.approx((2.42e-5, 8.83e-4), rel=0.01)
