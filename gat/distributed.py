@@ -14,7 +14,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import Any, Iterable
+from typing import Iterable
 
 import torch
 import torch.distributed as dist
@@ -139,12 +139,3 @@ def all_gather_cat(x: Tensor) -> Tensor:
     parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
     dist.all_gather(parts, x.contiguous())
     return torch.cat(parts)
-
-
-def broadcast_object(obj: Any) -> Any:
-    """Rank 0's `obj` on every rank (e.g. the run's resume decision)."""
-    if not dist.is_initialized():
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]

@@ -55,7 +55,7 @@ def request_cancel(run_dir: Path) -> None:
     """Ask whichever job holds (or will hold) the run to stop it; the next launch clears it."""
     folder = Path(run_dir) / SWEEP_SUBDIR
     folder.mkdir(parents=True, exist_ok=True)
-    rundir.write_json_atomic(folder / CANCEL_REQUEST, {"requested": utc_now(), "pid": os.getpid()})
+    rundir.write_json_atomic(folder / CANCEL_REQUEST, {"requested": rundir.utc_now(), "pid": os.getpid()})
 
 
 def clear_cancel(run_dir: Path) -> None:
@@ -82,24 +82,11 @@ class RunTask:
     config: dict[str, Any]
 
 
-def utc_now() -> str:
-    """ISO-8601 UTC with seconds (the run folder's timestamp format)."""
-    return time.strftime("%Y-%m-%dT%H:%M:%S+00:00", time.gmtime())
-
-
-def read_trainer_status(run_dir: Path) -> dict[str, Any] | None:
-    """The trainer's status.json, or None before it wrote one."""
-    try:
-        return json.loads((run_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        return None
-
-
 def append_event(run_dir: Path, event: str, **fields: Any) -> None:
     """Append one line to RUN_DIR/.sweep/events.jsonl (a single write, so lines never interleave)."""
     folder = run_dir / SWEEP_SUBDIR
     folder.mkdir(parents=True, exist_ok=True)
-    record = {"time": utc_now(), "event": event, "host": socket.gethostname(), "pid": os.getpid(), **fields}
+    record = {"time": rundir.utc_now(), "event": event, "host": socket.gethostname(), "pid": os.getpid(), **fields}
     fd = os.open(folder / "events.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
     try:
         os.write(fd, (json.dumps(record, default=str) + "\n").encode())
@@ -124,9 +111,8 @@ def read_events(run_dir: Path) -> list[dict[str, Any]]:
 
 def _write_failed(run_dir: Path, reason: str) -> None:
     """Record a failure the trainer could not record itself (it crashed or never started)."""
-    previous = read_trainer_status(run_dir) or {}
-    data = {"state": "failed", "step": previous.get("step") or 0, "reason": reason, "updated": utc_now()}
-    rundir.write_json_atomic(run_dir / "status.json", data)
+    previous = rundir.read_status(run_dir) or {}
+    rundir.write_status(run_dir, "failed", previous.get("step") or 0, reason, previous.get("checkpoint_step"))
 
 
 def _die_with_parent() -> Callable[[], None] | None:
@@ -242,7 +228,7 @@ class RunJob(submitit.helpers.Checkpointable):
                 append_event(run_dir, "cancelled", **common)
                 self._decide(run_dir, job_id, restart, 0, "stop")
                 return {**base, "state": "cancelled", "reason": "cancelled by sweeps.cancel before it started"}
-            status = read_trainer_status(run_dir) or {}
+            status = rundir.read_status(run_dir) or {}
             state = status.get("state")
             if state in FINAL or (state == "failed" and not self.rerun_failed):
                 append_event(run_dir, "skip", state=state, **common)
@@ -270,7 +256,7 @@ class RunJob(submitit.helpers.Checkpointable):
         rc = self._start_and_wait(task, lease)
         if rc is None:
             return "interrupted", self._stopped_because
-        status = read_trainer_status(run_dir) or {}
+        status = rundir.read_status(run_dir) or {}
         state = status.get("state")
         if state in FINAL or state == "failed":
             return state, status.get("reason")

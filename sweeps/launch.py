@@ -378,7 +378,7 @@ def launch(args: argparse.Namespace) -> int:
                                      name=f"gatscale-{spec.name}", code_root=code_root, timeout_min=timeout)
         jobs = executors.submit(kind, ex, fns, code_root)
         entries = [{"job_id": job.job_id, "run_ids": [t.run_id for t in fn.tasks], "executor": kind,
-                    "launch": launch_id, "submitted": manifest.utc_now(), "resources": vars(res)}
+                    "launch": launch_id, "submitted": rundir.utc_now(), "resources": vars(res)}
                    | ({"process_start": leases.process_start(int(job.job_id))} if kind == "local" else {})
                    for job, fn in zip(jobs, fns)]
         manifest.update(sweep_dir, lambda data, e=entries: data.setdefault("jobs", []).extend(e))
@@ -406,9 +406,9 @@ def _record_plan(plan: Plan, sweep_dir: Path) -> int:
     planned = {r.run_id for r in plan.runs}
 
     def change(data: dict[str, Any]) -> None:
-        data.setdefault("created", manifest.utc_now())
+        data.setdefault("created", rundir.utc_now())
         data.update(grid_file=_grid_file(plan.spec.path),
-                    grid=plan.spec.text, git_commit=commit, updated=manifest.utc_now())
+                    grid=plan.spec.text, git_commit=commit, updated=rundir.utc_now())
         manifest.merge_runs(data, entries)
 
     data = manifest.update(sweep_dir, change)

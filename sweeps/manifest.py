@@ -6,7 +6,6 @@ under a `filelock` lock, written to a temporary file and renamed into place.
 from __future__ import annotations
 
 import json
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable
 
@@ -16,11 +15,6 @@ from gat.rundir import write_text_atomic
 
 MANIFEST = "manifest.json"
 _LOCK_TIMEOUT_S = 60.0  # the lock is held for one file write
-
-
-def utc_now() -> str:
-    """ISO-8601 UTC with seconds, as the run folder's timestamps."""
-    return datetime.now(timezone.utc).isoformat(timespec="seconds")
 
 
 def read(sweep_dir: Path) -> dict[str, Any] | None:

@@ -79,11 +79,6 @@ def _checked(cls: type, data: Any, where: str) -> Any:
     return value
 
 
-def needs_model_stats(rules: list[tuple[dict[str, Any], dict[str, Any]]]) -> bool:
-    """Whether any rule looks at params or GFLOPs (so describe() must run)."""
-    return any(key in DERIVED for when, _ in rules for key in when)
-
-
 def resolve(
     flat: dict[str, Any], defaults: Resources, rules: list[tuple[dict[str, Any], dict[str, Any]]],
     stats: Callable[[], dict[str, float]] | None = None,

@@ -240,7 +240,7 @@ class Tuner:
         [job] = executors.submit(self.kind, ex, [job_fn], self.code_root)
         manifest.update(self.study_dir, lambda data: data.setdefault("jobs", []).append(
             {"job_id": job.job_id, "run_ids": [task.run_id], "executor": self.kind, "launch": self.launch_id,
-             "submitted": manifest.utc_now(), "resources": vars(res), "study": study.study_name,
+             "submitted": rundir.utc_now(), "resources": vars(res), "study": study.study_name,
              "trial": trial.number}))
         trial.set_user_attr("job_id", job.job_id)
         print(f"{study.study_name}: trial {trial.number} lr={lr:.3g} -> {task.name} (job {job.job_id})", flush=True)
