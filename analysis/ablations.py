@@ -36,7 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gat import cli
+from gat import cli, rundir
 
 REPORTS = ("early_layer_use", "instability")
 
@@ -98,7 +98,7 @@ def runs(table: pd.DataFrame) -> pd.DataFrame:
 def read_stats_lines(run_dir: str | Path) -> list[dict[str, Any]]:
     """Every parseable line of a run's stats.jsonl (a torn last line from a crash is skipped)."""
     try:
-        text = (Path(run_dir) / "stats.jsonl").read_text()
+        text = (Path(run_dir) / rundir.STATS).read_text()
     except FileNotFoundError:
         return []
     lines = []

@@ -39,6 +39,7 @@ import orjson
 import pandas as pd
 import yaml
 
+from gat import rundir
 from gat.errors import UserError
 from gat.flops import training_flops_per_image
 from gat.metric_names import is_metric, metric_rank
@@ -54,7 +55,7 @@ _SIZE_KEYS = {
     "generator_params": "g_params", "discriminator_params": "d_params",
     "generator_gflops": "g_gflops", "discriminator_gflops": "d_gflops",
 }
-RUN_MARKERS = ("status.json", "stats.jsonl", "config.yaml")
+RUN_MARKERS = (rundir.STATUS, rundir.STATS, rundir.CONFIG)
 # Folders inside a run folder that never hold runs; skipping them keeps the scan fast.
 _SKIP_DIRS = {"checkpoints", "samples", "wandb", "__pycache__", ".git"}
 _YAML_LOADER = getattr(yaml, "CSafeLoader", yaml.SafeLoader)  # libyaml: ~10× faster
@@ -359,22 +360,22 @@ def _read_run(entry: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any
         record.update(status="pending", reason="no run folder yet")
         return record, [{"step": np.nan, "metrics": {}}]
 
-    status = _read_json(run_dir / "status.json") or {}
+    status = rundir.read_status(run_dir) or {}
     record["status"] = status.get("state", "unknown")
     record["reason"] = status.get("reason")
     record["diverged_step"] = status.get("step") if record["status"] in ("diverged", "collapsed") else None
 
-    config = _read_yaml(run_dir / "config.yaml")
+    config = _read_yaml(run_dir / rundir.CONFIG)
     for column in CONFIG_COLUMNS:
         record.setdefault(column, _dotted(config, column))
     model = config.get("model") or {}
     record.setdefault("model", model.get("name") or _size_name(model))
 
-    description = _read_json(run_dir / "model.json") or _describe(config)
+    description = _read_json(run_dir / rundir.MODEL) or _describe(config)
     for key, column in _SIZE_KEYS.items():
         record[column] = description.get(key)
 
-    evals, last = _read_stats(run_dir / "stats.jsonl")
+    evals, last = _read_stats(run_dir / rundir.STATS)
     if not evals:
         evals = [{**last, "step": status.get("step", last.get("step")), "metrics": {}}]
     return record, evals

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from gat import config as gat_config
+from gat import rundir
 from gat.config import unflatten
 from gat.sizes import parse_size
 from sweeps import lease as leases
@@ -40,10 +41,11 @@ from sweeps.spec import GridError, GridSpec, Point, grid_points
 COSMETIC = gat_config.COSMETIC_KEYS
 ID_LENGTH = 8
 COLLISION_ID_LENGTH = 16
-FINAL = ("completed", "diverged", "collapsed")
+FINAL = rundir.FINAL_STATES
 # Derived states: `pending` (never started), `running` (a live lease), `interrupted` (status says
-# running but nobody holds the lease: resume it), plus the trainer's final/failed states.
-STATES = ("pending", "running", "interrupted", "completed", "diverged", "collapsed", "failed")
+# running but nobody holds the lease: resume it), plus the trainer's final and failed states.
+STATES = ("pending", "running", "interrupted", *FINAL, "failed")
+SETTLED = (*FINAL, "failed")  # nothing more happens to the run unless asked (--rerun-failed)
 LABELS = {
     "model.width": "w", "model.depth": "d", "model.heads": "h", "model.patch": "p",
     "model.d_width": "dw", "model.d_depth": "dd", "model.d_heads": "dh", "model.name": "",
@@ -313,10 +315,7 @@ def budget_points(spec: GridSpec, start: dict[str, Any],
 
 def read_status(run_dir: Path, stale_s: float, now: float | None = None) -> RunStatus:
     """A run's derived state from its folder; a missing folder is `pending`."""
-    try:
-        status = json.loads((run_dir / "status.json").read_text())
-    except (OSError, ValueError):
-        status = None
+    status = rundir.read_status(run_dir)
     holder = leases.holder(run_dir / SWEEP_SUBDIR / leases.LEASE_FILE, stale_s, now)
     if status is None:
         return RunStatus("running" if holder else "pending", holder=holder)

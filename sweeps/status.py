@@ -21,13 +21,12 @@ from typing import Any, Mapping
 
 import yaml
 
-from gat import cli
+from gat import cli, rundir
 from sweeps import executors, manifest
 from sweeps.job import read_events
-from sweeps.plan import STATES, SWEEP_SUBDIR, TRAINER_LOG, read_status
+from sweeps.plan import SETTLED, STATES, SWEEP_SUBDIR, TRAINER_LOG, read_status
 from sweeps.spec import ExecutorSpec, GridError, default_sweep_dir, load_grid, only_filter
 
-FINAL_OR_FAILED = ("completed", "diverged", "collapsed", "failed")
 _DEFAULT_STALE_S = ExecutorSpec().lease_stale_s
 
 
@@ -51,7 +50,7 @@ def last_progress(run_dir: Path) -> tuple[int | None, str]:
     """(newest logged step, newest eval metric "fd_fmnist=35.1" or else newest loss_g) from
     stats.jsonl; status.json only records the step at start and end of an attempt."""
     try:
-        with open(run_dir / "stats.jsonl", "rb") as handle:
+        with open(run_dir / rundir.STATS, "rb") as handle:
             end = handle.seek(0, os.SEEK_END)
             handle.seek(max(0, end - 65536))
             lines = handle.read().decode(errors="replace").splitlines()
@@ -98,7 +97,7 @@ def activity(run_dir: Path, step: int | None) -> str:
 def planned_steps(run_dir: Path) -> int | None:
     """``train.steps`` of a run's config.yaml (None before the run wrote it)."""
     try:
-        return int(yaml.safe_load((run_dir / "config.yaml").read_text())["train"]["steps"])
+        return int(yaml.safe_load((run_dir / rundir.CONFIG).read_text())["train"]["steps"])
     except (OSError, yaml.YAMLError, KeyError, TypeError, ValueError):
         return None
 
@@ -222,7 +221,7 @@ def watch(sweep_dir: Path, run_ids: list[str], stale_s: float, *, launch_id: str
                 if row.run_id in submitted and row.run_id not in touched and any(
                         e.get("launch") == launch_id for e in read_events(Path(sweep_dir) / row.dir)):
                     touched.add(row.run_id)
-            settled = {rid for rid, s in states.items() if s in FINAL_OR_FAILED
+            settled = {rid for rid, s in states.items() if s in SETTLED
                        and (rid not in submitted or rid in touched)}
             done = len(settled)
             counts = {s: list(states.values()).count(s) for s in set(states.values())}
