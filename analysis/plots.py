@@ -312,7 +312,7 @@ def isoflop_profiles(profiles: Sequence, metric: str) -> plt.Figure:
     colours = sns.color_palette("viridis", n_colors=max(len(profiles), 1))
     fig, ax = plt.subplots(figsize=(5.6, 3.9))
     for colour, p in zip(colours, profiles):
-        ax.scatter(p.n, p.fd, color=colour, s=22, label=f"{number(p.budget, 2)} FLOPs")
+        ax.scatter(p.n, p.fd, color=colour, s=22, label=f"{p.budget:.2g} FLOPs")
         grid = np.geomspace(min(p.n), max(p.n), 100)
         ax.plot(grid, np.exp(np.polyval(p.coef, np.log(grid))), color=colour, ls="--", lw=1)
         if p.n_opt is not None:
