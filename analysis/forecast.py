@@ -78,6 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     return run(lambda: _forecast(args))
 
 
+def measured_runs(table: Any) -> Any:
+    """The runs whose evaluations are results: completed, and collapsed (the collapse is the
+    result; dropping those runs would bias the ladder towards the sizes that did not collapse)."""
+    if "status" not in table:
+        return table
+    return table[table["status"].astype(str).isin(("completed", "collapsed"))]
+
+
 @dataclass
 class Candidate:
     """A buildable size and what one training image costs it."""
@@ -104,8 +112,7 @@ def _forecast(args: argparse.Namespace) -> int:
     metric = args.metric or default_metric(table)
     if metric not in table:
         raise AnalysisError(f"no column {metric!r} in the results")
-    if "status" in table:
-        table = table[table["status"].astype(str) == "completed"]
+    table = measured_runs(table)
     drop = co.DROP_EARLY if args.drop_early is None else args.drop_early
     pts = co.points(table, metric, drop)
     if pts.empty:
@@ -357,8 +364,7 @@ def _validation(source: Path, est: Any, metric: str, seed: int) -> Any:
     from analysis.load import load_study_table, load_table
 
     table = load_table(source) if source.is_file() else load_study_table(source)
-    if "status" in table:
-        table = table[table["status"].astype(str) == "completed"]
+    table = measured_runs(table)
     final = table.dropna(subset=[metric]).sort_values("step").groupby("run_id").tail(1)
     rows = []
     for _, row in final.iterrows():

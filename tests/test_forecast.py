@@ -198,3 +198,10 @@ def test_bad_input_is_one_error_line_and_nothing_written(tmp_path, capsys):
         lines = err.strip().splitlines()
         assert code == 2 and len(lines) == 1 and lines[0].startswith("error:") and message in lines[0], (name, err)
         assert not out.exists(), name
+
+
+def test_collapsed_runs_are_data_points_and_failed_ones_are_not():
+    """A collapsed run's evaluations are its result (issue 23): the ladder keeps them; a failed
+    or unfinished run has none to give."""
+    table = pd.DataFrame({"run_id": list("abcde"), "status": ["completed", "collapsed", "failed", "running", "diverged"]})
+    assert list(forecast.measured_runs(table)["run_id"]) == ["a", "b"]
