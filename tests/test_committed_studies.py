@@ -106,6 +106,21 @@ def test_ablations_reproduce_the_committed_tables_without_writing_over_them(stud
         pd.testing.assert_frame_equal(pd.read_csv(table), pd.read_csv(copy / "analysis" / table.name), rtol=1e-7)
 
 
+@pytest.mark.slow
+def test_forecast_reproduces_the_committed_forecast(tmp_path):
+    """`analysis.forecast results/isoflop_cpu --budget 1e14 --drop-early 0.2` on a checkout
+    without run folders gives the committed forecast (set down before its validation runs)."""
+    from analysis import forecast
+
+    folder = ROOT / "results/isoflop_cpu"
+    committed = json.loads((folder / "analysis/forecast.json").read_text())
+    argv = [str(folder), "--budget", "1e14", "--drop-early", "0.2", "--out", str(tmp_path)]
+    assert forecast.main(argv) == 0
+    got = json.loads((tmp_path / "forecast.json").read_text())
+    for key in ("budget", "data", "recommendation", "estimators", "law", "extrapolation", "warnings"):
+        assert_same_numbers(got[key], committed[key], key)
+
+
 def test_forecast_names_a_study_that_is_not_an_isoflop_ladder(tmp_path, capsys):
     from analysis import forecast
 
