@@ -1,4 +1,4 @@
-"""The three analysis notebooks run as a user runs them after cloning: from notebooks/ (where
+"""The analysis notebooks run as a user runs them after cloning: from notebooks/ (where
 Jupyter starts the kernel), on what git holds of their committed default study (the tidy tables
 under results/<study>/, no run folders), writing only to a scratch folder.
 
@@ -25,6 +25,7 @@ from analysis.load import AnalysisError
 ROOT = Path(__file__).resolve().parent.parent
 NOTEBOOKS = {  # notebook: (its default study, committed; the figures its committed tables allow)
     "early_layer_use": ("results/mng_cpu", {"early_share"}),
+    "forecast": ("results/isoflop_cpu", {"ladder", "learning_curves", "recommendation", "n_opt_estimators", "backtest"}),
     "instability": ("results/lr_rule_cpu", {"output_change", "divergence_rate", "divergence_step", "coord_check"}),
     "scaling": ("results/scaling_grid", {"scaling_gflops", "compute", "learning_curves", "residuals"}),
 }
