@@ -57,42 +57,47 @@ def seal(path: Path) -> None:
     os.replace(tmp, digest)
 
 
+def _damage(path: Path) -> str | None:
+    """Why the cache file `path` cannot be trusted, or None when it matches its recorded hash."""
+    if not path.is_file():
+        return "is missing"
+    digest = _digest_path(path)
+    recorded = digest.read_text().strip() if digest.is_file() else None
+    if recorded == _sha256(path):
+        return None
+    return "does not match its recorded hash" if recorded else "has no recorded hash"
+
+
 def intact(path: Path, warn: bool = True) -> bool:
     """True when the cache file `path` matches the hash `seal` recorded. A damaged file (or one
     without a hash: an older cache) is False, with a warning naming it (when `warn`), so the
     caller rebuilds it."""
-    if not path.is_file():
-        return False
-    digest = _digest_path(path)
-    recorded = digest.read_text().strip() if digest.is_file() else None
-    if recorded == _sha256(path):
-        return True
-    if not warn:
-        return False
-    why = "does not match its recorded hash" if recorded else "has no recorded hash"
-    warnings.warn(f"cache file {path} {why}; rebuilding it", stacklevel=2)
-    return False
+    why = _damage(path)
+    if why is not None and warn and path.is_file():
+        warnings.warn(f"cache file {path} {why}; rebuilding it", stacklevel=2)
+    return why is None
+
+
+def _cached_files(folder: Path) -> list[Path]:
+    """A cache folder's files, its hash files aside (none when the folder is absent)."""
+    folder = Path(folder)
+    return [p for p in sorted(folder.iterdir()) if p.is_file() and not p.name.endswith(".sha256")] \
+        if folder.is_dir() else []
 
 
 def seal_folder(folder: Path) -> None:
-    """`seal` every file of a built cache folder (its own hash files aside)."""
-    for path in sorted(Path(folder).iterdir()):
-        if path.is_file() and not path.name.endswith(".sha256"):
-            seal(path)
+    """`seal` every file of a built cache folder."""
+    for path in _cached_files(folder):
+        seal(path)
 
 
 def folder_intact(folder: Path, warn: bool = True) -> bool:
     """True when every file of a cache folder matches its recorded hash (see `intact`); the
     first that does not is named in a warning (when `warn`), so the caller rebuilds the folder."""
-    files = [p for p in sorted(Path(folder).iterdir()) if p.is_file() and not p.name.endswith(".sha256")] \
-        if Path(folder).is_dir() else []
-    if not files:
-        return False
+    files = _cached_files(folder)
     for path in files:
-        if not intact(path, warn=False):
+        if (why := _damage(path)) is not None:
             if warn:
-                recorded = _digest_path(path).is_file()
-                why = "does not match its recorded hash" if recorded else "has no recorded hash"
                 warnings.warn(f"cache file {path} {why}; rebuilding {folder}", stacklevel=2)
             return False
-    return True
+    return bool(files)
