@@ -175,10 +175,15 @@ def run_identity(flat: dict[str, Any]) -> str:
     return json.dumps([[k, flat[k]] for k in sorted(keys)], separators=(",", ":"), default=str)
 
 
+def identity_digest(flat: dict[str, Any]) -> bytes:
+    """SHA-1 of the run's identity: what its id is cut from."""
+    return hashlib.sha1(run_identity(flat).encode()).digest()
+
+
 def run_id(flat: dict[str, Any], length: int | None = None) -> str:
     """The short hash naming a run: the first `length` (default ID_LENGTH) hex digits of SHA-1
     of its identity."""
-    return hashlib.sha1(run_identity(flat).encode()).hexdigest()[: length or ID_LENGTH]
+    return identity_digest(flat).hex()[: length or ID_LENGTH]
 
 
 def run_name(flat: dict[str, Any], axes: list[str], rid: str) -> str:
@@ -248,7 +253,7 @@ class PlanStream:
         seen: dict[str, bytes] = {}  # run id -> SHA-1 of its identity
         for point, budget in budget_points(self.spec, start, self.dropped):
             flat = normalise(start, point.overrides)
-            digest = hashlib.sha1(run_identity(flat).encode()).digest()
+            digest = identity_digest(flat)
             rid = _unique_id(digest, seen)
             if rid in seen:
                 self.merged += 1
@@ -261,7 +266,7 @@ class PlanStream:
 
 
 def _unique_id(digest: bytes, seen: dict[str, bytes]) -> str:
-    """The run id for an identity's SHA-1 `digest` (what `run_id` gives): its first ID_LENGTH hex
+    """The run id for an `identity_digest`: its first ID_LENGTH hex
     digits, or COLLISION_ID_LENGTH when those already name a different config (expected about
     once in 10^5 points), so the two are not merged. An id in `seen` with this digest is a duplicate."""
     rid = digest.hex()[:ID_LENGTH]
