@@ -1,7 +1,7 @@
 """Analysis of scaling studies: run folders → tidy table → fits → plots and reports.
 
 Reads only what ``docs/run_folder.md`` specifies; never imports the trainer.
-``analysis.load`` builds the table (training compute counted by ``gat.flops``) or reads a
+``analysis.load`` builds the table (training compute counted by ``contract.flops``) or reads a
 study's committed one, ``analysis.fit`` fits power laws with bootstrap CIs and the compute
 frontier, ``analysis.plots`` is the house style, ``analysis.ablations`` the early-layer and
 instability reports, ``analysis.paths`` where the notebooks read and write, and

@@ -28,7 +28,6 @@ instability show them; ``python -m analysis.ablations STUDY_DIR [--out DIR]`` wr
 from __future__ import annotations
 
 import argparse
-import json
 import re
 import sys
 from collections.abc import Callable, Sequence
@@ -36,7 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gat import cli, rundir
+from contract import cli, rundir
 
 REPORTS = ("early_layer_use", "instability")
 
@@ -95,27 +94,12 @@ def runs(table: pd.DataFrame) -> pd.DataFrame:
     return table.drop_duplicates("run_id")[list(RUN_COLUMNS)].reset_index(drop=True)
 
 
-def read_stats_lines(run_dir: str | Path) -> list[dict[str, Any]]:
-    """Every parseable line of a run's stats.jsonl (a torn last line from a crash is skipped)."""
-    try:
-        text = (Path(run_dir) / rundir.STATS).read_text()
-    except FileNotFoundError:
-        return []
-    lines = []
-    for line in text.splitlines():
-        try:
-            lines.append(json.loads(line))
-        except json.JSONDecodeError:
-            continue
-    return lines
-
-
 def stats_traces(table: pd.DataFrame) -> pd.DataFrame:
     """One row per stats line per run: the run columns, ``step``, the logged terms
     (``TRACE_KEYS``) and the scalar diagnostics (NaN except at eval ticks)."""
     rows = []
     for run in runs(table).to_dict(orient="records"):
-        for line in read_stats_lines(run["run_dir"]):
+        for line in rundir.read_stats(run["run_dir"]):
             diagnostics = line.get("diagnostics") or {}
             rows.append({**run, "step": line.get("step"),
                          **{key: line.get(key) for key in TRACE_KEYS},
@@ -135,7 +119,7 @@ def block_profiles(table: pd.DataFrame) -> pd.DataFrame:
     different depth on one axis."""
     rows = []
     for run in runs(table).to_dict(orient="records"):
-        ticks = [line for line in read_stats_lines(run["run_dir"])
+        ticks = [line for line in rundir.read_stats(run["run_dir"])
                  if (line.get("diagnostics") or {}).get("g_block_ablation")]
         if not ticks:
             continue

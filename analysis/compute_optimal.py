@@ -3,7 +3,7 @@ bootstrap over runs and a prediction interval for a new run. Torch-free; `analys
 the command line around it.
 
 Every evaluation checkpoint is a point (N, D, C, FD): N the generator's forward GFLOPs per image,
-D the images seen, C the training FLOPs so far (as `gat.flops` counts them). C = κ·N·D with κ
+D the images seen, C the training FLOPs so far (as `contract.flops` counts them). C = κ·N·D with κ
 (training FLOPs per image per G GFLOP, G and D together) read off the table: D's size follows
 G's, so κ is one number for a ladder (its spread is reported). Each run's earliest `DROP_EARLY`
 fraction of evaluations is dropped: they are still in the first FD fall, which no law of N and D

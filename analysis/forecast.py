@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gat.cli import Parser, run, say
+from contract.cli import Parser, run, say
 
 ESTIMATORS = ("envelope", "isoflop", "parametric")
 PI_LEVEL = 0.9
@@ -200,7 +200,7 @@ def _template(args: argparse.Namespace) -> dict[str, Any]:
 
 def template_from_config(config: str | Path) -> dict[str, Any]:
     """A run config (a path or a bundled name) as the flat dict candidates are sized with."""
-    from gat import config as gat_config
+    from contract import config as gat_config
     from sweeps.plan import flatten
 
     return flatten(gat_config.to_dict(gat_config.load_config(config)))
@@ -209,8 +209,8 @@ def template_from_config(config: str | Path) -> dict[str, Any]:
 def describe_size(template: dict[str, Any], width: int, depth: int, heads: int, patch: int) -> Candidate:
     """The size as the template's runs would build it: its name (a registry name where one
     fits), G GFLOPs and training FLOPs per image."""
-    from gat.flops import training_flops_per_image
-    from gat.sizes import MODELS, NetSize, check_size
+    from contract.flops import training_flops_per_image
+    from contract.sizes import MODELS, NetSize, check_size
     from sweeps.costs import model_stats
 
     size = check_size(NetSize(width, depth, heads, patch))
@@ -225,8 +225,8 @@ def describe_size(template: dict[str, Any], width: int, depth: int, heads: int, 
 
 def _query(args: argparse.Namespace, template: dict[str, Any]) -> Candidate:
     """--size as a Candidate; a size that cannot be built is an error naming why."""
-    from gat import config as gat_config
-    from gat.sizes import parse_size
+    from contract import config as gat_config
+    from contract.sizes import parse_size
 
     from analysis.load import AnalysisError
 

@@ -9,12 +9,12 @@ The input is the contract in ``docs/run_folder.md``; nothing here imports the tr
   ``train.batch``, ``train.lr_rule``, ``train.base_lr``, ``train.base_width``, ``mng.mode``,
   ``loss.penalty``, ``seed``;
 * size and cost: ``g_params``, ``d_params``, ``g_gflops``, ``d_gflops`` (from ``model.json``;
-  GFLOPs in the DiT convention, see ``gat.flops``), the plot aliases ``params`` (= G params)
+  GFLOPs in the DiT convention, see ``contract.flops``), the plot aliases ``params`` (= G params)
   and ``gflops`` (= G GFLOPs), ``train_flops`` (cumulative G+D training FLOPs at that row);
 * outcome: ``status`` (completed | diverged | collapsed | failed | running | pending | unknown),
   ``reason``, ``diverged_step`` (the step a diverged or collapsed run stopped being healthy);
 * per eval row: ``step``, ``images_seen``, ``wall_s``, ``gpu_hours`` (single-device runs:
-  wall-clock hours), ``loss_d``, ``loss_g`` and one column per metric (``fid50k``, ``fid5k_train``, ``fd_fmnist``…; see gat.metric_names).
+  wall-clock hours), ``loss_d``, ``loss_g`` and one column per metric (``fid50k``, ``fid5k_train``, ``fd_fmnist``…; see contract.metric_names).
 
 A run with no eval row (diverged or failed early, or not started) still gets one row, at its
 last known step with the metrics NaN, so nothing is dropped silently.
@@ -35,14 +35,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import orjson
 import pandas as pd
 import yaml
 
-from gat import rundir
-from gat.errors import UserError
-from gat.flops import training_flops_per_image
-from gat.metric_names import is_metric, metric_rank
+from contract import rundir
+from contract.errors import UserError
+from contract.flops import training_flops_per_image
+from contract.metric_names import is_metric, metric_rank
 CONFIG_COLUMNS = (
     "model.width", "model.depth", "model.heads", "model.patch", "model.d_width", "model.d_depth",
     "train.batch", "train.lr_rule", "train.base_lr", "train.base_width", "mng.mode",
@@ -295,7 +294,7 @@ def metric_columns(table: pd.DataFrame) -> list[str]:
 
 
 def default_metric(table: pd.DataFrame) -> str:
-    """The metric to analyse when none is named, in `gat.metric_names.metric_rank` order (FID
+    """The metric to analyse when none is named, in `contract.metric_names.metric_rank` order (FID
     against reference statistics, FID against training images, ``fd_fmnist``), the first with
     at least one value."""
     for metric in metric_columns(table):
@@ -375,41 +374,10 @@ def _read_run(entry: dict[str, Any]) -> tuple[dict[str, Any], list[dict[str, Any
     for key, column in _SIZE_KEYS.items():
         record[column] = description.get(key)
 
-    evals, last = _read_stats(run_dir / rundir.STATS)
+    evals, last = rundir.read_eval_stats(run_dir)
     if not evals:
         evals = [{**last, "step": status.get("step", last.get("step")), "metrics": {}}]
     return record, evals
-
-
-def _read_stats(path: Path) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    """Eval lines of stats.jsonl (those with a non-empty ``metrics``), and, only when there is
-    none, its last parseable line.
-
-    Fast path: only lines that carry ``"metrics"`` are parsed (eval ticks are a small fraction
-    of log ticks), all in one ``orjson.loads`` of a JSON array; a torn line (a crash mid-write)
-    sends the file to the line-by-line path, which skips it.
-    """
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        return [], {}
-    lines = [line for line in text.splitlines() if '"metrics"' in line]
-    try:
-        # orjson: ~2.5x the stdlib's speed on these lines, the largest cost of a big load
-        parsed = orjson.loads("[" + ",".join(lines) + "]")
-    except orjson.JSONDecodeError:  # also NaN, which only the stdlib's parser (below) reads
-        parsed = [data for data in map(_try_json, lines) if data is not None]
-    evals = [data for data in parsed if isinstance(data, dict) and data.get("metrics")]
-    if evals:
-        return evals, {}
-    return [], next((d for d in map(_try_json, reversed(text.splitlines())) if isinstance(d, dict)), {})
-
-
-def _try_json(line: str) -> Any:
-    try:
-        return json.loads(line)
-    except json.JSONDecodeError:
-        return None
 
 
 def _derive(table: pd.DataFrame) -> pd.DataFrame:
@@ -481,7 +449,7 @@ def _describe(config: dict[str, Any]) -> dict[str, Any]:
 def _describe_cached(sections_json: str) -> tuple[tuple[str, Any], ...]:
     # Cached per size: every seed and LR of a sweep shares the model sections.
     try:
-        from gat.config import from_dict
+        from contract.config import from_dict
         from gat.models.registry import describe
     except ImportError:
         return ()

@@ -16,7 +16,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from gat.cli import Parser, run, say
+from contract.cli import Parser, run, say
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gat.cli import Parser, run, say
+from contract.cli import Parser, run, say
 
 X_CHOICES = ("gflops", "params", "train_flops")
 

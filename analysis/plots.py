@@ -21,7 +21,7 @@ from matplotlib import ticker
 from scipy import stats
 
 from analysis.fit import BootstrapFit, ci_text
-from gat.metric_names import metric_label
+from contract.metric_names import metric_label
 
 DPI = 150
 SIZE_NAMES = {384: "S", 768: "B", 1024: "L", 1152: "XL"}  # DiT/GAT widths

@@ -43,7 +43,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from bench_step import extract  # noqa: E402
-PACKAGES = ("gat", "sweeps", "analysis")
+PACKAGES = ("contract", "gat", "sweeps", "analysis")
 TARGET_S = 1.0
 
 

@@ -69,7 +69,7 @@ def gatscale_step(case: dict):
     version since the trainer landed shares."""
     import torch
     from gat import train
-    from gat.config import load_config
+    from contract.config import load_config
 
     if not Path(train.__file__).resolve().is_relative_to(Path.cwd().resolve()):
         raise RuntimeError(f"imported {train.__file__}, not the tree under {Path.cwd()}")

@@ -1,3 +1,5 @@
 """gatscale: run and analyse scaling studies of GAT (Generative Adversarial Transformers)."""
 
-__version__ = "0.1.0"
+from contract import __version__
+
+__all__ = ["__version__"]

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from gat.config import AugmentConfig
+from contract.config import AugmentConfig
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@
 
 CONFIG is a trainer YAML to start from (default: the paper's recipe); NAME is a registry name
 (GAT-B/2) or wWIDTH-dDEPTH-hHEADS-pPATCH. Prints ms per step, images/s
-and peak memory; on CUDA also the achieved TFLOP/s and MFU. FLOPs per step are `gat.flops`'
+and peak memory; on CUDA also the achieved TFLOP/s and MFU. FLOPs per step are `contract.flops`'
 count (the one the planner and the analysis use) from the registry's forward multiply-add
 counts, ignoring activation-checkpoint recompute, REPA, EMA and the optimiser. The peak is the
 dense bf16 tensor-core figure of the detected GPU (table below; override with --peak-tflops).
@@ -16,7 +16,7 @@ import sys
 import time
 from pathlib import Path
 
-from gat import cli
+from contract import cli
 
 
 def parser() -> cli.Parser:
@@ -45,18 +45,18 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from gat import train  # noqa: E402
-from gat.config import load_config, parse_set  # noqa: E402
-from gat.errors import ConfigError, UserError  # noqa: E402
-from gat.flops import training_flops_per_image  # noqa: E402
+from contract.config import load_config, parse_set  # noqa: E402
+from contract.errors import ConfigError, UserError  # noqa: E402
+from contract.flops import training_flops_per_image  # noqa: E402
 from gat.models import registry  # noqa: E402
-from gat.sizes import parse_size  # noqa: E402
+from contract.sizes import parse_size  # noqa: E402
 
 # Dense (non-sparse) bf16 peak TFLOP/s by device-name substring, from the vendors' datasheets.
 PEAK_BF16_TFLOPS = {"H200": 989.0, "H100": 989.0, "A100": 312.0, "L40S": 362.0, "A6000": 155.0, "4090": 165.0}
 
 
 def step_flops(summary: dict, batch: int, penalty: str) -> float:
-    """FLOPs of one training iteration (`gat.flops.training_flops_per_image` × batch)."""
+    """FLOPs of one training iteration (`contract.flops.training_flops_per_image` × batch)."""
     return batch * training_flops_per_image(summary["generator_gflops"], summary["discriminator_gflops"], penalty)
 
 

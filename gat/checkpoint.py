@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from gat.errors import UserError
+from contract.errors import UserError
 
 LATEST = "latest.pt"
 PREVIOUS = "previous.pt"

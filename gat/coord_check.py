@@ -24,7 +24,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from gat import cli
+from contract import cli
 from gat.lr_rules import RULES
 
 
@@ -56,7 +56,7 @@ from tqdm import tqdm  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from gat import diagnostics, train  # noqa: E402
-from gat.config import ConfigError, DataConfig, RunConfig, from_dict  # noqa: E402
+from contract.config import ConfigError, DataConfig, RunConfig, from_dict  # noqa: E402
 from gat.data import load_dataset  # noqa: E402
 from gat.data.dataset import LatentDataset  # noqa: E402
 from gat.distributed import DistEnv  # noqa: E402

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from gat.config import RunConfig
+from contract.config import RunConfig
 from gat.mng import num_inputs, perturb, sample_noise
 
 _PROBE_SEED_OFFSET = 7919  # keeps the probe's draws apart from the training seed's

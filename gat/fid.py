@@ -17,7 +17,7 @@ import json
 import sys
 from pathlib import Path
 
-from gat import cli
+from contract import cli
 
 
 def parser() -> cli.Parser:
@@ -37,9 +37,9 @@ if __name__ == "__main__":  # --help, --version and usage errors answer before t
     parser().parse_args()
 
 
-from gat.config import EvalConfig  # noqa: E402
+from contract.config import EvalConfig  # noqa: E402
 from gat.eval import load_extractor  # noqa: E402
-from gat.errors import UserError  # noqa: E402
+from contract.errors import UserError  # noqa: E402
 from gat.eval.frechet import frechet_distance, image_resolution, source_stats  # noqa: E402
 
 

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:  # torch only for the hints: gat.coord_check's --help reads RULES
     from torch import nn
 
-from gat.config import ConfigError
+from contract.config import ConfigError
 
 RULES: tuple[str, ...] = ("constant", "width_aware", "sqrt", "mup")
 

@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gat.config import ConfigError, MNGConfig
+from contract.config import ConfigError, MNGConfig
 
 _NOISY_MODES = ("exp", "lin")
 

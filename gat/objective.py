@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from gat.augment import apply, geometric_only, sample_params, tile, with_color_means
-from gat.config import RunConfig
+from contract.config import RunConfig
 from gat.mng import num_inputs, perturb, sample_noise, select_levels
 from gat.models.layers import upcast
 

@@ -18,7 +18,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from gat import cli
+from contract import cli
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -51,7 +51,7 @@ import torch  # noqa: E402
 from PIL import Image, UnidentifiedImageError  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from gat.errors import UserError  # noqa: E402
+from contract.errors import UserError  # noqa: E402
 from gat.data.fashion_mnist import CLASS_NAMES, DatasetMissingError, load_fashion_mnist  # noqa: E402
 from gat.data.shards import publish, write_shards  # noqa: E402
 from gat.data.vae import FMNIST_VAE_DIR, encode_moments, load_vae, weights_fingerprint  # noqa: E402

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from gat.config import ConfigError, load_config
+from contract.config import ConfigError, load_config
 from gat.data import load_decoder
 from gat.models import Generator
 from gat.sample import load_ema_generator

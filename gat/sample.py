@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from gat import cli
+from contract import cli
 
 
 def parser() -> cli.Parser:
@@ -45,9 +45,9 @@ from torch import Tensor, nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from gat import checkpoint  # noqa: E402
-from gat.config import load_config  # noqa: E402
+from contract.config import load_config  # noqa: E402
 from gat.data import load_decoder  # noqa: E402
-from gat.errors import UserError  # noqa: E402
+from contract.errors import UserError  # noqa: E402
 from gat.models import registry  # noqa: E402
 
 

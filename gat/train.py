@@ -34,7 +34,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from gat import cli
+from contract import cli
 
 
 def parser() -> cli.Parser:
@@ -60,15 +60,16 @@ import yaml  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from gat import checkpoint, diagnostics, distributed, rundir  # noqa: E402
-from gat.errors import UserError  # noqa: E402
+from gat import checkpoint, diagnostics, distributed
+from contract import rundir  # noqa: E402
+from contract.errors import UserError  # noqa: E402
 from gat import eval as gat_eval  # noqa: E402
-from gat.config import COSMETIC_KEYS, ConfigError, RunConfig, load_config, parse_set, save_config, to_dict  # noqa: E402
+from contract.config import COSMETIC_KEYS, ConfigError, RunConfig, load_config, parse_set, save_config, to_dict  # noqa: E402
 from gat.data import load_dataset, load_decoder  # noqa: E402
 from gat.encoders import load_encoder  # noqa: E402
 from gat.lr_rules import learning_rate, param_groups  # noqa: E402
 from gat.models import registry  # noqa: E402
-from gat.metric_names import metric_name  # noqa: E402
+from contract.metric_names import metric_name  # noqa: E402
 from gat.objective import discriminator_loss, generator_loss  # noqa: E402
 from gat.sample import generate, image_grid  # noqa: E402
 from gat.wandb_log import WandbLog  # noqa: E402
@@ -355,7 +356,7 @@ def save_sample_grids(run_dir: Path, step: int, G_ema: nn.Module, decoder: Calla
 
 class Evaluator:
     """Fréchet distance of the EMA generator (untruncated, as the official training loop) against
-    reference statistics, named by `gat.metric_names` (fid5k, fid5k_train, fd_fmnist...)."""
+    reference statistics, named by `contract.metric_names` (fid5k, fid5k_train, fd_fmnist...)."""
 
     def __init__(self, config: RunConfig, dataset, decoder: Callable[[Tensor], Tensor], device: torch.device):
         self.config, self.device, self.decoder = config, device, decoder

@@ -20,9 +20,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gat import rundir
-from gat.cli import say
-from gat.config import RunConfig, to_dict
+from contract import rundir
+from contract.cli import say
+from contract.config import RunConfig, to_dict
 
 RESUMED_FROM = "resumed_from"  # W&B config key linking a resumed attempt's run to the one it continues
 

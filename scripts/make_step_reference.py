@@ -15,7 +15,7 @@ import sys
 import torch
 
 from gat import train
-from gat.config import load_config
+from contract.config import load_config
 
 CASES = {  # name -> overrides on gat/configs/fmnist.yaml
     "approx": {},

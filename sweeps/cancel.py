@@ -12,10 +12,9 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from gat import cli
+from contract import cli, rundir
 from sweeps import executors, manifest
 from sweeps import lease as leases
-from sweeps.job import request_cancel
 from sweeps.spec import GridError, only_filter
 
 
@@ -36,7 +35,7 @@ def cancel_sweep(sweep_dir: Path, only: str | None = None) -> tuple[list[str], l
             cli.say(f"warning: {Path(sweep_dir) / manifest.MANIFEST}: run {run['run_id']} has dir "
                     f"{run.get('dir')!r}, outside the sweep's runs/ folder: skipped", file=sys.stderr)
             continue
-        request_cancel(run_dir)
+        rundir.request_cancel(run_dir)
     chosen_ids = {r["run_id"] for r in chosen}
     by_kind: dict[str, list[str]] = {}
     for job in data.get("jobs", []):

@@ -1,6 +1,6 @@
 """Cost estimates for `--dry-run` and size-keyed resource rules: params, GFLOPs, GPU-hours.
 
-`gat.models.describe` gives per-image forward GFLOPs of G and D; `gat.flops` counts what one
+`gat.models.describe` gives per-image forward GFLOPs of G and D; `contract.flops` counts what one
 training iteration costs from them (the same count the analysis table uses). GPU-hours divide
 the run's FLOPs by an assumed sustained throughput (`resources.estimate`), so they are a
 planning figure, not a promise.
@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from gat import config as gat_config
-from gat.flops import training_flops_per_image
+from contract import config as gat_config
+from contract.flops import training_flops_per_image
 from sweeps.resources import Estimate
 
 # Latent shape (channels, size) and classes per data.kind: the Fashion-MNIST tiny VAE maps
@@ -24,7 +24,7 @@ _cache: dict[str, dict[str, Any] | None] = {}
 def model_stats(flat: dict[str, Any]) -> dict[str, Any] | None:
     """`gat.models.describe` for a run's flat config (cached per model shape), plus
     `params` = G + D parameters and `gflops` = G + D forward GFLOPs. None when the model package
-    cannot be imported; a config the models reject raises `gat.config.ConfigError`."""
+    cannot be imported; a config the models reject raises `contract.config.ConfigError`."""
     key = json.dumps({k: v for k, v in flat.items() if k.startswith(_MODEL_KEYS)}, sort_keys=True, default=str)
     if key not in _cache:
         _cache[key] = _describe(flat)
@@ -46,7 +46,7 @@ def _describe(flat: dict[str, Any]) -> dict[str, Any] | None:
 
 
 def training_flops(flat: dict[str, Any], stats: dict[str, Any] | None) -> float | None:
-    """Estimated FLOPs of the whole run (`gat.flops`' count per image, times batch × steps)."""
+    """Estimated FLOPs of the whole run (`contract.flops`' count per image, times batch × steps)."""
     if stats is None:
         return None
     per_image = training_flops_per_image(

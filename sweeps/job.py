@@ -21,10 +21,8 @@ rank starts the trainer (which joins them with DDP from the SLURM task variables
 from __future__ import annotations
 
 import ctypes
-import json
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -35,9 +33,9 @@ from typing import Any, Callable
 import submitit
 import yaml
 
-from gat import rundir
+from contract import rundir
 from sweeps import lease as leases
-from sweeps.plan import FINAL, SWEEP_SUBDIR, TRAINER_LOG
+from sweeps.plan import FINAL
 
 _POLL_S = 2.0
 _STOP_GRACE_S = 30.0  # how long the trainer gets to exit after SIGTERM before SIGKILL
@@ -46,26 +44,6 @@ _FOLLOW_TIMEOUT_S = 600.0
 # Exit by these signals means the scheduler is stopping us (preemption, time limit, scancel),
 # not a bug in the run: the run stays `running` so the next job resumes it.
 _STOP_SIGNALS = (signal.SIGUSR2, signal.SIGTERM, signal.SIGINT)
-
-
-CANCEL_REQUEST = "cancel.json"  # in RUN_DIR/.sweep/: `sweeps.cancel` asks for this run to stop
-
-
-def request_cancel(run_dir: Path) -> None:
-    """Ask whichever job holds (or will hold) the run to stop it; the next launch clears it."""
-    folder = Path(run_dir) / SWEEP_SUBDIR
-    folder.mkdir(parents=True, exist_ok=True)
-    rundir.write_json_atomic(folder / CANCEL_REQUEST, {"requested": rundir.utc_now(), "pid": os.getpid()})
-
-
-def clear_cancel(run_dir: Path) -> None:
-    """Withdraw a cancel request (a launch submitting the run again)."""
-    (Path(run_dir) / SWEEP_SUBDIR / CANCEL_REQUEST).unlink(missing_ok=True)
-
-
-def cancel_requested(run_dir: Path) -> bool:
-    """Whether `sweeps.cancel` asked for this run to stop."""
-    return (Path(run_dir) / SWEEP_SUBDIR / CANCEL_REQUEST).is_file()
 
 
 class RunsFailed(RuntimeError):
@@ -80,33 +58,6 @@ class RunTask:
     name: str
     run_dir: str
     config: dict[str, Any]
-
-
-def append_event(run_dir: Path, event: str, **fields: Any) -> None:
-    """Append one line to RUN_DIR/.sweep/events.jsonl (a single write, so lines never interleave)."""
-    folder = run_dir / SWEEP_SUBDIR
-    folder.mkdir(parents=True, exist_ok=True)
-    record = {"time": rundir.utc_now(), "event": event, "host": socket.gethostname(), "pid": os.getpid(), **fields}
-    fd = os.open(folder / "events.jsonl", os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
-    try:
-        os.write(fd, (json.dumps(record, default=str) + "\n").encode())
-    finally:
-        os.close(fd)
-
-
-def read_events(run_dir: Path) -> list[dict[str, Any]]:
-    """All events of a run (unparseable lines skipped)."""
-    try:
-        lines = (run_dir / SWEEP_SUBDIR / "events.jsonl").read_text().splitlines()
-    except OSError:
-        return []
-    out = []
-    for line in lines:
-        try:
-            out.append(json.loads(line))
-        except ValueError:
-            continue
-    return out
 
 
 def _write_failed(run_dir: Path, reason: str) -> None:
@@ -204,7 +155,7 @@ class RunJob(submitit.helpers.Checkpointable):
         """Called by submitit on USR2: stop the trainer, free the lease, resubmit this job."""
         self._stop_child()
         if self._current is not None:
-            append_event(Path(self._current.run_dir), "interrupted", launch=self.launch_id,
+            rundir.append_event(Path(self._current.run_dir), "interrupted", launch=self.launch_id,
                          job_id=_identity()[0],
                          restart=int(os.environ.get("SLURM_RESTART_COUNT", "0")))
         if self._lease is not None:
@@ -217,32 +168,32 @@ class RunJob(submitit.helpers.Checkpointable):
         run_dir = Path(task.run_dir)
         base = {"run_id": task.run_id, "name": task.name}
         common = {"launch": self.launch_id, "job_id": job_id, "restart": restart}
-        lease = leases.acquire(run_dir / SWEEP_SUBDIR / leases.LEASE_FILE, job_id,
+        lease = leases.acquire(run_dir / rundir.SWEEP_SUBDIR / leases.LEASE_FILE, job_id,
                                stale_s=self.stale_s, heartbeat_s=self.heartbeat_s)
         if lease is None:
             self._decide(run_dir, job_id, restart, 0, "stop")
             return {**base, "state": "skipped", "reason": "another job holds the run's lease"}
         self._lease, self._current = lease, task
         try:
-            if cancel_requested(run_dir):
-                append_event(run_dir, "cancelled", **common)
+            if rundir.cancel_requested(run_dir):
+                rundir.append_event(run_dir, "cancelled", **common)
                 self._decide(run_dir, job_id, restart, 0, "stop")
                 return {**base, "state": "cancelled", "reason": "cancelled by sweeps.cancel before it started"}
             status = rundir.read_status(run_dir) or {}
             state = status.get("state")
             if state in FINAL or (state == "failed" and not self.rerun_failed):
-                append_event(run_dir, "skip", state=state, **common)
+                rundir.append_event(run_dir, "skip", state=state, **common)
                 self._decide(run_dir, job_id, restart, 0, "stop")
                 return {**base, "state": state, "reason": status.get("reason")}
             lease.start_heartbeat()
             for attempt in range(self.retries + 1):
-                append_event(run_dir, "start", attempt=attempt, **common)
+                rundir.append_event(run_dir, "start", attempt=attempt, **common)
                 self._decide(run_dir, job_id, restart, attempt, "run")
                 state, reason = self._train(task, lease)
-                append_event(run_dir, "end", attempt=attempt, state=state, reason=reason, **common)
+                rundir.append_event(run_dir, "end", attempt=attempt, state=state, reason=reason, **common)
                 if state != "failed" or attempt == self.retries:
                     break
-                append_event(run_dir, "retry", attempt=attempt + 1, **common)
+                rundir.append_event(run_dir, "retry", attempt=attempt + 1, **common)
             self._decide(run_dir, job_id, restart, attempt + 1, "stop")
             return {**base, "state": state, "reason": reason}
         finally:
@@ -252,7 +203,7 @@ class RunJob(submitit.helpers.Checkpointable):
     def _train(self, task: RunTask, lease: leases.Lease) -> tuple[str, str | None]:
         """One trainer process over the run folder; returns (state, reason)."""
         run_dir = Path(task.run_dir)
-        log = run_dir / SWEEP_SUBDIR / TRAINER_LOG
+        log = run_dir / rundir.SWEEP_SUBDIR / rundir.TRAINER_LOG
         rc = self._start_and_wait(task, lease)
         if rc is None:
             return "interrupted", self._stopped_because
@@ -278,7 +229,7 @@ class RunJob(submitit.helpers.Checkpointable):
         the run was cancelled (`_stopped_because` says which). The run then stays `running`
         and resumes from its checkpoint at the next launch."""
         run_dir = Path(task.run_dir)
-        folder = run_dir / SWEEP_SUBDIR
+        folder = run_dir / rundir.SWEEP_SUBDIR
         folder.mkdir(parents=True, exist_ok=True)
         request = folder / "request.yaml"
         if lease is not None:  # rank 0 writes it; followers read the same file
@@ -296,7 +247,7 @@ class RunJob(submitit.helpers.Checkpointable):
         # whatever the launching shell set: CPU results repeat bit for bit only at one thread
         # count, so it must follow the grid, not the executor or the shell.
         env["OMP_NUM_THREADS"] = str(self.cpus_per_task)
-        with open(folder / TRAINER_LOG, "ab") as log:
+        with open(folder / rundir.TRAINER_LOG, "ab") as log:
             self._child = subprocess.Popen(
                 [sys.executable, "-m", self.trainer, str(request), "--out", str(run_dir)],
                 cwd=self.code_root, env=env, stdout=log, stderr=subprocess.STDOUT,
@@ -309,7 +260,7 @@ class RunJob(submitit.helpers.Checkpointable):
                     except subprocess.TimeoutExpired:
                         if lease is not None and lease.lost.is_set():
                             self._stopped_because = "the lease was taken over (this job stalled past lease_stale_s)"
-                        elif lease is not None and cancel_requested(run_dir):
+                        elif lease is not None and rundir.cancel_requested(run_dir):
                             self._stopped_because = "cancelled by sweeps.cancel"
                         else:
                             continue
@@ -341,7 +292,7 @@ class RunJob(submitit.helpers.Checkpointable):
     def _decide(self, run_dir: Path, job_id: str, restart: int, attempt: int, decision: str) -> None:
         """Tell follower ranks whether to start attempt `attempt` (only multi-task jobs)."""
         if self._num_tasks > 1:
-            path = run_dir / SWEEP_SUBDIR / f"decision.{job_id}.{restart}.{attempt}"
+            path = run_dir / rundir.SWEEP_SUBDIR / f"decision.{job_id}.{restart}.{attempt}"
             path.parent.mkdir(parents=True, exist_ok=True)
             path.write_text(decision)
 
@@ -349,7 +300,7 @@ class RunJob(submitit.helpers.Checkpointable):
         """Ranks > 0: start the trainer whenever rank 0 does, for each task and attempt."""
         outcomes = []
         for task in self.tasks:
-            folder = Path(task.run_dir) / SWEEP_SUBDIR
+            folder = Path(task.run_dir) / rundir.SWEEP_SUBDIR
             attempt = 0
             while self._await(folder / f"decision.{job_id}.{restart}.{attempt}") == "run":
                 self._start_and_wait(task, None)

@@ -29,13 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gat import cli
-from gat import config as gat_config
-from gat import rundir
-from gat.errors import UserError
+from contract import cli
+from contract import config as gat_config
+from contract import rundir
+from contract.errors import UserError
 from sweeps import costs, executors, manifest, resources
 from sweeps import lease as leases
-from sweeps.job import RunJob, RunTask, cancel_requested, clear_cancel
+from sweeps.job import RunJob, RunTask
 from sweeps.plan import (FINAL, Dropped, Plan, PlannedRun, PlanStream, RunStatus, base_flat, budget_points, flatten,
                          make_plan, normalise, status_reader)
 from sweeps.status import watch
@@ -94,7 +94,7 @@ def decide(state: str, queued: bool, rerun_failed: bool) -> str:
 
 
 def validate_plan(plan: Plan | PlanStream) -> None:
-    """Every point's values through gat.config (each axis value once, each combination of the
+    """Every point's values through contract.config (each axis value once, each combination of the
     interacting keys once), then each distinct model shape through gat.models.describe (which
     catches what only building the nets can, e.g. more MNG levels than blocks); also checks the
     fast normalisation agrees with the trainer's.
@@ -137,7 +137,7 @@ def plan_rows(runs: Iterable[PlannedRun], spec: GridSpec, sweep_dir: Path, defau
         status = status_of(run)
         res = resources.resolve(run.flat, defaults, rules, stats=lambda r=run: costs.model_stats(r.flat) or {})
         # A cancelled run's old job skips it or has stopped it: it counts as not queued.
-        in_queue = run.run_id in queued and not cancel_requested(run.dir)
+        in_queue = run.run_id in queued and not rundir.cancel_requested(run.dir)
         yield run, status, decide(status.state, in_queue, rerun_failed), res
 
 
@@ -368,7 +368,7 @@ def launch(args: argparse.Namespace) -> int:
     for run, res in sorted(to_submit, key=lambda item: -_estimated_flops(item[0])):
         groups.setdefault(res, []).append(run)
     for run, _ in to_submit:  # submitting a run again withdraws an earlier sweeps.cancel
-        clear_cancel(run.dir)
+        rundir.clear_cancel(run.dir)
     submitted = []
     for res, runs in groups.items():
         fns = build_jobs(kind, runs, spec, {**common, "cpus_per_task": res.cpus_per_task})

@@ -11,7 +11,7 @@ from typing import Any, Callable
 
 from filelock import FileLock, Timeout
 
-from gat.rundir import write_text_atomic
+from contract.rundir import write_text_atomic
 
 MANIFEST = "manifest.json"
 _LOCK_TIMEOUT_S = 60.0  # the lock is held for one file write

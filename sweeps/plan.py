@@ -1,7 +1,7 @@
 """Run identity and state: which run folder a grid point maps to, and where that run stands.
 
 Run ID = the first 8 hex digits of SHA-1 over the normalised effective config (defaults filled,
-every value coerced to its field's type as `gat.config.from_dict` does, so `steps: 60`, `60.0`
+every value coerced to its field's type as `contract.config.from_dict` does, so `steps: 60`, `60.0`
 and `6e1` are one run, `model.name` resolved to its sizes), with the
 keys in `COSMETIC` left out: they change how a run is logged or how often it checkpoints, never
 its numbers. So editing `logging.wandb` or `data.num_workers` in a grid maps onto the same run
@@ -9,7 +9,7 @@ folders, while anything that changes the result (`eval.*` included, since it dec
 metrics exist) makes a new run. The folder name is descriptive plus the ID:
 `w384-d12-p2-lr_width_aware-mng_exp-s0-1a2b3c4d`.
 
-Normalisation is done here on flat dotted dicts instead of through `gat.config.from_dict` (about
+Normalisation is done here on flat dotted dicts instead of through `contract.config.from_dict` (about
 15 ms a point) so that a 10,000-point grid plans in well under 2 s; `tests/test_sweeps_plan.py`
 checks both paths give the same config. `PlanStream` walks the plan one run at a time, holding
 per run only its id and a digest (about 200 bytes), so a 10^6-point `--dry-run` need not hold
@@ -30,10 +30,10 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
-from gat import config as gat_config
-from gat import rundir
-from gat.config import unflatten
-from gat.sizes import parse_size
+from contract import config as gat_config
+from contract import rundir
+from contract.config import unflatten
+from contract.sizes import parse_size
 from sweeps import lease as leases
 from sweeps import manifest
 from sweeps.spec import GridError, GridSpec, Point, grid_points
@@ -53,8 +53,6 @@ LABELS = {
     "mng.mode": "mng_", "mng.levels": "k", "loss.penalty": "pen_", "repa.encoder": "repa_", "seed": "s",
 }
 ALWAYS = ("model.width", "model.depth", "model.patch")
-SWEEP_SUBDIR = ".sweep"  # the sweep engine's own files inside a run folder
-TRAINER_LOG = "trainer.log"  # in SWEEP_SUBDIR: the trainer's stdout and stderr
 Dropped = list[tuple[float, dict[str, Any], str]]  # (budget, coords, why) of the cells a budget grid leaves out
 
 
@@ -321,7 +319,7 @@ def budget_points(spec: GridSpec, start: dict[str, Any],
 def read_status(run_dir: Path, stale_s: float, now: float | None = None) -> RunStatus:
     """A run's derived state from its folder; a missing folder is `pending`."""
     status = rundir.read_status(run_dir)
-    holder = leases.holder(run_dir / SWEEP_SUBDIR / leases.LEASE_FILE, stale_s, now)
+    holder = leases.holder(run_dir / rundir.SWEEP_SUBDIR / leases.LEASE_FILE, stale_s, now)
     if status is None:
         return RunStatus("running" if holder else "pending", holder=holder)
     state = status.get("state")

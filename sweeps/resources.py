@@ -21,7 +21,7 @@ from __future__ import annotations
 from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
-from gat import config as gat_config
+from contract import config as gat_config
 from sweeps.spec import GridError, value_matches
 
 DERIVED = ("params", "gflops")  # rule keys computed from gat.models.describe

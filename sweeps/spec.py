@@ -22,7 +22,7 @@ budgets:                        # isoFLOP grid (optional): steps solved per poin
 
 A filter entry maps keys to a value, a list of allowed values, or a comparison string
 (">=512", "<1e-3"). Checking here is structural (sections, keys, empty axes, zip lengths); each
-point's values are checked by `gat.config.from_dict` in `validate_points`, and every error names
+point's values are checked by `contract.config.from_dict` in `validate_points`, and every error names
 the axis and the value.
 """
 from __future__ import annotations
@@ -35,8 +35,8 @@ from typing import Any, Callable, Iterator
 
 import yaml
 
-from gat import config as gat_config
-from gat.errors import UserError
+from contract import config as gat_config
+from contract.errors import UserError
 
 BUNDLED = Path(__file__).resolve().parent / "configs"
 SECTIONS = ("name", "base", "set", "axes", "zip", "include", "exclude", "resources", "executor", "budgets")
@@ -73,7 +73,7 @@ class ExecutorSpec:
 @dataclass
 class BudgetSpec:
     """An isoFLOP grid: every point is trained once per budget in `flops`, its `train.steps`
-    solved so that its training FLOPs (as `gat.flops` counts them) lie within `tolerance` (a
+    solved so that its training FLOPs (as `contract.flops` counts them) lie within `tolerance` (a
     fraction) of the budget. A cell needing fewer than `min_steps` or more than `max_steps` is
     dropped. Each run evaluates `eval_count` times (`eval.every` follows the steps)."""
 
@@ -276,7 +276,7 @@ def validate_points(spec: GridSpec, points: list[Point]) -> dict[int, gat_config
     Single axis values are checked first (over the base config) so that a bad value is blamed on
     its own axis rather than on whichever combination happened to be expanded first. Returns
     the validated config of one representative point (by index) per distinct combination of the
-    interacting keys (`gat.config.INTERACTING_SECTIONS`).
+    interacting keys (`contract.config.INTERACTING_SECTIONS`).
     """
     try:
         gat_config.from_dict(gat_config.apply_overrides(spec.base, spec.fixed))

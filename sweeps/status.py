@@ -21,10 +21,9 @@ from typing import Any, Mapping
 
 import yaml
 
-from gat import cli, rundir
+from contract import cli, rundir
 from sweeps import executors, manifest
-from sweeps.job import read_events
-from sweeps.plan import SETTLED, STATES, SWEEP_SUBDIR, TRAINER_LOG, read_status
+from sweeps.plan import SETTLED, STATES, read_status
 from sweeps.spec import ExecutorSpec, GridError, default_sweep_dir, load_grid, only_filter
 
 _DEFAULT_STALE_S = ExecutorSpec().lease_stale_s
@@ -49,20 +48,9 @@ class RunRow:
 def last_progress(run_dir: Path) -> tuple[int | None, str]:
     """(newest logged step, newest eval metric "fd_fmnist=35.1" or else newest loss_g) from
     stats.jsonl; status.json only records the step at start and end of an attempt."""
-    try:
-        with open(run_dir / rundir.STATS, "rb") as handle:
-            end = handle.seek(0, os.SEEK_END)
-            handle.seek(max(0, end - 65536))
-            lines = handle.read().decode(errors="replace").splitlines()
-    except OSError:
-        return None, ""
     step: int | None = None
     fallback = ""
-    for line in reversed(lines):
-        try:
-            record = json.loads(line)
-        except ValueError:
-            continue
+    for record in reversed(rundir.read_stats_tail(run_dir)):
         if step is None and isinstance(record.get("step"), int):
             step = record["step"]
         if record.get("metrics"):
@@ -82,7 +70,7 @@ def activity(run_dir: Path, step: int | None) -> str:
         total = planned_steps(run_dir)
         return f"step {step}" if total is None else f"step {step}/{total}"
     try:
-        with open(run_dir / SWEEP_SUBDIR / TRAINER_LOG, "rb") as handle:
+        with open(run_dir / rundir.SWEEP_SUBDIR / rundir.TRAINER_LOG, "rb") as handle:
             handle.seek(max(0, handle.seek(0, os.SEEK_END) - 4096))
             tail = handle.read().decode(errors="replace")
     except OSError:
@@ -142,7 +130,7 @@ def collect(sweep_dir: Path, *, only: str | None = None, stale_s: float = _DEFAU
     for entry in runs:
         run_dir = Path(sweep_dir) / entry["dir"]
         status = read_status(run_dir, stale_s, now)
-        events = read_events(run_dir)
+        events = rundir.read_events(run_dir)
         job_id, _ = job_of.get(entry["run_id"], ("", ""))
         state, reason = status.state, status.reason or ""
         if state in ("pending", "interrupted") and job_id in live:
@@ -219,7 +207,7 @@ def watch(sweep_dir: Path, run_ids: list[str], stale_s: float, *, launch_id: str
             states = {r.run_id: r.state for r in rows}
             for row in rows:
                 if row.run_id in submitted and row.run_id not in touched and any(
-                        e.get("launch") == launch_id for e in read_events(Path(sweep_dir) / row.dir)):
+                        e.get("launch") == launch_id for e in rundir.read_events(Path(sweep_dir) / row.dir)):
                     touched.add(row.run_id)
             settled = {rid for rid, s in states.items() if s in SETTLED
                        and (rid not in submitted or rid in touched)}

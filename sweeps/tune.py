@@ -38,7 +38,7 @@ from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any
 
-from gat import cli
+from contract import cli
 
 
 def parser() -> argparse.ArgumentParser:
@@ -61,9 +61,9 @@ import optuna  # noqa: E402
 from optuna.storages import RetryHeartbeatStaleTrialCallback  # noqa: E402
 from optuna.trial import TrialState  # noqa: E402
 
-from gat.errors import UserError  # noqa: E402
-from gat import config as gat_config  # noqa: E402
-from gat import rundir  # noqa: E402
+from contract.errors import UserError  # noqa: E402
+from contract import config as gat_config  # noqa: E402
+from contract import rundir  # noqa: E402
 from gat.lr_rules import learning_rate  # noqa: E402
 from sweeps import costs, executors, manifest, resources  # noqa: E402
 from sweeps import lease as leases  # noqa: E402

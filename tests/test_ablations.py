@@ -21,7 +21,7 @@ import yaml  # noqa: E402
 from analysis import ablations  # noqa: E402
 from analysis.load import AnalysisError, load_results  # noqa: E402
 from gat import checkpoint, probe  # noqa: E402
-from gat.config import from_dict, save_config  # noqa: E402
+from contract.config import from_dict, save_config  # noqa: E402
 from gat.models import registry  # noqa: E402
 from test_analysis_load import write_sweep  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""analysis.load / gat.flops against synthetic run and sweep folders (docs/run_folder.md).
+"""analysis.load / contract.flops against synthetic run and sweep folders (docs/run_folder.md).
 
 ``write_run`` and ``write_sweep`` are also used by the other analysis tests and the benchmark.
 """
@@ -18,7 +18,7 @@ import pytest
 import yaml
 
 from analysis import load
-from gat.flops import forward_passes, training_flops_per_image
+from contract.flops import forward_passes, training_flops_per_image
 from analysis.load import AnalysisError, default_metric, final_rows, load_results, load_table, save_table
 
 PUBLISHED = Path(__file__).parent / "data" / "published_gat_v1.csv"

@@ -8,7 +8,7 @@ import torch
 
 from gat import mng, objective
 from gat.augment import AugParams, apply, geometric_only, sample_params, tile, with_color_means
-from gat.config import AugmentConfig, ConfigError, load_config
+from contract.config import AugmentConfig, ConfigError, load_config
 
 GEOMETRY = AugmentConfig(color_prob=0.0, cutout=0.0)
 

@@ -47,7 +47,7 @@ def test_new_keys_at_their_default_keep_run_ids_and_set_ones_change_them():
 
 @pytest.mark.slow
 def test_absurd_d_lr_collapses_a_tiny_run(tmp_path):
-    from gat.config import load_config
+    from contract.config import load_config
     from gat.train import run
     config = load_config("fmnist_smoke.yaml", {"model.width": 16, "train.steps": 300, "eval.every": 30,
                                                 "train.d_lr_mult": 100.0, "logging.progress": "lines"})
@@ -61,6 +61,6 @@ def test_absurd_d_lr_collapses_a_tiny_run(tmp_path):
 
 @pytest.mark.parametrize("key, value", [("train.collapse_fd_ratio", 0.0), ("train.collapse_patience", -1)])
 def test_bad_collapse_keys_are_config_errors_naming_the_key(key, value):
-    from gat.config import ConfigError, load_config
+    from contract.config import ConfigError, load_config
     with pytest.raises(ConfigError, match=key):
         load_config("fmnist_smoke.yaml", {key: value})

@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from gat.config import ConfigError, load_config, parse_set, save_config, to_dict
+from contract.config import ConfigError, load_config, parse_set, save_config, to_dict
 
 
 def test_defaults_are_the_paper_recipe() -> None:

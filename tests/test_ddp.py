@@ -13,7 +13,8 @@ import torch
 import torch.multiprocessing as mp
 
 import gat.train
-from gat import distributed, rundir
+from contract import rundir
+from gat import distributed
 from test_train import FakeDecoder, SyntheticLatents, tiny_config
 
 # Every random draw inside a step (augmentation, MNG noise, the approximate penalty's ε) is

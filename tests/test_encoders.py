@@ -9,7 +9,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from gat.config import ConfigError, RepaConfig
+from contract.config import ConfigError, RepaConfig
 from gat.encoders import IMAGENET_MEAN, FrozenEncoder, load_encoder
 
 

@@ -11,7 +11,7 @@ import pytest
 import scipy.linalg
 import torch
 
-from gat.config import EvalConfig
+from contract.config import EvalConfig
 from gat.data.fashion_mnist import load_fashion_mnist
 from gat.data.shards import ShardDataset, write_shards
 from gat.eval import dataset_stats, feature_stats, frechet_distance, load_extractor, load_ref_stats, save_stats

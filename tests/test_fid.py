@@ -9,7 +9,7 @@ import pytest
 from PIL import Image
 
 from gat import fid
-from gat.config import EvalConfig
+from contract.config import EvalConfig
 from gat.eval import load_extractor
 from gat.eval.frechet import save_stats, source_stats
 

@@ -27,7 +27,7 @@ import torch
 
 from gat import mng, objective
 from gat.augment import AugParams
-from gat.config import load_config
+from contract.config import load_config
 from gat.models import registry
 
 ROOT = Path(__file__).resolve().parent.parent

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from gat.config import ConfigError, from_dict
+from contract.config import ConfigError, from_dict
 from gat.lr_rules import RULES, learning_rate, param_groups
 from gat.models import build_discriminator, build_generator
 

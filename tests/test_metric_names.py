@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import pytest
 
-from gat.metric_names import is_metric, metric_label, metric_name, metric_rank
+from contract.metric_names import is_metric, metric_label, metric_name, metric_rank
 
 
 @pytest.mark.parametrize(("extractor", "num", "has_ref", "name", "label"), [

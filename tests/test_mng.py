@@ -5,7 +5,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from gat.config import ConfigError, MNGConfig
+from contract.config import ConfigError, MNGConfig
 from gat.mng import noise_levels, num_inputs, perturb, sample_noise, select_levels
 
 

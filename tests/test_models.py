@@ -10,7 +10,7 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from gat.config import ConfigError, ModelConfig, RunConfig, from_dict
+from contract.config import ConfigError, ModelConfig, RunConfig, from_dict
 from gat.models import MODELS, build_discriminator, build_generator, describe, discriminator_size, parse_size
 from gat.models.__main__ import main
 from gat.models.generator import stage_ends

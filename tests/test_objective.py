@@ -7,7 +7,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from gat.config import RunConfig
+from contract.config import RunConfig
 from gat.encoders import load_encoder
 from gat.objective import (
     approx_penalty, d_adversarial, discriminator_loss, exact_penalty, g_adversarial, generator_loss, repa_loss,

@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from gat.config import DataConfig
+from contract.config import DataConfig
 from gat.data import load_dataset, load_decoder
 from gat.data.vae import encode_moments, load_vae
 from gat.prepare import main

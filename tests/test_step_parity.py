@@ -95,7 +95,7 @@ def test_compiled_step_matches_the_reference(recompute: bool) -> None:
 
 def test_batched_critic_pass_equals_one_pass_per_sample() -> None:
     """score_together relies on D having no layer that mixes samples."""
-    from gat.config import load_config
+    from contract.config import load_config
     from gat.models import registry
     from gat.objective import score_together
 

@@ -16,7 +16,7 @@ import pytest
 
 from sweeps import launch, manifest, status
 from sweeps.cancel import cancel_sweep
-from sweeps.job import read_events
+from contract.rundir import read_events
 from sweep_stub import starts_per_run, stats_lines, stub_intervals, wait_for, write_grid
 
 
@@ -176,7 +176,7 @@ def test_cancel_only_stops_the_named_run_on_a_shared_local_worker(tmp_path, stub
 
 
 def test_status_names_the_job_that_trained_the_run(tmp_path, stub_trainer):
-    from sweeps.job import append_event
+    from contract.rundir import append_event
 
     grid = write_grid(tmp_path / "g.yaml", seed=[0])
     sweep = tmp_path / "sweep"

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from gat import config as gat_config
+from contract import config as gat_config
 from sweeps import executors, launch, lease, manifest
 from sweeps.plan import flatten, make_plan, read_status, read_statuses, run_id
 from sweeps.resources import Resources, parse, resolve

@@ -19,7 +19,7 @@ import yaml
 
 from sweeps import launch, manifest, status
 from sweeps.executors import slurm_available
-from sweeps.job import read_events
+from contract.rundir import read_events
 from sweep_stub import starts_per_run, stats_lines, stub_intervals, wait_for, write_grid
 
 pytestmark = pytest.mark.slurm

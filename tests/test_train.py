@@ -22,8 +22,9 @@ import yaml
 
 import gat.sample
 import gat.train
-from gat import checkpoint, rundir
-from gat.config import load_config, to_dict
+from contract import rundir
+from gat import checkpoint
+from contract.config import load_config, to_dict
 from gat.data.dataset import LatentDataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -368,7 +369,7 @@ def test_kill_9_then_rerun_matches_an_uninterrupted_run(tmp_path):
 
 def test_planned_and_tabled_training_flops_agree(synthetic, tmp_path):
     """The dry run's FLOPs (sweeps.costs) and results.csv's train_flops (analysis.load) count
-    the same run the same way: both go through gat.flops."""
+    the same run the same way: both go through contract.flops."""
     from analysis.load import load_results
     from sweeps import costs
     from sweeps.plan import flatten

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from gat import config as gat_config
-from gat import rundir
+from contract import config as gat_config
+from contract import rundir
 from gat.train import ConfigMismatchError, check_run_dir
 from sweep_stub import starts_per_run, stub_intervals, write_grid
 from sweeps import launch, lease, manifest, status

@@ -19,8 +19,9 @@ from wandb.proto import wandb_internal_pb2
 
 import gat.train
 import test_train
-from gat import checkpoint, rundir, wandb_log
-from gat.config import COSMETIC_KEYS, ConfigError, LoggingConfig, from_dict, load_config, to_dict
+from contract import rundir
+from gat import checkpoint, wandb_log
+from contract.config import COSMETIC_KEYS, ConfigError, LoggingConfig, from_dict, load_config, to_dict
 from sweeps.plan import flatten, make_plan, run_id
 from sweeps.spec import parse_grid
 from test_train import Interrupt, tiny_config

@@ -36,7 +36,7 @@ def installed(tmp_path_factory) -> Path:
     source.mkdir()
     for name in ("pyproject.toml", "README.md"):
         shutil.copy(ROOT / name, source / name)
-    for package in ("gat", "sweeps", "analysis"):
+    for package in ("contract", "gat", "sweeps", "analysis"):
         shutil.copytree(ROOT / package, source / package, ignore=shutil.ignore_patterns("__pycache__"))
     built = run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(tmp / "dist"),
                  str(source)], cwd=tmp)
@@ -76,13 +76,13 @@ def test_the_wheel_runs_from_elsewhere(installed, tmp_path):
     assert version.stdout.strip() == f"gatscale {__version__}"
     # A trainer config by bundled name, and the checkout-relative spelling grids use.
     for name in ("fmnist_smoke.yaml", "gat/configs/fmnist.yaml"):
-        loaded = run([str(installed), "-c", f"from gat.config import load_config; print(load_config({name!r}).data.kind)"],
+        loaded = run([str(installed), "-c", f"from contract.config import load_config; print(load_config({name!r}).data.kind)"],
                      cwd=tmp_path)
         assert loaded.stdout.strip() == "fashion_mnist", loaded.stderr
 
 
 def test_provenance_of_an_install_names_the_version_not_the_users_commit(installed, tmp_path):
-    probe = ("import json; from gat import rundir; from pathlib import Path; "
+    probe = ("import json; from contract import rundir; from pathlib import Path; "
              "Path('run').mkdir(); p = rundir.record_attempt(Path('run'), 'cpu', 0, 1); "
              "print(json.dumps({k: p[k] for k in ('gatscale_version', 'git_commit', 'git_dirty')}))")
     # cwd inside the user's repository too: neither the venv's nor the cwd's repo is gatscale's

@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from gat.cache import cache_root, exclusive, folder_intact, seal_folder
-from gat.errors import UserError
+from contract.errors import UserError
 from gat.data import vae as vae_lib
 from gat.data.shards import write_shards
 

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from gat.config import ConfigError, EvalConfig
+from contract.config import ConfigError, EvalConfig
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 FMNIST_CLASSIFIER = ASSETS / "fmnist_classifier.safetensors"

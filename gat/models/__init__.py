@@ -4,7 +4,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from gat.sizes import MODELS, NetSize, parse_size
+from contract.sizes import MODELS, NetSize, parse_size
 
 if TYPE_CHECKING:
     from gat.models.discriminator import Discriminator

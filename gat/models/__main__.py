@@ -9,9 +9,9 @@ import argparse
 import json
 import sys
 
-from gat import cli
-from gat.config import from_dict
-from gat.sizes import MODELS
+from contract import cli
+from contract.config import from_dict
+from contract.sizes import MODELS
 
 
 def _parser() -> argparse.ArgumentParser:

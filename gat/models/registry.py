@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import torch
 
-from gat.config import ModelConfig, RunConfig
+from contract.config import ModelConfig, RunConfig
 from gat.lr_rules import RULES, learning_rate
 from gat.mng import noise_levels, num_inputs
 from gat.models.discriminator import CMAP_DIM, Discriminator
 from gat.models.generator import Generator
 from gat.models.layers import swiglu_hidden
-from gat.sizes import NetSize, check_size, parse_size
+from contract.sizes import NetSize, check_size, parse_size
 
 
 def generator_size(cfg: ModelConfig) -> NetSize:

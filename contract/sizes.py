@@ -8,7 +8,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
-from gat.errors import ConfigError
+from contract.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ from __future__ import annotations
 class UserError(Exception):
     """Something the user asked for cannot be done as asked; the message says what and why.
 
-    Every CLI prints it as one `error:` line and exits 2 (gat.cli.run)."""
+    Every CLI prints it as one `error:` line and exits 2 (contract.cli.run)."""
 
 
 class ConfigError(UserError, ValueError):

@@ -14,8 +14,8 @@ import traceback
 from collections.abc import Callable
 from typing import NoReturn
 
-from gat import __version__
-from gat.errors import UserError
+from contract import __version__
+from contract.errors import UserError
 
 
 def is_rank_zero() -> bool:

@@ -19,9 +19,9 @@ from typing import Any
 
 import yaml
 
-from gat.errors import ConfigError
-from gat.rundir import write_text_atomic
-from gat.sizes import parse_size
+from contract.errors import ConfigError
+from contract.rundir import write_text_atomic
+from contract.sizes import parse_size
 
 
 @dataclass
