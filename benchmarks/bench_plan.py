@@ -11,7 +11,6 @@ wall time and the child's peak resident memory. Targets on 2 cores: 10^4 points 
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import subprocess
 import sys
@@ -24,6 +23,7 @@ import yaml
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from contract import rundir  # noqa: E402
 from sweeps.plan import make_plan  # noqa: E402
 from sweeps.spec import load_grid  # noqa: E402
 
@@ -53,7 +53,7 @@ def measure(points: int, existing: int, tmp: Path) -> tuple[float, float, int]:
     sweep = tmp / f"sweep{points}"
     for run in make_plan(load_grid(grid_file), sweep).runs[:existing]:  # setup, not timed
         run.dir.mkdir(parents=True)
-        (run.dir / "status.json").write_text(json.dumps({"state": "completed", "step": 100}))
+        rundir.write_status(run.dir, "completed", 100)
     start = time.perf_counter()
     out = subprocess.run([sys.executable, "-m", "sweeps.launch", str(grid_file), "--dry-run", "--out", str(sweep)],
                          cwd=ROOT, capture_output=True, text=True)

@@ -358,8 +358,10 @@ def write_yaml(path: Path, config: dict[str, Any]) -> Path:
 
 def read_run(run_dir: Path) -> dict[str, Any]:
     """status.json and stats.jsonl of a run folder: state, last step, last metrics, steady s/step."""
-    status = json.loads((run_dir / "status.json").read_text())
-    lines = [json.loads(line) for line in (run_dir / "stats.jsonl").read_text().splitlines() if line.strip()]
+    from contract import rundir
+
+    status = rundir.read_status(run_dir)
+    lines = rundir.read_stats(run_dir)
     metrics = next((line["metrics"] for line in reversed(lines) if line.get("metrics")), {})
     # The first log line's mean includes the first steps' allocator and kernel warm-up.
     steady = [line["sec_per_step"] for line in lines[1:] if line.get("sec_per_step")] or \

@@ -20,6 +20,7 @@ from typing import Any
 import yaml
 
 from contract.errors import ConfigError
+from contract import rundir
 from contract.rundir import write_text_atomic
 from contract.sizes import parse_size
 
@@ -471,6 +472,11 @@ def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list
     if isinstance(overrides, list):
         overrides = parse_set(overrides)
     return from_dict(apply_overrides(data, overrides or {}))
+
+
+def load_run_config(run_dir: str | Path) -> RunConfig:
+    """The resolved config a run folder recorded (its config.yaml)."""
+    return load_config(Path(run_dir) / rundir.CONFIG)
 
 
 def save_config(config: RunConfig, path: str | Path) -> None:

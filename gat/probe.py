@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from contract.config import ConfigError, load_config
+from contract.config import ConfigError, load_run_config
 from gat.data import load_decoder
 from gat.models import Generator
 from gat.sample import load_ema_generator
@@ -141,7 +141,7 @@ def block_effects(
 def run_decoder(run_dir: Path, device: torch.device) -> Callable[[Tensor], Tensor] | None:
     """The run's latent decoder, or None (with a warning) when its data has none available
     here, e.g. a hub VAE on a machine without network or cache."""
-    config = load_config(Path(run_dir) / "config.yaml")
+    config = load_run_config(run_dir)
     try:
         return load_decoder(config.data).to(device).eval()
     except (ConfigError, RuntimeError, OSError) as err:

@@ -17,7 +17,7 @@ import sys
 from pathlib import Path
 from typing import Iterator
 
-from contract import cli
+from contract import cli, rundir
 
 
 def parser() -> cli.Parser:
@@ -45,7 +45,7 @@ from torch import Tensor, nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from gat import checkpoint  # noqa: E402
-from contract.config import load_config  # noqa: E402
+from contract.config import load_run_config  # noqa: E402
 from gat.data import load_decoder  # noqa: E402
 from contract.errors import UserError  # noqa: E402
 from gat.models import registry  # noqa: E402
@@ -84,7 +84,7 @@ def image_grid(images: Tensor, columns: int = 8) -> np.ndarray:
 
 def load_ema_generator(run_dir: Path, device: torch.device, step: int | None = None) -> tuple[nn.Module, dict]:
     """The run's EMA generator (newest checkpoint, or the snapshot at `step`) and its data dims."""
-    config = load_config(run_dir / "config.yaml")
+    config = load_run_config(run_dir)
     state = checkpoint.load_for_inference(run_dir, step)
     G = registry.build_generator(config, **state["dims"])
     G.load_state_dict(state["G_ema"])
@@ -104,11 +104,11 @@ def main(argv: list[str] | None = None) -> int:
 
 def write_samples(args) -> int:
     """Sample, decode and write the archive; a progress bar on a terminal."""
-    if not (args.run_dir / "config.yaml").is_file():
+    if not (args.run_dir / rundir.CONFIG).is_file():
         raise UserError(f"{args.run_dir} is not a run folder (no config.yaml)")
     device = cli.device(args.device)
     G, dims = load_ema_generator(args.run_dir, device, args.step)
-    decoder = load_decoder(load_config(args.run_dir / "config.yaml").data).to(device)
+    decoder = load_decoder(load_run_config(args.run_dir).data).to(device)
     images, labels = [], []
     chunks = generate(G, args.num, dims["num_classes"], args.seed, device, psi=args.psi, batch=args.batch)
     with tqdm(total=args.num, unit="img", desc="sampling", disable=None) as bar:
