@@ -27,37 +27,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from contract.config import ConfigError, MNGConfig
+from contract.config import MNGConfig
+from contract.mng import NOISY_MODES, noise_levels, num_inputs
 
-_NOISY_MODES = ("exp", "lin")
-
-
-def noise_levels(cfg: MNGConfig) -> list[float]:
-    """Noise strengths t_k, shallow → deep, one per input D sees (zeros for `msg` and `off`)."""
-    if cfg.mode == "off":
-        return [0.0]
-    if cfg.mode == "msg":
-        return [0.0] * cfg.levels
-    if cfg.mode not in _NOISY_MODES:
-        raise ConfigError(f"mng.mode={cfg.mode!r} is not one of: exp, lin, msg, off")
-    if cfg.levels < 2:
-        raise ConfigError(f"mng.levels must be >= 2 when mng.mode={cfg.mode}, got {cfg.levels}")
-    lambdas = [k / (cfg.levels - 1) for k in range(cfg.levels)]
-    if cfg.mode == "exp":
-        levels = [1.0 - cfg.i_min ** (1.0 - lam) + cfg.offset for lam in lambdas]
-    else:
-        levels = [(1.0 - cfg.i_min) * (1.0 - lam) + cfg.offset for lam in lambdas]
-    # The nesting divides by the signal 1 − t_k, and a negative t is not a noise strength.
-    if not all(0.0 <= t < 1.0 for t in levels):
-        raise ConfigError(
-            f"mng noise levels {levels} leave [0, 1): need mng.offset >= 0 and mng.i_min > mng.offset"
-        )
-    return levels
-
-
-def num_inputs(cfg: MNGConfig) -> int:
-    """How many levels D sees (its input has `latent_channels * num_inputs(cfg)` channels)."""
-    return 1 if cfg.mode == "off" else cfg.levels
+# The schedule itself (noise_levels, num_inputs) lives in contract.mng, torch-free, so the
+# planner can size D without torch; it stays importable from here, where the trainer looks.
+__all__ = ["nest_noise", "noise_levels", "num_inputs", "perturb", "sample_noise", "select_levels"]
 
 
 def select_levels(outputs: list[Tensor], cfg: MNGConfig) -> list[Tensor]:
@@ -74,7 +49,7 @@ def sample_noise(like: Tensor, cfg: MNGConfig, generator: torch.Generator | None
     Empty for `msg` and `off`, which add no noise. Kept apart from `perturb` so the penalties
     can reuse the exact draw the adversarial term saw.
     """
-    if cfg.mode not in _NOISY_MODES:
+    if cfg.mode not in NOISY_MODES:
         return []
     fresh = [torch.randn(like.shape, generator=generator, device=like.device, dtype=like.dtype)
              for _ in range(num_inputs(cfg))]
