@@ -352,6 +352,45 @@ def to_dict(config: RunConfig) -> dict[str, Any]:
 
 
 @functools.cache
+def _layout(cls: type) -> tuple[tuple[str, type | None], ...]:
+    """A config dataclass's fields in order, each with its section's class (None for a value)."""
+    hints = _field_types(cls)
+    return tuple((f.name, hints[f.name] if dataclasses.is_dataclass(hints[f.name]) else None)
+                 for f in dataclasses.fields(cls))
+
+
+def to_flat(config: Any, prefix: str = "") -> dict[str, Any]:
+    """A config (or one of its sections) as one dict of dotted keys in field order: what
+    `flatten(to_dict(config))` gives, holding the config's own values instead of copies (a
+    grid's plan derives one per point, and `asdict`'s deep copy would be most of its cost)."""
+    out: dict[str, Any] = {}
+    for name, section in _layout(type(config)):
+        value = getattr(config, name)
+        if section is None:
+            out[prefix + name] = value
+        else:
+            out.update(to_flat(value, f"{prefix}{name}."))
+    return out
+
+
+@functools.cache
+def _value_keys() -> frozenset[str]:
+    return frozenset(to_flat(RunConfig()))
+
+
+def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    """Nested mappings as one dict of dotted keys (the inverse of `unflatten`). A config key whose
+    value is a mapping (`logging.grid_point`) stays one key: its own keys are data, not sections."""
+    out: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, dict) and prefix + key not in _value_keys():
+            out.update(flatten(value, f"{prefix}{key}."))
+        else:
+            out[prefix + key] = value
+    return out
+
+
+@functools.cache
 def _field_names(cls: type) -> frozenset[str]:
     # `validate` reads ~50 keys per config and a large grid validates every point: computing
     # dataclasses.fields per read took half of a 20,000-point dry run
