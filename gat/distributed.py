@@ -44,7 +44,7 @@ class DistEnv:
 def expand_nodelist(nodelist: str) -> list[str]:
     """SLURM's compact host list ("gpu[01-03,07],login1", "node[1-2]-ib", "rack[1-2]-n[01-02]")
     as host names, in order: by `scontrol show hostnames` where SLURM is installed (the
-    scheduler's own parser), else by submitit's parser (pinned in pyproject: private API)."""
+    scheduler's own parser), else by submitit's (a private API: `sweeps.submitit_private`)."""
     if shutil.which("scontrol"):
         try:
             out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30)
@@ -52,9 +52,9 @@ def expand_nodelist(nodelist: str) -> list[str]:
                 return out.stdout.split()
         except (OSError, subprocess.SubprocessError):
             pass
-    from submitit.slurm.slurm import _parse_node_list
+    from sweeps.submitit_private import parse_node_list
 
-    return _parse_node_list(nodelist)
+    return parse_node_list(nodelist)
 
 
 def detect(environ: dict[str, str] | None = None) -> DistEnv:

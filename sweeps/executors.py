@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import submitit
-from submitit.slurm import slurm as slurm_backend
 
+from sweeps import submitit_private
 from sweeps.resources import Resources
 from sweeps.spec import ExecutorSpec
 
@@ -69,7 +69,7 @@ def slurm_parameters(spec: ExecutorSpec, res: Resources, *, name: str, code_root
     if res.gpus:
         params["gpus_per_node"] = res.gpus
     if res.mem_gb is not None:
-        params["mem"] = slurm_backend._convert_mem(res.mem_gb)
+        params["mem"] = submitit_private.convert_mem(res.mem_gb)
     for key in ("partition", "account", "qos", "constraint"):
         if getattr(spec, key) is not None:
             params[key] = getattr(spec, key)
@@ -79,7 +79,7 @@ def slurm_parameters(spec: ExecutorSpec, res: Resources, *, name: str, code_root
 def sbatch_text(params: dict[str, Any], folder: Path, array_size: int) -> str:
     """The sbatch script submitit would write for an array of `array_size` (golden tests)."""
     command = f"{shlex.quote(sys.executable)} -u -m submitit.core._submit {shlex.quote(str(folder))}"
-    return slurm_backend._make_sbatch_string(command=command, folder=folder, map_count=array_size, **params)
+    return submitit_private.sbatch_string(command, folder, array_size, **params)
 
 
 def make_executor(

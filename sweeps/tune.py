@@ -69,6 +69,7 @@ from sweeps import costs, executors, manifest, resources  # noqa: E402
 from sweeps import lease as leases  # noqa: E402
 from sweeps.job import RunJob, RunTask  # noqa: E402
 from sweeps.launch import snapshot_code  # noqa: E402
+from sweeps.optuna_private import trial_handle  # noqa: E402
 from sweeps.plan import FINAL, base_flat, normalise, read_status, run_id, run_name, wandb_context  # noqa: E402
 from sweeps.spec import (GridError, GridSpec, Point, default_sweep_dir, expand, parse_grid, read_grid_file,  # noqa: E402
                          validate_points)
@@ -308,9 +309,7 @@ class Tuner:
             retry = RetryHeartbeatStaleTrialCallback(max_retry=self.search.max_retries)
         for study in self.studies:
             for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-                # Trial(study, id) is the handle `ask` itself returns; it lets this process
-                # finish a trial another process created.
-                trial = optuna.Trial(study, frozen._trial_id)
+                trial = trial_handle(study, frozen)  # finishes a trial another process created
                 run_dir = Path(frozen.user_attrs.get("run_dir", self.study_dir / "runs" / "?"))
                 state = read_status(run_dir, self.grid.executor.lease_stale_s).state
                 if state in FINAL:
