@@ -2,9 +2,10 @@
 
 Conventions
 -----------
-* ``generator_gflops`` / ``discriminator_gflops`` in ``model.json`` follow the DiT convention:
-  billions of multiply-accumulates (MACs) of **one forward pass on one image** (DiT-XL/2 = 118.6,
-  GAT-XL/2 G = 118.4). The x axis "GFLOPs" of the scaling plots is this number for G.
+* ``generator_gflops`` / ``discriminator_gflops`` in ``model.json`` (counted by
+  ``contract.model_shape``) follow the DiT convention: billions of multiply-accumulates (MACs) of
+  **one forward pass on one image** (DiT-XL/2 = 118.6, GAT-XL/2 G = 118.4). The x axis "GFLOPs"
+  of the scaling plots is this number for G.
 * Training compute is counted in real FLOPs: 1 MAC = 2 FLOPs, and a backward pass costs twice
   its forward (gradients w.r.t. activations and w.r.t. weights, Kaplan et al. 2020).
 

@@ -36,8 +36,7 @@ from contract.errors import UserError
 from sweeps import costs, executors, manifest, resources
 from sweeps import lease as leases
 from sweeps.job import RunJob, RunTask
-from sweeps.plan import (FINAL, Dropped, Plan, PlannedRun, PlanStream, RunStatus, base_flat, budget_points, flatten,
-                         make_plan, normalise, status_reader)
+from sweeps.plan import FINAL, Dropped, Plan, PlannedRun, PlanStream, RunStatus, budget_points, make_plan, status_reader
 from sweeps.status import watch
 from sweeps.spec import GridError, GridSpec, Point, default_sweep_dir, load_grid, only_filter, validate_points
 
@@ -93,37 +92,31 @@ def decide(state: str, queued: bool, rerun_failed: bool) -> str:
     return "submit"
 
 
-def validate_plan(plan: Plan | PlanStream) -> None:
+def validate_plan(spec: GridSpec) -> None:
     """Every point's values through contract.config (each axis value once, each combination of the
     interacting keys once), then each distinct model shape through gat.models.describe (which
-    catches what only building the nets can, e.g. more MNG levels than blocks); also checks the
-    fast normalisation agrees with the trainer's.
+    catches what only building the nets can, e.g. more MNG levels than blocks). Run before the
+    plan is walked, so that a bad value is blamed on its own axis.
 
     The grid's points are expanded twice rather than held: once to validate, once to pick out
     the representatives `validate_points` names by index. Expanding needs no ids or folders, so
     both cost little next to the plan's own walk. (Duplicate points, which the plan merges, are
     validated too: their config is one an earlier point already has.)"""
-    spec = plan.spec
-    start = base_flat(spec)
-    checked = validate_points(spec, (point for point, _ in budget_points(spec, start)))
+    checked = validate_points(spec, (point for point, _ in budget_points(spec)))
     last = max(checked)
-    for index, (point, _) in enumerate(budget_points(spec, start)):
+    for index, (point, _) in enumerate(budget_points(spec)):
         if index in checked:
-            _check_representative(point, normalise(start, point.overrides), checked[index])
+            _check_models(point, checked[index])
         if index == last:
             break
 
 
-def _check_representative(point: Point, flat: dict[str, Any], cfg: gat_config.RunConfig) -> None:
-    """A validated point's trainer config `cfg` is the plan's `flat`, and its models build."""
-    where = ", ".join(f"axis {k}={v!r}" for k, v in point.coords.items()) or "base config"
-    resolved = flatten(gat_config.to_dict(cfg))
-    if resolved != flat:
-        diff = sorted(k for k in set(resolved) | set(flat) if resolved.get(k) != flat.get(k))
-        raise GridError(f"{where}: internal error, plan and trainer config disagree on {diff}")
+def _check_models(point: Point, cfg: gat_config.RunConfig) -> None:
+    """A validated point's models build (gat.models.describe, through sweeps.costs)."""
     try:
-        costs.model_stats(flat)
+        costs.model_stats(gat_config.to_flat(cfg))
     except gat_config.ConfigError as err:
+        where = ", ".join(f"axis {k}={v!r}" for k, v in point.coords.items()) or "base config"
         raise GridError(f"{where}: {err}") from err
 
 
@@ -293,8 +286,8 @@ def dry_run(spec: GridSpec, sweep_dir: Path, args: argparse.Namespace, defaults:
             rules: list[tuple[dict[str, Any], dict[str, Any]]], estimate: resources.Estimate) -> int:
     """--dry-run in one walk of the plan that holds no run: each run's JSON object printed as it
     comes (--json), or each row added to the table, whose kept lines and totals print at the end."""
+    validate_plan(spec)
     plan = PlanStream(spec, sweep_dir)
-    validate_plan(plan)
     rows = plan_rows(select(plan, args.only), spec, sweep_dir, defaults, rules, args.rerun_failed)
     if args.json:
         print_json_array(_plan_row(run, estimate) for run, *_ in rows)
@@ -335,8 +328,8 @@ def launch(args: argparse.Namespace) -> int:
     defaults, rules, estimate = resources.parse(spec.resources)
     if args.dry_run:
         return dry_run(spec, sweep_dir, args, defaults, rules, estimate)
+    validate_plan(spec)
     plan = make_plan(spec, sweep_dir)
-    validate_plan(plan)
     chosen = list(select(plan.runs, args.only))
     rows = list(plan_rows(chosen, spec, sweep_dir, defaults, rules, args.rerun_failed))
 

@@ -1,19 +1,17 @@
 """Run identity and state: which run folder a grid point maps to, and where that run stands.
 
-Run ID = the first 8 hex digits of SHA-1 over the normalised effective config (defaults filled,
-every value coerced to its field's type as `contract.config.from_dict` does, so `steps: 60`, `60.0`
-and `6e1` are one run, `model.name` resolved to its sizes), with the
-keys in `COSMETIC` left out: they change how a run is logged or how often it checkpoints, never
+Run ID = the first 8 hex digits of SHA-1 over the effective config, which `effective_flat` derives
+through `contract.config.from_dict`, as the trainer does (defaults filled, every value coerced to its
+field's type, so `steps: 60`, `60.0` and `6e1` are one run, `model.name` resolved to its sizes), with
+the keys in `COSMETIC` left out: they change how a run is logged or how often it checkpoints, never
 its numbers. So editing `logging.wandb` or `data.num_workers` in a grid maps onto the same run
 folders, while anything that changes the result (`eval.*` included, since it decides which
 metrics exist) makes a new run. The folder name is descriptive plus the ID:
 `w384-d12-p2-lr_width_aware-mng_exp-s0-1a2b3c4d`.
 
-Normalisation is done here on flat dotted dicts instead of through `contract.config.from_dict` (about
-15 ms a point) so that a 10,000-point grid plans in well under 2 s; `tests/test_sweeps_plan.py`
-checks both paths give the same config. `PlanStream` walks the plan one run at a time, holding
-per run only its id and a digest (about 200 bytes), so a 10^6-point `--dry-run` need not hold
-10^6 configs (about 3 KB each); `make_plan` lists the same walk.
+`PlanStream` walks the plan one run at a time, holding per run only its id
+and a digest (about 200 bytes), so a 10^6-point `--dry-run` need not hold 10^6 configs (about 3 KB
+each); `make_plan` lists the same walk.
 """
 from __future__ import annotations
 
@@ -23,7 +21,6 @@ import json
 import os
 import re
 import time
-import typing
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from functools import lru_cache
@@ -32,11 +29,10 @@ from typing import Any
 
 from contract import config as gat_config
 from contract import rundir
-from contract.config import unflatten
-from contract.sizes import parse_size
+from contract.config import flatten, to_flat, unflatten  # noqa: F401  (flatten: callers import it from here)
 from sweeps import lease as leases
 from sweeps import manifest
-from sweeps.spec import GridError, GridSpec, Point, grid_points
+from sweeps.spec import GridError, GridSpec, Point, grid_points, run_config
 
 COSMETIC = gat_config.COSMETIC_KEYS
 ID_LENGTH = 8
@@ -103,72 +99,28 @@ class RunStatus:
 
 
 @lru_cache(maxsize=1)
-def _key_types() -> dict[str, Any]:
-    """Each config key's annotation, by dotted key (computed once)."""
-    types: dict[str, Any] = {}
-
-    def walk(cls: type, prefix: str) -> None:
-        for name, annotation in typing.get_type_hints(cls).items():
-            if dataclasses.is_dataclass(annotation):
-                walk(annotation, f"{prefix}{name}.")
-            else:
-                types[prefix + name] = annotation
-
-    walk(gat_config.RunConfig, "")
-    return types
+def default_flat() -> dict[str, Any]:
+    """The trainer's default config, flat (computed once; callers must not change it)."""
+    return to_flat(gat_config.RunConfig())
 
 
-@lru_cache(maxsize=1)
-def _defaults() -> tuple[dict[str, Any], dict[str, Any]]:
-    """Flat default config and each key's annotation (computed once)."""
-    return flatten(gat_config.to_dict(gat_config.RunConfig())), _key_types()
-
-
-def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
-    """Nested mappings as one dict of dotted keys. A config key whose value is a mapping
-    (`logging.grid_point`) stays one key: its own keys are data, not config sections."""
-    out: dict[str, Any] = {}
-    for key, value in data.items():
-        if isinstance(value, dict) and prefix + key not in _key_types():
-            out.update(flatten(value, f"{prefix}{key}."))
-        else:
-            out[prefix + key] = value
-    return out
+def effective_flat(spec: GridSpec, point: Point) -> dict[str, Any]:
+    """A point's effective config, flat: the grid's base plus the point's overrides through
+    `contract.config.from_dict` (`sweeps.spec.run_config`), so the plan hashes the very config the
+    trainer will run. An invalid point is a GridError naming its axes."""
+    return to_flat(run_config(spec, point))
 
 
 def wandb_context(flat: dict[str, Any], group: str, coords: dict[str, Any]) -> dict[str, Any]:
     """The cosmetic logging keys a sweep or search adds to a run's config: its W&B group (the
     grid's name unless the grid sets one) and its coordinates. They stay out of `flat`, the
-    point's config as the grid states it (what the run id hashes and the plan is checked against)."""
+    point's config as the grid states it (what the run id hashes)."""
     return {"logging.wandb_group": flat.get("logging.wandb_group") or group, "logging.grid_point": dict(coords)}
-
-
-def normalise(base_flat: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """The effective flat config of a point: base (already over defaults) plus overrides."""
-    _, types = _defaults()
-    flat = dict(base_flat)
-    for key, value in overrides.items():
-        # Coerce by the schema as from_dict does (60.0 -> 60 for an int, 1 -> 1.0 for a float) so
-        # every spelling of a value hashes alike; a value that does not fit is left for
-        # validate_plan to report against its axis.
-        try:
-            flat[key] = gat_config._coerce(value, types[key], key) if key in types else value
-        except gat_config.ConfigError:
-            flat[key] = value
-    if flat.get("model.name"):
-        flat.update(_model_size(flat["model.name"]))
-    return flat
-
-
-@lru_cache(maxsize=None)
-def _model_size(name: str) -> dict[str, int]:
-    size = parse_size(name)
-    return {f"model.{k}": getattr(size, k) for k in ("width", "depth", "heads", "patch")}
 
 
 def run_identity(flat: dict[str, Any]) -> str:
     """What makes two runs the same run: the JSON list of the sorted non-cosmetic [key, value] pairs."""
-    defaults, _ = _defaults()
+    defaults = default_flat()
     keys = {k for k in flat.keys() - COSMETIC if k not in gat_config.IDENTITY_IF_SET or flat[k] != defaults[k]}
     return json.dumps([[k, flat[k]] for k in sorted(keys)], separators=(",", ":"), default=str)
 
@@ -200,12 +152,6 @@ def _format(value: Any) -> str:
     if isinstance(value, float):
         return f"{value:g}"
     return str(value)
-
-
-def base_flat(spec: GridSpec) -> dict[str, Any]:
-    """Defaults overlaid with the grid's base config (the start point of every run)."""
-    defaults, _ = _defaults()
-    return normalise(defaults, flatten(spec.base))
 
 
 def existing_folders(sweep_dir: Path) -> dict[str, str]:
@@ -245,12 +191,11 @@ class PlanStream:
         """Points with the same effective config (e.g. an axis over a cosmetic key) are one run. A
         run that already has a folder under another name keeps it (see `existing_folders`)."""
         self.merged, self.dropped = 0, []
-        start = base_flat(self.spec)
         runs_dir = Path(self.sweep_dir) / "runs"
         folders = existing_folders(self.sweep_dir)
         seen: dict[str, bytes] = {}  # run id -> SHA-1 of its identity
-        for point, budget in budget_points(self.spec, start, self.dropped):
-            flat = normalise(start, point.overrides)
+        for point, budget in budget_points(self.spec, self.dropped):
+            flat = effective_flat(self.spec, point)
             digest = identity_digest(flat)
             rid = _unique_id(digest, seen)
             if rid in seen:
@@ -280,11 +225,10 @@ def make_plan(spec: GridSpec, sweep_dir: Path) -> Plan:
     return Plan(spec=spec, sweep_dir=Path(sweep_dir), runs=runs, merged=stream.merged, dropped=stream.dropped)
 
 
-def budget_points(spec: GridSpec, start: dict[str, Any],
-                  dropped: Dropped | None = None) -> Iterator[tuple[Point, float | None]]:
+def budget_points(spec: GridSpec, dropped: Dropped | None = None) -> Iterator[tuple[Point, float | None]]:
     """The grid's points, each with its budget: as expanded without `budgets:`, else one point per
     (budget, point) with `train.steps` solved to the budget and `eval.every` following it. Cells
-    the grid's limits cannot meet go to `dropped` with the reason. `start` is `base_flat(spec)`."""
+    the grid's limits cannot meet go to `dropped` with the reason."""
     if spec.budgets is None:
         yield from ((point, None) for point in grid_points(spec))
         return
@@ -295,7 +239,7 @@ def budget_points(spec: GridSpec, start: dict[str, Any],
     found = False
     for budget in b.flops:
         for point in grid_points(spec):
-            flat = normalise(start, point.overrides)
+            flat = effective_flat(spec, point)
             stats = costs.model_stats(flat)
             if stats is None:
                 raise GridError("budgets: counting a size's FLOPs needs gat.models (install torch)")

@@ -270,6 +270,16 @@ def point_config(spec: GridSpec, point: Point) -> dict[str, Any]:
     return gat_config.apply_overrides(spec.base, point.overrides)
 
 
+def run_config(spec: GridSpec, point: Point) -> gat_config.RunConfig:
+    """The point's trainer config through `contract.config.from_dict` (defaults filled, values
+    coerced to their fields' types, `model.name` resolved, validated): the one derivation the
+    plan, the grid checks and the trainer share. An invalid point is a GridError naming its axes."""
+    try:
+        return gat_config.from_dict(point_config(spec, point))
+    except gat_config.ConfigError as err:
+        raise GridError(f"{_describe(point.coords, str(err))}: {err}") from err
+
+
 def validate_points(spec: GridSpec, points: list[Point]) -> dict[int, gat_config.RunConfig]:
     """Check that every point is a valid trainer config; the first error names its axis and value.
 
@@ -284,10 +294,7 @@ def validate_points(spec: GridSpec, points: list[Point]) -> dict[int, gat_config
         raise GridError(f"base config ({spec.base_source}) with set: {err}") from err
     for group in spec.groups:
         for part in group:
-            try:
-                gat_config.from_dict(gat_config.apply_overrides(spec.base, {**spec.fixed, **part}))
-            except gat_config.ConfigError as err:
-                raise GridError(f"{_describe(part, str(err))}: {err}") from err
+            run_config(spec, Point(part, {**spec.fixed, **part}))
     # Every key was checked on its own above; what is left are the checks between keys (width
     # vs heads, MNG levels, REPA source, the model build), so each distinct combination of the
     # keys they read is validated once: a 10^5-point grid over seeds and LRs costs a few configs.
@@ -299,10 +306,7 @@ def validate_points(spec: GridSpec, points: list[Point]) -> dict[int, gat_config
         if key in seen:
             continue
         seen.add(key)
-        try:
-            representatives[index] = gat_config.from_dict(point_config(spec, point))
-        except gat_config.ConfigError as err:
-            raise GridError(f"{_describe(point.coords, str(err))}: {err}") from err
+        representatives[index] = run_config(spec, point)
     return representatives
 
 

@@ -70,7 +70,7 @@ from sweeps import lease as leases  # noqa: E402
 from sweeps.job import RunJob, RunTask  # noqa: E402
 from sweeps.launch import snapshot_code  # noqa: E402
 from sweeps.optuna_private import trial_handle  # noqa: E402
-from sweeps.plan import FINAL, base_flat, normalise, read_status, run_id, run_name, wandb_context  # noqa: E402
+from sweeps.plan import FINAL, effective_flat, read_status, run_id, run_name, wandb_context  # noqa: E402
 from sweeps.spec import (GridError, GridSpec, Point, default_sweep_dir, expand, parse_grid, read_grid_file,  # noqa: E402
                          validate_points)
 
@@ -179,7 +179,6 @@ class Tuner:
         self.grid, self.search, self.study_dir, self.kind = grid, search, study_dir, kind
         self.points = expand(grid)
         validate_points(grid, self.points)
-        self.start_flat = base_flat(grid)
         study_dir.mkdir(parents=True, exist_ok=True)
         self.defaults, self.rules, _ = resources.parse(grid.resources)
         self.storage = open_storage(study_dir, search.storage)
@@ -214,10 +213,10 @@ class Tuner:
         """The run of (point, LR), named and hashed exactly as a sweep names its runs: the
         job's task, its manifest entry and its flat config."""
         overrides = {**point.overrides, PARAM: lr}
-        flat = normalise(self.start_flat, overrides)
+        coords = {**point.coords, PARAM: lr}
+        flat = effective_flat(self.grid, Point(coords, overrides))
         rid = run_id(flat)
         name = run_name(flat, [*self.grid.axes, PARAM], rid)
-        coords = {**point.coords, PARAM: lr}
         config = gat_config.unflatten({**flat, **wandb_context(flat, self.grid.name, coords)})
         task = RunTask(rid, name, str((self.study_dir / "runs" / name).resolve()), config)
         entry = {"run_id": rid, "name": name, "dir": f"runs/{name}", "coords": coords, "overrides": overrides}
@@ -353,7 +352,7 @@ class Tuner:
         rule, and the counts of trials by state."""
         rows = []
         for study, point in zip(self.studies, self.points):
-            flat = normalise(self.start_flat, point.overrides)
+            flat = effective_flat(self.grid, point)
             trials = study.get_trials(deepcopy=False)
             counts = {state: sum(1 for t in trials if t.state == state)
                       for state in (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)}

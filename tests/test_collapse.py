@@ -39,7 +39,7 @@ def test_a_collapsed_run_is_final_and_never_retried():
 
 def test_new_keys_at_their_default_keep_run_ids_and_set_ones_change_them():
     from sweeps import plan
-    defaults, _ = plan._defaults()
+    defaults = plan.default_flat()
     changed = dict(defaults, **{"train.collapse_patience": 0})
     assert plan.run_id(defaults) != plan.run_id(changed)
     assert "collapse" not in plan.run_identity(defaults)

@@ -15,7 +15,7 @@ from gat.models import MODELS, build_discriminator, build_generator, describe, d
 from gat.models.__main__ import main
 from gat.models.generator import stage_ends
 from gat.models.layers import AxialRoPE, unpatchify
-from gat.models.registry import discriminator_macs, generator_macs, generator_size
+from contract.model_shape import discriminator_macs, generator_macs, generator_size
 
 LATENT = dict(latent_channels=4, latent_size=8, num_classes=10)
 

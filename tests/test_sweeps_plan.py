@@ -25,11 +25,12 @@ def spec_of(**sections):
     return parse_grid({"base": BASE, **sections})
 
 
-def test_fast_normalisation_equals_from_dict():
+def test_the_plans_config_is_the_trainers():
     spec = spec_of(axes={"model.width": [32, 64], "train.base_lr": [1, 2e-4], "mng.mode": ["exp", "off"]})
     plan = make_plan(spec, Path("/tmp/none"))
     for run, point in zip(plan.runs, expand(spec)):
-        assert run.flat == flatten(gat_config.to_dict(gat_config.from_dict(point_config(spec, point))))
+        resolved = flatten(gat_config.to_dict(gat_config.from_dict(point_config(spec, point))))
+        assert run.flat == resolved and list(run.flat) == list(resolved)  # same keys, same order
 
 
 def test_model_name_resolves_like_the_trainer():

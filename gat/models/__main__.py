@@ -1,7 +1,8 @@
 """`python -m gat.models NAME`: parameters, GFLOPs, MNG levels and per-rule LRs of a size.
 
 NAME is a registry name (GAT-S/2 … GAT-XL/8) or an explicit size such as w384-d12-h6-p2.
-Everything is computed on the meta device, so even GAT-XL/2 answers in a moment.
+Everything is counted analytically (`contract.model_shape`, no torch), so even GAT-XL/2
+answers in a moment.
 """
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import sys
 
 from contract import cli
 from contract.config import from_dict
+from contract.model_shape import describe
 from contract.sizes import MODELS
 
 
@@ -62,8 +64,6 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
 
     def body() -> int:
-        from gat.models.registry import describe  # after parsing: --help should not wait for torch
-
         train = {"base_lr": args.base_lr, "base_width": args.base_width}
         config = from_dict({"model": {"name": args.name}, "train": train})
         info = describe(

@@ -12,6 +12,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from contract.model_shape import CMAP_DIM
 from gat.models.layers import (
     Attention,
     AxialRoPE,
@@ -25,7 +26,6 @@ from gat.models.layers import (
 )
 
 _LAYERSCALE_INIT = 0.1
-CMAP_DIM = 2048  # the paper's width of the projection head and of the class embedding it is scored against
 
 
 class DiscriminatorBlock(nn.Module):

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint as recompute
 
+from contract.model_shape import swiglu_hidden  # the contract counts the FFN's parameters and MACs with it
+
 
 class RMSNorm(nn.Module):
     """Root-mean-square norm over the last dim, optionally with a learned per-channel gain.
@@ -158,11 +160,6 @@ class Attention(nn.Module):
         q, k = rope((rms_normalize(qkv[:2], self.q_norm.eps) * upcast(gains)).to(qkv.dtype))
         out = F.scaled_dot_product_attention(q, k, qkv[2])
         return self.proj(out.transpose(1, 2).flatten(2))
-
-
-def swiglu_hidden(dim: int) -> int:
-    """SwiGLU hidden size int(2/3 * 4d): keeps the FFN at the cost of a 4d GELU MLP."""
-    return int(2 / 3 * 4 * dim)
 
 
 class SwiGLU(nn.Module):
