@@ -5,19 +5,22 @@ R1/R2, and REPA alignment of D's tokens on reals.
     L_G = softplus(−(D(x̃_fake) − D(x̃_real)))
 
 where x̃ is DiffAugment then MNG applied to the clean latents. `discriminator_loss` and
-`generator_loss` assemble one step each so the trainer only runs G, calls them and steps.
+`generator_loss` assemble one step each so the trainer only runs G, calls them and steps. Their
+random draws come from a `Draws` (by default the samplers themselves), so a test can record or
+replay them without patching this module.
 """
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 from typing import Callable, Protocol
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from gat.augment import apply, geometric_only, sample_params, tile, with_color_means
-from contract.config import RunConfig
+from gat.augment import AugParams, apply, geometric_only, sample_params, tile, with_color_means
+from contract.config import AugmentConfig, MNGConfig, RunConfig
 from gat.mng import num_inputs, perturb, sample_noise, select_levels
 from gat.models.layers import upcast
 
@@ -48,6 +51,23 @@ def shifted(levels: list[Tensor], sigma: float, generator: torch.Generator | Non
     """
     return [x.detach() + sigma * torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
             for x in levels]
+
+
+@dataclass(frozen=True)
+class Draws:
+    """Where the objective's random draws come from, each called with the step's generator:
+    the augmentation of a view (`sample_params`'s signature), its MNG noise (`sample_noise`'s)
+    and the penalties' finite-difference shifts (`shifted`'s). The defaults are those samplers;
+    a test injects its own to record the draws or to replay another implementation's."""
+
+    augment: Callable[[int, int, int, AugmentConfig, torch.Generator | None, torch.device | None], AugParams] = (
+        sample_params
+    )
+    noise: Callable[[Tensor, MNGConfig, torch.Generator | None], list[Tensor]] = sample_noise
+    shift: Callable[[list[Tensor], float, torch.Generator | None], list[Tensor]] = shifted
+
+
+SAMPLERS = Draws()  # every draw from the step's generator, as training draws them
 
 
 def approx_penalty(logits: Tensor, shifted_logits: Tensor, sigma: float) -> Tensor:
@@ -104,11 +124,12 @@ class _View:
     one) or they are constants of the draw (the D step; see `discriminator_loss`)."""
 
     def __init__(
-        self, cfg: RunConfig, like: Tensor, generator: torch.Generator | None, *, real: bool, means_grad: bool = True
+        self, cfg: RunConfig, like: Tensor, generator: torch.Generator | None, draws: Draws, *, real: bool,
+        means_grad: bool = True,
     ) -> None:
         batch, _, height, width = like.shape
-        self.params = sample_params(batch, height, width, cfg.augment, generator, like.device)
-        self.noise = sample_noise(like, cfg.mng, generator)
+        self.params = draws.augment(batch, height, width, cfg.augment, generator, like.device)
+        self.noise = draws.noise(like, cfg.mng, generator)
         self.cfg, self.real, self.copies, self.means_grad = cfg, real, num_inputs(cfg.mng), means_grad
 
     def __call__(self, *level_sets: list[Tensor]) -> Tensor:
@@ -152,22 +173,23 @@ def discriminator_loss(
     images: Tensor | None = None,
     encoder: Callable[[Tensor], tuple[Tensor, Tensor]] | None = None,
     generator: torch.Generator | None = None,
+    draws: Draws = SAMPLERS,
 ) -> tuple[Tensor, dict[str, Tensor]]:
     """The D step's total loss and detached terms for logging.
 
     `fakes` are all of G's outputs (detached here); `images` are the reals in [0, 1] for the
     REPA encoder, which sees the real latent's translation and flip. REPA runs when an encoder
     is given and its weight is positive. Reals, fakes and the penalties' shifted copies are
-    scored in one D pass; random draws come in a fixed order (real view, fake view, ε for the
-    reals, ε for the fakes), so a seed gives the same step however D is batched.
+    scored in one D pass; random draws come from `draws` in a fixed order (real view, fake view,
+    ε for the reals, ε for the fakes), so a seed gives the same step however D is batched.
     """
     penalty = cfg.loss.penalty
     # The colour means are constants of the draw here, so the exact R1/R2 differentiate the very
     # map whose finite differences aR1/aR2 take (the σ → 0 limit). The official exact path would
     # differentiate through them, but never runs (its gradient_penalty gets one argument too many).
-    real_view = _View(cfg, reals, generator, real=True, means_grad=False)
+    real_view = _View(cfg, reals, generator, draws, real=True, means_grad=False)
     fake_levels = [x.detach() for x in select_levels(fakes, cfg.mng)]
-    fake_view = _View(cfg, fake_levels[-1], generator, real=False, means_grad=False)
+    fake_view = _View(cfg, fake_levels[-1], generator, draws, real=False, means_grad=False)
     real_levels = [reals.detach()]
     if penalty == "exact":
         real_levels = [x.requires_grad_(True) for x in real_levels]
@@ -175,8 +197,8 @@ def discriminator_loss(
     real_sets, fake_sets = [real_levels], [fake_levels]
     if penalty == "approx":
         sigma = cfg.loss.sigma
-        real_sets.append(shifted(real_levels, sigma, generator))
-        fake_sets.append(shifted(fake_levels, sigma, generator))
+        real_sets.append(draws.shift(real_levels, sigma, generator))
+        fake_sets.append(draws.shift(fake_levels, sigma, generator))
     # One D pass over [reals, (shifted reals), fakes, (shifted fakes)].
     logits, tokens = score_together(critic, [real_view(*real_sets), fake_view(*fake_sets)], labels)
     real_logits, fake_logits = logits[0], logits[len(real_sets)]
@@ -213,14 +235,16 @@ def generator_loss(
     cfg: RunConfig,
     *,
     generator: torch.Generator | None = None,
+    draws: Draws = SAMPLERS,
 ) -> tuple[Tensor, dict[str, Tensor]]:
-    """The G step's loss (relativistic, against reals scored without gradient).
+    """The G step's loss (relativistic, against reals scored without gradient); random draws
+    come from `draws`, the fake view's first.
 
     Gradients also reach D's parameters unless D is frozen; the trainer freezes it and steps
     only G's optimiser.
     """
-    fake_view = _View(cfg, fakes[-1], generator, real=False)
-    real_view = _View(cfg, reals, generator, real=True)
+    fake_view = _View(cfg, fakes[-1], generator, draws, real=False)
+    real_view = _View(cfg, reals, generator, draws, real=True)
     fake_logits, _ = critic(fake_view(select_levels(fakes, cfg.mng)), labels)
     with torch.no_grad():
         real_logits, _ = critic(real_view([reals]), labels)

@@ -163,7 +163,7 @@ def test_recorded_means_make_colour_one_affine_map_for_every_tensor() -> None:
     assert with_color_means(per_tensor, reference) is per_tensor
 
 
-def test_d_step_augments_every_level_and_copy_with_the_clean_tensors_means(monkeypatch) -> None:
+def test_d_step_augments_every_level_and_copy_with_the_clean_tensors_means() -> None:
     """In discriminator_loss the reals' shifted copies use the reals' means, and every fake
     level and shifted copy uses the final clean fake's (official train step)."""
     cfg = load_config(None, {"augment.color_prob": 1.0, "augment.translation": 0.0, "augment.cutout": 0.0,
@@ -175,11 +175,14 @@ def test_d_step_augments_every_level_and_copy_with_the_clean_tensors_means(monke
             out = function(*args, **kwargs)
             seen[name].append(record(args, out))
             return out
-        monkeypatch.setattr(objective, function.__name__, wrapped)
+        return wrapped
 
-    spy("params", objective.sample_params, lambda args, out: out)
-    spy("noise", objective.sample_noise, lambda args, out: out)
-    spy("shift", objective.shifted, lambda args, out: [o - x.detach() for o, x in zip(out, args[0])])
+    defaults = objective.SAMPLERS
+    draws = objective.Draws(
+        augment=spy("params", defaults.augment, lambda args, out: out),
+        noise=spy("noise", defaults.noise, lambda args, out: out),
+        shift=spy("shift", defaults.shift, lambda args, out: [o - x.detach() for o, x in zip(out, args[0])]),
+    )
 
     def critic(x, y):
         seen["inputs"].append(x)
@@ -188,7 +191,8 @@ def test_d_step_augments_every_level_and_copy_with_the_clean_tensors_means(monke
     batch, levels = 4, cfg.mng.levels
     reals = torch.randn(batch, 4, 8, 8, generator=_gen(30))
     fakes = [torch.randn(batch, 4, 8, 8, generator=_gen(31 + k)) for k in range(levels)]
-    objective.discriminator_loss(critic, reals, fakes, torch.zeros(batch, dtype=torch.long), cfg, generator=_gen(40))
+    objective.discriminator_loss(critic, reals, fakes, torch.zeros(batch, dtype=torch.long), cfg, generator=_gen(40),
+                                 draws=draws)
     (inputs,) = seen["inputs"]
     real_params, fake_params = seen["params"]
     (real_shift,), fake_shift = seen["shift"]

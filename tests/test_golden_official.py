@@ -134,15 +134,16 @@ def _aug_params(draw: dict, colour: bool) -> AugParams:
 
 
 class Replay:
-    """Feeds the official draws to gatscale's objective in the order it asks for them."""
+    """Feeds the official draws to gatscale's objective in the order it asks for them (`draws`)."""
 
-    def __init__(self, monkeypatch, params: list[AugParams], noise: list[list[torch.Tensor]],
+    def __init__(self, params: list[AugParams], noise: list[list[torch.Tensor]],
                  eps: list[list[torch.Tensor]]) -> None:
         self.params, self.noise, self.eps = list(params), list(noise), list(eps)
-        monkeypatch.setattr(objective, "sample_params", lambda *args, **kwargs: self.params.pop(0))
-        monkeypatch.setattr(objective, "sample_noise",
-                            lambda like, cfg, generator=None: mng.nest_noise(self.noise.pop(0), cfg))
-        monkeypatch.setattr(objective, "shifted", self._shifted)
+        self.draws = objective.Draws(
+            augment=lambda *args, **kwargs: self.params.pop(0),
+            noise=lambda like, cfg, generator=None: mng.nest_noise(self.noise.pop(0), cfg),
+            shift=self._shifted,
+        )
 
     def _shifted(self, levels, sigma, generator=None):
         eps = self.eps.pop(0)
@@ -221,14 +222,13 @@ def test_generator_levels_discriminator_logits_and_projector() -> None:
 
 
 @pytest.mark.parametrize("variant", ["color_on", "color_off"])
-def test_d_step_matches_official(monkeypatch, variant: str) -> None:
+def test_d_step_matches_official(variant: str) -> None:
     colour = variant == "color_on"
     cfg, G, D = _nets(colour)
     G, D = G.double(), D.double()
     reals, z, labels = _inputs(torch.float64)
     draws, expected = GOLDEN["draws"]["d_step_draws"], GOLDEN["outputs"][variant]["d_step"]
     replay = Replay(
-        monkeypatch,
         [_aug_params(draws["real_aug"], colour), _aug_params(draws["fake_aug"], colour)],
         [_float64(draws["real_noise"]), _float64(draws["fake_noise"])],
         [_float64(draws["real_eps"]), _float64(draws["fake_eps"])],
@@ -237,7 +237,7 @@ def test_d_step_matches_official(monkeypatch, variant: str) -> None:
         fakes = G(z, labels)
     D.requires_grad_(True)
     critic = RecordingCritic(D)
-    total, terms = objective.discriminator_loss(critic, reals, fakes, labels, cfg)
+    total, terms = objective.discriminator_loss(critic, reals, fakes, labels, cfg, draws=replay.draws)
     total.backward()
     assert replay.done()
     # One gatscale pass: [reals, shifted reals, fakes, shifted fakes]; official calls: fakes,
@@ -259,21 +259,20 @@ def test_d_step_matches_official(monkeypatch, variant: str) -> None:
 
 
 @pytest.mark.parametrize("variant", ["color_on", "color_off"])
-def test_g_step_matches_official(monkeypatch, variant: str) -> None:
+def test_g_step_matches_official(variant: str) -> None:
     colour = variant == "color_on"
     cfg, G, D = _nets(colour)
     G, D = G.double(), D.double()
     reals, z, labels = _inputs(torch.float64)
     draws, expected = GOLDEN["draws"]["g_step_draws"], GOLDEN["outputs"][variant]["g_step"]
     replay = Replay(
-        monkeypatch,
         [_aug_params(draws["fake_aug"], colour), _aug_params(draws["real_aug"], colour)],
         [_float64(draws["fake_noise"]), _float64(draws["real_noise"])],
         [],
     )
     G.requires_grad_(True)
     critic = RecordingCritic(D)
-    loss, _ = objective.generator_loss(critic, reals, G(z, labels), labels, cfg)
+    loss, _ = objective.generator_loss(critic, reals, G(z, labels), labels, cfg, draws=replay.draws)
     loss.backward()
     assert replay.done()
     for name, actual, want in zip(("fake", "real"), critic.logits, expected["logits"]):

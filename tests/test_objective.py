@@ -169,14 +169,14 @@ def test_d_step_holds_augmentation_and_noise_fixed_in_the_penalty(monkeypatch) -
         gradients.append((torch.autograd.grad(logits.sum(), levels, create_graph=True), levels))
         return exact_penalty(logits, levels)
 
-    monkeypatch.setattr(objective, "shifted", recording_shifted)
-    monkeypatch.setattr(objective, "exact_penalty", recording_exact)
+    draws = objective.Draws(shift=recording_shifted)
+    monkeypatch.setattr(objective, "exact_penalty", recording_exact)  # a spy on a computation, not a draw
     results = {}
     for penalty in ("approx", "exact"):  # the same seed: the same augmentation and MNG draws
         cfg = RunConfig()
         cfg.loss.penalty = penalty
         critic, reals, fakes, labels = _step_inputs(cfg, batch=128)
-        _, terms = discriminator_loss(critic, reals, fakes, labels, cfg, generator=_gen(17))
+        _, terms = discriminator_loss(critic, reals, fakes, labels, cfg, generator=_gen(17), draws=draws)
         results[penalty] = terms
     for key, eps, (grads, levels) in zip(("r1", "r2"), shifts, gradients):
         along = sum((g * e).flatten(1).sum(1) for g, e in zip(grads, eps))  # g·ε per sample
