@@ -18,12 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
-import os
-import subprocess
 import sys
-import time
-import uuid
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,11 +29,10 @@ from contract import config as gat_config
 from contract import rundir
 from contract.errors import UserError
 from sweeps import costs, executors, manifest, resources
-from sweeps import lease as leases
-from sweeps.job import RunJob, RunTask
 from sweeps.plan import FINAL, Dropped, Plan, PlannedRun, PlanStream, RunStatus, budget_points, make_plan, status_reader
 from sweeps.status import watch
 from sweeps.spec import GridError, GridSpec, Point, default_sweep_dir, load_grid, only_filter, validate_points
+from sweeps.submit import SubmittedGroup, Submitter, new_launch_id
 
 
 TABLE_ROWS = 300  # a 10^6-point dry run prints these and a count, not a million lines
@@ -132,27 +126,6 @@ def plan_rows(runs: Iterable[PlannedRun], spec: GridSpec, sweep_dir: Path, defau
         # A cancelled run's old job skips it or has stopped it: it counts as not queued.
         in_queue = run.run_id in queued and not rundir.cancel_requested(run.dir)
         yield run, status, decide(status.state, in_queue, rerun_failed), res
-
-
-def snapshot_code(dest: Path) -> Path:
-    """Copy the repo's tracked and untracked-but-not-ignored files to `dest` (queued jobs then
-    run the code as it was at submission)."""
-    checkout = rundir.source_checkout()
-    if checkout is None:
-        raise GridError("executor.snapshot_code needs gatscale to run from its git checkout, not an install")
-    listing = subprocess.run(
-        ["git", "ls-files", "-z", "--cached", "--others", "--exclude-standard"],
-        cwd=checkout, capture_output=True, timeout=60,
-    )
-    if listing.returncode != 0:
-        raise GridError(f"executor.snapshot_code: git ls-files failed in {checkout}")
-    for rel in filter(None, listing.stdout.decode().split("\0")):
-        source = checkout / rel
-        if source.is_file():
-            target = dest / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(source.read_bytes())
-    return dest
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -304,17 +277,6 @@ def dry_run(spec: GridSpec, sweep_dir: Path, args: argparse.Namespace, defaults:
     return 0
 
 
-def build_jobs(kind: str, runs: list[PlannedRun], spec: GridSpec, common: dict[str, Any]) -> list[RunJob]:
-    """SLURM: one job (array task) per run. Local: `array_parallelism` workers sharing the list
-    (each starts at a different offset and claims runs by lease). Debug: one job for all.
-    `common` holds RunJob's keyword arguments."""
-    tasks = [RunTask(r.run_id, r.name, str(r.dir.resolve()), r.config()) for r in runs]
-    if kind == "slurm":
-        return [RunJob([t], **common) for t in tasks]
-    workers = 1 if kind == "debug" else min(spec.executor.array_parallelism, len(tasks))
-    return [RunJob(tasks[i:] + tasks[:i], **common) for i in range(workers)]
-
-
 def launch(args: argparse.Namespace) -> int:
     """The CLI's work; returns the exit status."""
     if args.parallelism is not None and args.parallelism < 1:
@@ -337,7 +299,7 @@ def launch(args: argparse.Namespace) -> int:
     if kind == "slurm" and not executors.slurm_available():
         raise GridError("executor slurm: no SLURM controller answers here (`sinfo` failed); "
                         "use --executor local, or launch where the cluster is")
-    launch_id = time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
+    launch_id = new_launch_id()
     to_submit = [(run, res) for run, _, action, res in rows if action == "submit"]
     earlier = _record_plan(plan, sweep_dir)
     if earlier:
@@ -350,41 +312,25 @@ def launch(args: argparse.Namespace) -> int:
     if not to_submit:
         return _watch(plan, chosen, sweep_dir, launch_id, set()) if args.wait else 0
 
-    code_root = str(rundir.SOURCE_ROOT)
-    if spec.executor.snapshot_code:
-        code_root = str(snapshot_code(sweep_dir.resolve() / "code" / launch_id))
-    common = dict(code_root=code_root, retries=spec.executor.retries, rerun_failed=args.rerun_failed,
-                  stale_s=spec.executor.lease_stale_s, heartbeat_s=spec.executor.lease_heartbeat_s,
-                  launch_id=launch_id, trainer=os.environ.get("GATSCALE_TRAINER", "gat.train"))
-    groups: dict[resources.Resources, list[PlannedRun]] = {}
+    submitter = Submitter.start(kind, sweep_dir, spec.executor, job_name=f"gatscale-{spec.name}",
+                                launch_id=launch_id, rerun_failed=args.rerun_failed)
     # Longest first: with limited parallelism, a big run started last sets the sweep's end.
-    for run, res in sorted(to_submit, key=lambda item: -_estimated_flops(item[0])):
-        groups.setdefault(res, []).append(run)
-    for run, _ in to_submit:  # submitting a run again withdraws an earlier sweeps.cancel
-        rundir.clear_cancel(run.dir)
-    submitted = []
-    for res, runs in groups.items():
-        fns = build_jobs(kind, runs, spec, {**common, "cpus_per_task": res.cpus_per_task})
-        # a local worker drains its share of the list one run after another
-        timeout = res.timeout_min * math.ceil(len(runs) / len(fns))
-        ex = executors.make_executor(kind, sweep_dir.resolve() / ".submitit", spec.executor, res,
-                                     name=f"gatscale-{spec.name}", code_root=code_root, timeout_min=timeout)
-        jobs = executors.submit(kind, ex, fns, code_root)
-        entries = [{"job_id": job.job_id, "run_ids": [t.run_id for t in fn.tasks], "executor": kind,
-                    "launch": launch_id, "submitted": rundir.utc_now(), "resources": vars(res)}
-                   | ({"process_start": leases.process_start(int(job.job_id))} if kind == "local" else {})
-                   for job, fn in zip(jobs, fns)]
-        manifest.update(sweep_dir, lambda data, e=entries: data.setdefault("jobs", []).extend(e))
-        submitted.extend(jobs)
-        print(f"submitted {len(runs)} run(s) as {len(jobs)} {kind} job(s) "
-              f"[{res.gpus} GPU(s), {res.timeout_min} min]: {', '.join(j.job_id for j in jobs[:8])}"
-              + (" ..." if len(jobs) > 8 else ""))
+    groups = submitter.submit(sorted(to_submit, key=lambda item: -_estimated_flops(item[0])),
+                              announce=lambda group: _announce(kind, group))
     if kind == "debug":
-        for job in submitted:
-            job.exception()  # runs the job here; failures are in the run folders (and not raised)
+        for group in groups:
+            for job in group.jobs:
+                job.exception()  # runs the job here; failures are in the run folders (and not raised)
     if args.wait or kind == "debug":
         return _watch(plan, chosen, sweep_dir, launch_id, {run.run_id for run, _ in to_submit})
     return 0
+
+
+def _announce(kind: str, group: SubmittedGroup) -> None:
+    """The launcher's line for one submitted resource group."""
+    jobs, res = group.jobs, group.resources
+    print(f"submitted {len(group.runs)} run(s) as {len(jobs)} {kind} job(s) [{res.gpus} GPU(s), {res.timeout_min} min]: "
+          f"{', '.join(j.job_id for j in jobs[:8])}" + (" ..." if len(jobs) > 8 else ""))
 
 
 def _estimated_flops(run: PlannedRun) -> float:
@@ -394,8 +340,7 @@ def _estimated_flops(run: PlannedRun) -> float:
 def _record_plan(plan: Plan, sweep_dir: Path) -> int:
     """Add the plan's runs to the manifest; returns how many recorded runs the plan lacks."""
     commit, _ = rundir.git_state()
-    entries = [{"run_id": r.run_id, "name": r.name, "dir": f"runs/{r.name}", "coords": r.coords,
-                "overrides": r.overrides} for r in plan.runs]
+    entries = [r.manifest_entry() for r in plan.runs]
     planned = {r.run_id for r in plan.runs}
 
     def change(data: dict[str, Any]) -> None:

@@ -9,7 +9,8 @@ folders, while anything that changes the result (`eval.*` included, since it dec
 metrics exist) makes a new run. The folder name is descriptive plus the ID:
 `w384-d12-p2-lr_width_aware-mng_exp-s0-1a2b3c4d`.
 
-`PlanStream` walks the plan one run at a time, holding per run only its id
+`RunNamer` gives points their ids, names and folders, for a grid's plan and for a search's trials
+(`sweeps.tune`) alike. `PlanStream` walks the plan one run at a time, holding per run only its id
 and a digest (about 200 bytes), so a 10^6-point `--dry-run` need not hold 10^6 configs (about 3 KB
 each); `make_plan` lists the same walk.
 """
@@ -73,6 +74,11 @@ class PlannedRun:
     def config(self) -> dict[str, Any]:
         """The run's trainer config as nested data (what the job hands to `gat.train`)."""
         return unflatten({**self.flat, **self.wandb_context()})
+
+    def manifest_entry(self) -> dict[str, Any]:
+        """The run as the manifest records it (`manifest.merge_runs`)."""
+        return {"run_id": self.run_id, "name": self.name, "dir": f"runs/{self.name}", "coords": self.coords,
+                "overrides": self.overrides}
 
 
 @dataclass
@@ -172,6 +178,43 @@ def existing_folders(sweep_dir: Path) -> dict[str, str]:
     return found
 
 
+class RunNamer:
+    """Gives points their run id, name and folder: a grid's plan (`PlanStream`) and a search's
+    trials (`sweeps.tune`) name their runs through one of these.
+
+    The id is `ID_LENGTH` hex digits of the point's `identity_digest`, or `COLLISION_ID_LENGTH`
+    when those already name a different config among the runs this namer has placed or been told
+    of (`remember`): two configs are never merged into one folder. A point whose config it has
+    placed before is a duplicate. A run that already has a folder under another name keeps it (see
+    `existing_folders`). It holds each distinct run's id and digest, never its config.
+    """
+
+    def __init__(self, spec: GridSpec, sweep_dir: Path, axes: list[str]) -> None:
+        """`axes`: the keys folder names spell after the model size (`run_name`)."""
+        self.spec, self.axes = spec, list(axes)
+        self.runs_dir = Path(sweep_dir) / "runs"
+        self.folders = existing_folders(Path(sweep_dir))
+        self.seen: dict[str, bytes] = {}  # run id -> SHA-1 of its identity
+
+    def remember(self, rid: str, flat: dict[str, Any]) -> None:
+        """Count a run named earlier (e.g. by a previous invocation) as placed under `rid`."""
+        self.seen[rid] = identity_digest(flat)
+
+    def place(self, point: Point, budget: float | None = None) -> tuple[PlannedRun, bool]:
+        """The point's run and whether it is new; a duplicate's run has the earlier run's id
+        (its name is this point's own, which differs only where the two differ in cosmetic keys)."""
+        flat = effective_flat(self.spec, point)
+        digest = identity_digest(flat)
+        rid = _unique_id(digest, self.seen)
+        new = rid not in self.seen
+        self.seen[rid] = digest
+        name = run_name(flat, self.axes + (["train.steps"] if budget else []), rid)
+        if self.folders.get(rid, name) != name and not (self.runs_dir / name).is_dir():
+            name = self.folders[rid]
+        return PlannedRun(rid, name, point.coords, point.overrides, flat, self.runs_dir / name, self.spec.name,
+                          budget), new
+
+
 @dataclass
 class PlanStream:
     """The plan walked one run at a time, in plan order, without holding the runs: what
@@ -188,24 +231,16 @@ class PlanStream:
     dropped: Dropped = dataclasses.field(default_factory=list)
 
     def __iter__(self) -> Iterator[PlannedRun]:
-        """Points with the same effective config (e.g. an axis over a cosmetic key) are one run. A
-        run that already has a folder under another name keeps it (see `existing_folders`)."""
+        """Points with the same effective config (e.g. an axis over a cosmetic key) are one run,
+        named by a `RunNamer`."""
         self.merged, self.dropped = 0, []
-        runs_dir = Path(self.sweep_dir) / "runs"
-        folders = existing_folders(self.sweep_dir)
-        seen: dict[str, bytes] = {}  # run id -> SHA-1 of its identity
+        namer = RunNamer(self.spec, self.sweep_dir, self.spec.axes)
         for point, budget in budget_points(self.spec, self.dropped):
-            flat = effective_flat(self.spec, point)
-            digest = identity_digest(flat)
-            rid = _unique_id(digest, seen)
-            if rid in seen:
+            run, new = namer.place(point, budget)
+            if new:
+                yield run
+            else:
                 self.merged += 1
-                continue
-            seen[rid] = digest
-            name = run_name(flat, self.spec.axes + (["train.steps"] if budget else []), rid)
-            if folders.get(rid, name) != name and not (runs_dir / name).is_dir():
-                name = folders[rid]
-            yield PlannedRun(rid, name, point.coords, point.overrides, flat, runs_dir / name, self.spec.name, budget)
 
 
 def _unique_id(digest: bytes, seen: dict[str, bytes]) -> str:

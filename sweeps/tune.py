@@ -3,8 +3,8 @@
 A search file is a grid file (`sweeps.spec`: base, set, axes/zip, resources, executor) plus a
 `search:` section (`SearchSpec`). Every grid point (typically one per width) gets its own
 Optuna study: TPE proposes `train.base_lr` on a log scale, and each trial is one ordinary run
-folder under STUDY_DIR/runs/ (named and hashed like a sweep's runs), trained by the sweep
-engine's job (`sweeps.job.RunJob`) through the same executors (slurm, local, debug). While a
+folder under STUDY_DIR/runs/, named and hashed by the sweep's `sweeps.plan.RunNamer` (two LRs whose
+short ids collide get two folders) and submitted through the sweep's `sweeps.submit.Submitter`. While a
 trial trains, this driver reads the eval metric from its stats.jsonl, reports it to the study
 and stops the job when the median pruner says so. A diverged run scores +inf (too high an LR
 is an answer, not an error).
@@ -32,7 +32,6 @@ import math
 import os
 import sys
 import time
-import uuid
 import warnings
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -67,12 +66,11 @@ from contract import rundir  # noqa: E402
 from gat.lr_rules import learning_rate  # noqa: E402
 from sweeps import costs, executors, manifest, resources  # noqa: E402
 from sweeps import lease as leases  # noqa: E402
-from sweeps.job import RunJob, RunTask  # noqa: E402
-from sweeps.launch import snapshot_code  # noqa: E402
 from sweeps.optuna_private import trial_handle  # noqa: E402
-from sweeps.plan import FINAL, effective_flat, read_status, run_id, run_name, wandb_context  # noqa: E402
+from sweeps.plan import FINAL, PlannedRun, RunNamer, effective_flat, read_status  # noqa: E402
 from sweeps.spec import (GridError, GridSpec, Point, default_sweep_dir, expand, parse_grid, read_grid_file,  # noqa: E402
                          validate_points)
+from sweeps.submit import Submitter, new_launch_id  # noqa: E402
 
 PARAM = "train.base_lr"
 JOURNAL, SQLITE, DRIVER_LEASE = "optuna.journal", "optuna.db", "driver.lease"
@@ -182,10 +180,10 @@ class Tuner:
         study_dir.mkdir(parents=True, exist_ok=True)
         self.defaults, self.rules, _ = resources.parse(grid.resources)
         self.storage = open_storage(study_dir, search.storage)
-        self.launch_id = "tune-" + time.strftime("%Y%m%d-%H%M%S") + "-" + uuid.uuid4().hex[:6]
-        self.code_root = str(rundir.SOURCE_ROOT)
-        if grid.executor.snapshot_code:
-            self.code_root = str(snapshot_code(study_dir.resolve() / "code" / self.launch_id))
+        self.namer = RunNamer(grid, study_dir, [*grid.axes, PARAM])
+        self._remember_recorded_runs()
+        self.submitter = Submitter.start(kind, study_dir, grid.executor, job_name=f"gatscale-tune-{grid.name}",
+                                         launch_id=new_launch_id("tune-"), rerun_failed=True)
         self.studies = [self._study(point, index) for index, point in enumerate(self.points)]
         self.failures = {study.study_name: 0 for study in self.studies}
         self.in_flight: list[InFlight] = []
@@ -209,44 +207,40 @@ class Tuner:
     def _point(self, study: optuna.Study) -> Point:
         return self.points[self.studies.index(study)]
 
-    def _run_for(self, point: Point, lr: float) -> tuple[RunTask, dict[str, Any], dict[str, Any]]:
-        """The run of (point, LR), named and hashed exactly as a sweep names its runs: the
-        job's task, its manifest entry and its flat config."""
-        overrides = {**point.overrides, PARAM: lr}
-        coords = {**point.coords, PARAM: lr}
-        flat = effective_flat(self.grid, Point(coords, overrides))
-        rid = run_id(flat)
-        name = run_name(flat, [*self.grid.axes, PARAM], rid)
-        config = gat_config.unflatten({**flat, **wandb_context(flat, self.grid.name, coords)})
-        task = RunTask(rid, name, str((self.study_dir / "runs" / name).resolve()), config)
-        entry = {"run_id": rid, "name": name, "dir": f"runs/{name}", "coords": coords, "overrides": overrides}
-        return task, entry, flat
+    def _remember_recorded_runs(self) -> None:
+        """Tell the namer of the trials' runs earlier drivers recorded, so that a new LR whose short
+        id collides with one of them gets its own folder, as a plan's second colliding point does.
+        A recorded run whose overrides no longer make a valid config cannot be chosen again."""
+        for entry in (manifest.read(self.study_dir) or {}).get("runs", []):
+            try:
+                flat = effective_flat(self.grid, Point(entry.get("coords", {}), entry.get("overrides", {})))
+            except GridError:
+                continue
+            self.namer.remember(entry["run_id"], flat)
+
+    def run_for(self, point: Point, lr: float) -> PlannedRun:
+        """The run of (point, LR), named as a sweep names its runs (`RunNamer`); one LR asked again
+        (a re-enqueued trial) is the same run, so its retry resumes from its checkpoint."""
+        run, _ = self.namer.place(Point({**point.coords, PARAM: lr}, {**point.overrides, PARAM: lr}))
+        return run
 
     def start_trial(self, study: optuna.Study) -> None:
         """Ask for an LR (a re-enqueued one first), record its run, submit its job."""
         trial = study.ask()
         lr = trial.suggest_float(PARAM, self.search.low, self.search.high, log=True)
-        task, entry, flat = self._run_for(self._point(study), lr)
-        trial.set_user_attr("run_dir", task.run_dir)
-        trial.set_user_attr("run_name", task.name)
-        res = resources.resolve(flat, self.defaults, self.rules, stats=lambda: costs.model_stats(flat) or {})
-        job_fn = RunJob([task], code_root=self.code_root, retries=self.grid.executor.retries, rerun_failed=True,
-                        stale_s=self.grid.executor.lease_stale_s, heartbeat_s=self.grid.executor.lease_heartbeat_s,
-                        launch_id=self.launch_id, trainer=os.environ.get("GATSCALE_TRAINER", "gat.train"),
-                        cpus_per_task=res.cpus_per_task)
-        ex = executors.make_executor(self.kind, self.study_dir.resolve() / ".submitit", self.grid.executor, res,
-                                     name=f"gatscale-tune-{self.grid.name}", code_root=self.code_root)
-        manifest.update(self.study_dir, lambda data: manifest.merge_runs(data, [entry]))
-        [job] = executors.submit(self.kind, ex, [job_fn], self.code_root)
-        manifest.update(self.study_dir, lambda data: data.setdefault("jobs", []).append(
-            {"job_id": job.job_id, "run_ids": [task.run_id], "executor": self.kind, "launch": self.launch_id,
-             "submitted": rundir.utc_now(), "resources": vars(res), "study": study.study_name,
-             "trial": trial.number}))
+        run = self.run_for(self._point(study), lr)
+        run_dir = run.dir.resolve()
+        trial.set_user_attr("run_dir", str(run_dir))
+        trial.set_user_attr("run_name", run.name)
+        res = resources.resolve(run.flat, self.defaults, self.rules, stats=lambda: costs.model_stats(run.flat) or {})
+        manifest.update(self.study_dir, lambda data: manifest.merge_runs(data, [run.manifest_entry()]))
+        [group] = self.submitter.submit([(run, res)], record={"study": study.study_name, "trial": trial.number})
+        [job] = group.jobs
         trial.set_user_attr("job_id", job.job_id)
-        print(f"{study.study_name}: trial {trial.number} lr={lr:.3g} -> {task.name} (job {job.job_id})", flush=True)
+        print(f"{study.study_name}: trial {trial.number} lr={lr:.3g} -> {run.name} (job {job.job_id})", flush=True)
         if self.kind == "debug":
             job.exception()  # the debug executor runs the job here, now; its outcome is in the run folder
-        self.in_flight.append(InFlight(study, trial, job, Path(task.run_dir), set()))
+        self.in_flight.append(InFlight(study, trial, job, run_dir, set()))
 
     def score(self, run_dir: Path, state: str) -> float | None:
         """A finished run's objective: its last eval value; +inf (or -inf) when it diverged."""

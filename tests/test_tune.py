@@ -23,7 +23,8 @@ from optuna.trial import TrialState
 
 from analysis.load import load_results
 from sweeps import lease as leases
-from sweeps import tune
+from sweeps import manifest, plan, tune
+from sweeps.spec import Point, expand
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -175,6 +176,58 @@ def test_poll_prunes_a_bad_trial(tmp_path: Path) -> None:
 
     assert tuner.poll(tune.InFlight(study, trial, QueuedJob(), run_dir, set()))
     assert study.trials[-1].state == TrialState.PRUNED and study.trials[-1].intermediate_values == {10: 50.0}
+
+
+def colliding_lrs(grid: object, count: int) -> list[float]:
+    """`count` LRs whose run ids share their first hex digit (17 candidates: two must)."""
+    [point] = expand(grid)
+    by_digit: dict[str, list[float]] = {}
+    for lr in (1e-3 * 1.1 ** i for i in range(17 * count)):
+        flat = plan.effective_flat(grid, Point({**point.coords, tune.PARAM: lr}, {**point.overrides, tune.PARAM: lr}))
+        by_digit.setdefault(plan.identity_digest(flat).hex()[0], []).append(lr)
+    return max(by_digit.values(), key=len)[:count]
+
+
+def test_trials_whose_short_ids_collide_get_their_own_folders(tmp_path: Path, stub: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    # As a plan's second colliding point does, the second trial gets the 16-digit id.
+    monkeypatch.setattr(plan, "ID_LENGTH", 1)  # 16 possible short ids
+    out = tmp_path / "study"
+    path = search_file(tmp_path, [64], n_trials=2)
+    grid, _ = tune.load_search(path)
+    lrs = colliding_lrs(grid, 2)
+    out.mkdir()
+    study = optuna.create_study(storage=tune.open_storage(out, "journal"), study_name="lrs[model.width=64]")
+    for lr in lrs:  # asked first, in this order
+        study.enqueue_trial({tune.PARAM: lr})
+    assert tune.main([str(path), "--out", str(out)]) == 0
+    trials = studies(out)["lrs[model.width=64]"].trials
+    assert [t.params[tune.PARAM] for t in trials] == lrs and all(t.state == TrialState.COMPLETE for t in trials)
+    folders = [Path(t.user_attrs["run_dir"]) for t in trials]
+    assert folders[0] != folders[1] and [len(f.name.rsplit("-", 1)[1]) for f in folders] == [1, plan.COLLISION_ID_LENGTH]
+    for folder, lr in zip(folders, lrs):
+        assert yaml.safe_load((folder / "config.yaml").read_text())["train"]["base_lr"] == lr
+    # one manifest entry per run (entries are keyed by run id: one shared id would merge the two)
+    assert sorted(Path(r["dir"]).name for r in manifest.read(out)["runs"]) == sorted(f.name for f in folders)
+
+
+def test_a_later_driver_keeps_the_recorded_ids(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # The runs an earlier driver recorded keep their ids (a re-asked LR resumes its folder), and a
+    # new LR colliding with one of them gets the long id, though this driver never placed them.
+    monkeypatch.setattr(plan, "ID_LENGTH", 1)
+    grid, search = tune.load_search(search_file(tmp_path, [64]))
+    out = tmp_path / "study"
+    lrs = colliding_lrs(grid, 3)
+    first = tune.Tuner(grid, search, out, "debug")
+    [point] = first.points
+    runs = [first.run_for(point, lr) for lr in lrs[:2]]
+    assert [len(r.run_id) for r in runs] == [1, plan.COLLISION_ID_LENGTH]
+    assert first.run_for(point, lrs[0]).dir == runs[0].dir
+    manifest.update(out, lambda data: manifest.merge_runs(data, [r.manifest_entry() for r in runs]))
+    later = tune.Tuner(grid, search, out, "debug")
+    assert [later.run_for(point, lr).run_id for lr in lrs[:2]] == [r.run_id for r in runs]
+    new = later.run_for(point, lrs[2])
+    assert len(new.run_id) == plan.COLLISION_ID_LENGTH and new.dir not in {r.dir for r in runs}
 
 
 def test_one_driver_per_study_folder(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
