@@ -46,7 +46,7 @@ def merge_runs(data: dict[str, Any], runs: list[dict[str, Any]]) -> None:
     run takes the plan's folder (its existing one whenever it has one) and gains the plan's
     coordinates: one id is one config, so the coordinates of every grid naming it hold."""
     data.setdefault("runs", [])
-    known = runs_by_id(data)
+    known = {r["run_id"]: r for r in data["runs"]}
     for entry in runs:
         if entry["run_id"] in known:
             old = known[entry["run_id"]]
@@ -66,8 +66,3 @@ def run_dir(sweep_dir: Path, entry: dict[str, Any], must_exist: bool = False) ->
     if not path.resolve().is_relative_to((Path(sweep_dir) / "runs").resolve()):  # a symlink out
         return None
     return path if path.is_dir() or not must_exist else None
-
-
-def runs_by_id(data: dict[str, Any]) -> dict[str, dict[str, Any]]:
-    """Manifest run entries keyed by run id."""
-    return {r["run_id"]: r for r in data.get("runs", [])}

@@ -321,9 +321,3 @@ def status_reader(sweep_dir: Path, stale_s: float) -> Callable[[PlannedRun], Run
         existing = set()
     now = time.time()
     return lambda run: read_status(run.dir, stale_s, now) if run.name in existing else RunStatus("pending")
-
-
-def read_statuses(plan: Plan, stale_s: float) -> dict[str, RunStatus]:
-    """Every planned run's status, by run id (see `status_reader`)."""
-    status_of = status_reader(plan.sweep_dir, stale_s)
-    return {run.run_id: status_of(run) for run in plan.runs}

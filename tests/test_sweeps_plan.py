@@ -13,7 +13,7 @@ import pytest
 
 from contract import config as gat_config
 from sweeps import executors, launch, lease, manifest
-from sweeps.plan import flatten, make_plan, read_status, read_statuses, run_id
+from sweeps.plan import flatten, make_plan, read_status, run_id, status_reader
 from sweeps.resources import Resources, parse, resolve
 from sweeps.spec import ExecutorSpec, GridError, expand, load_grid, parse_grid, point_config
 
@@ -137,14 +137,14 @@ def test_resource_rules_first_match():
     assert resolve({"model.width": 1152, "model.patch": 2}, defaults, rules).gpus == 8
 
 
-def test_read_statuses_lists_runs_once(tmp_path):
+def test_status_reader_reads_only_existing_folders(tmp_path):
     spec = spec_of(axes={"seed": list(range(5))})
     plan = make_plan(spec, tmp_path)
     done = plan.runs[2].dir
     done.mkdir(parents=True)
     (done / "status.json").write_text(json.dumps({"state": "completed", "step": 10}))
-    states = read_statuses(plan, 60)
-    assert [states[r.run_id].state for r in plan.runs] == ["pending", "pending", "completed", "pending", "pending"]
+    status_of = status_reader(tmp_path, 60)
+    assert [status_of(r).state for r in plan.runs] == ["pending", "pending", "completed", "pending", "pending"]
 
 
 def test_golden_sbatch_multi_gpu(tmp_path):
