@@ -1,4 +1,5 @@
-"""Where the notebooks find a study and where they write, from this checkout or the environment.
+"""Where the notebooks find a study and where they write, from this checkout or the environment,
+and where a command-line report writes without ``--out`` (``default_out``).
 
 Paths resolve from the repository (the folder above this package), never from the working
 directory: Jupyter runs a notebook in ``notebooks/``, a batch job wherever it was started.
@@ -54,3 +55,11 @@ def output_dir(study: Path) -> Path:
         return scratch
     out.mkdir(parents=True, exist_ok=True)
     return out
+
+
+def default_out(source: Path, untracked: bool) -> Path:
+    """Where a command-line report goes without --out: ``<study>/analysis`` when read from run
+    folders, else ``studies/<name>/analysis`` under the current folder (untracked, as the sweeps'
+    default), so a table in the package, the test data or a committed study is never written next to."""
+    return Path("studies") / (source.stem if source.is_file() else source.resolve().name) / "analysis" if untracked \
+        else source / "analysis"
