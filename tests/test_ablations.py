@@ -1,5 +1,6 @@
-"""analysis.ablations on synthetic run folders (stats.jsonl lines per docs/run_folder.md), and
-gat.probe on a real (untrained) generator saved as a checkpoint."""
+"""analysis.early_layers, analysis.instability and the analysis.ablations CLI on synthetic run
+folders (stats.jsonl lines per docs/run_folder.md), and gat.probe on a real (untrained) generator
+saved as a checkpoint."""
 from __future__ import annotations
 
 import json
@@ -18,8 +19,9 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 import yaml  # noqa: E402
 
-from analysis import ablations  # noqa: E402
+from analysis import ablations, early_layers, instability  # noqa: E402
 from analysis.load import AnalysisError, load_results  # noqa: E402
+from analysis.traces import stats_traces  # noqa: E402
 from gat import checkpoint, probe  # noqa: E402
 from contract.config import from_dict, save_config  # noqa: E402
 from gat.models import registry  # noqa: E402
@@ -97,7 +99,7 @@ def sweep(tmp_path: Path) -> Path:
 
 def test_stats_traces_reads_every_line(sweep: Path) -> None:
     table = load_results([sweep])
-    traces = ablations.stats_traces(table)
+    traces = stats_traces(table)
     one = traces[traces["run_id"] == "id-constant-w64-exp"]
     assert one["step"].tolist() == [10, 20, 30, 40, 50, 60]  # log lines too; the torn line is skipped
     assert one["g_output_change"].notna().tolist() == [False, True, False, True, False, True]
@@ -107,13 +109,13 @@ def test_stats_traces_reads_every_line(sweep: Path) -> None:
 
 
 def test_block_profiles_and_plot(sweep: Path) -> None:
-    profiles = ablations.block_profiles(load_results([sweep]))
+    profiles = early_layers.block_profiles(load_results([sweep]))
     assert len(profiles) == 12 * BLOCKS
     off = profiles[(profiles["mng.mode"] == "off") & (profiles["run_id"] == "id-width_aware-w64-off")]
     assert off["ablation"].tolist() == ablation_profile("off")
     assert off["depth_frac"].tolist() == [0.25, 0.5, 0.75, 1.0]
     assert off["step"].iloc[0] == 60
-    fig = ablations.plot_block_profiles(profiles)
+    fig = early_layers.plot_block_profiles(profiles)
     assert len(fig.axes) == 2
     assert {line.get_label() for line in fig.axes[0].lines} == {"MNG exp", "MNG off"}
 
@@ -122,24 +124,24 @@ def test_early_share_bootstrap() -> None:
     rng = np.random.default_rng(0)
     idle_early = np.abs(rng.normal([[0.0], [0.0], [1.0], [1.0]], 0.05, size=(4, 200)))
     busy = np.abs(rng.normal(1.0, 0.05, size=(4, 200)))
-    low = ablations.early_share(idle_early, n_boot=300)
-    even = ablations.early_share(busy, n_boot=300)
+    low = early_layers.early_share(idle_early, n_boot=300)
+    even = early_layers.early_share(busy, n_boot=300)
     assert low["share"] < 0.1 and low["low"] <= low["share"] <= low["high"]
     assert even["low"] < 0.5 < even["high"] and abs(even["share"] - 0.5) < 0.05
     # an odd depth splits the middle block: equal effects still give one half
-    assert ablations.early_share(np.ones((5, 3)), n_boot=10)["share"] == pytest.approx(0.5)
+    assert early_layers.early_share(np.ones((5, 3)), n_boot=10)["share"] == pytest.approx(0.5)
     with pytest.raises(AnalysisError):
-        ablations.early_share(np.ones(4))
+        early_layers.early_share(np.ones(4))
 
 
 def test_output_change_by_width(sweep: Path) -> None:
-    summary = ablations.output_change_by_width(ablations.stats_traces(load_results([sweep])))
+    summary = instability.output_change_by_width(stats_traces(load_results([sweep])))
     constant = summary[summary["train.lr_rule"] == "constant"].set_index("model.width")
     aware = summary[summary["train.lr_rule"] == "width_aware"].set_index("model.width")
     assert constant["g_output_change"].tolist() == pytest.approx([0.01, 0.02, 0.04])
     assert aware["d_logit_change"].tolist() == pytest.approx([0.02, 0.02, 0.02])
     assert constant["n_runs"].tolist() == [2, 2, 2]
-    fig = ablations.plot_output_change(summary)
+    fig = instability.plot_output_change(summary)
     assert [len(ax.lines) for ax in fig.axes[:2]] == [2, 2]
 
 
@@ -148,15 +150,15 @@ def test_divergence_summary_and_plots(sweep: Path) -> None:
     collapsed.write_text(json.dumps({**json.loads(collapsed.read_text()), "state": "collapsed", "step": 40}))
     table = load_results([sweep])
     assert set(table.loc[table["status"] == "collapsed", "diverged_step"]) == {40}  # the tidy table
-    summary = ablations.divergence_summary(table)
+    summary = instability.divergence_summary(table)
     wide = summary[(summary["train.lr_rule"] == "constant") & (summary["model.width"] == 256)].iloc[0]
     assert wide["frac_diverged"] == 1.0 and wide["median_diverged_step"] == 45 and wide["n_runs"] == 2
     assert summary[summary["train.lr_rule"] == "width_aware"]["frac_diverged"].eq(0).all()
     narrow = summary[(summary["train.lr_rule"] == "width_aware") & (summary["model.width"] == 64)].iloc[0]
     assert (narrow["n_collapsed"], narrow["n_finished"], narrow["frac_unstable"]) == (1, 2, 0.5)
-    assert len(ablations.plot_divergence(summary).axes) == 2
-    traces = ablations.stats_traces(table)
-    fig = ablations.plot_grad_norms(traces)
+    assert len(instability.plot_divergence(summary).axes) == 2
+    traces = stats_traces(table)
+    fig = instability.plot_grad_norms(traces)
     assert len(fig.axes) == 4 and len(fig.axes[0].lines) == 6  # one line per constant-rule run
 
 
@@ -175,33 +177,33 @@ def coord_rows() -> pd.DataFrame:
 
 def test_coord_check_tables_and_plot(tmp_path: Path) -> None:
     coord_rows().to_csv(tmp_path / "coord_check.csv", index=False)
-    coords = ablations.load_coord_check(tmp_path)
+    coords = instability.load_coord_check(tmp_path)
     assert set(coords["kind"]) == {"blocks.attn", "head"}
-    table = ablations.coord_table(coords)
+    table = instability.coord_table(coords)
     assert list(table.columns) == [32, 64, 128]
     assert table.loc[("G", "constant", "blocks.0.attn")].tolist() == pytest.approx([0.5, 1.0, 2.0])
-    slopes = ablations.coord_slopes(coords).set_index(["net", "rule", "module"])["slope"]
+    slopes = instability.coord_slopes(coords).set_index(["net", "rule", "module"])["slope"]
     assert slopes[("G", "constant", "blocks.1.attn")] == pytest.approx(1.0)
     assert slopes[("D", "mup", "head")] == pytest.approx(0.0, abs=1e-9)
-    assert ablations.coord_slopes(coords, step=0)["slope"].abs().max() < 1e-9
-    fig = ablations.plot_coord_check(coords)
+    assert instability.coord_slopes(coords, step=0)["slope"].abs().max() < 1e-9
+    fig = instability.plot_coord_check(coords)
     assert len([ax for ax in fig.axes if ax.get_title()]) == 4  # G and D x 2 rules
     with pytest.raises(AnalysisError):
-        ablations.load_coord_check(tmp_path / "missing.csv")
+        instability.load_coord_check(tmp_path / "missing.csv")
 
 
 def test_rule_predictions_and_overlay() -> None:
     optima = pd.DataFrame({"model.width": [64, 128, 256], "train.lr_rule": "constant",
                            "effective_lr": [4e-3, 2e-3, 1e-3]})
-    predictions = ablations.rule_predictions(optima)
+    predictions = instability.rule_predictions(optima)
     at = predictions.set_index(["rule", "model.width"])["predicted_lr"]
     assert at[("constant", 256)] == pytest.approx(4e-3)
     assert at[("width_aware", 256)] == pytest.approx(1e-3)
     assert at[("sqrt", 256)] == pytest.approx(2e-3)
-    fig = ablations.plot_lr_optima_overlay(optima, predictions)
+    fig = instability.plot_lr_optima_overlay(optima, predictions)
     assert len(fig.axes[0].lines) == 4
     with pytest.raises(AnalysisError):
-        ablations.rule_predictions(optima.drop(columns="effective_lr"))
+        instability.rule_predictions(optima.drop(columns="effective_lr"))
 
 
 def fake_run(run_dir: Path, mode: str, seed: int) -> Path:
@@ -225,29 +227,29 @@ def test_probe_run_and_probe_tables(tmp_path: Path) -> None:
         fake_run(tmp_path / "runs" / mode, mode, seed=0 if mode == "exp" else 1)
     table = load_results([tmp_path / "runs"])
     with pytest.warns(UserWarning, match="no decoder"):  # data.path unset: no decoder, latents only
-        effects = ablations.probe_runs(table, num=6, pca_samples=2)
+        effects = early_layers.probe_runs(table, num=6, pca_samples=2)
     assert set(effects) == {"exp", "off"}
     effect = effects["exp"]
     assert effect.ablation_latent.shape == (BLOCKS, 6) and effect.ablation_pixel is None
     assert effect.update_ratio.shape == (BLOCKS, 6)
     assert effect.pca_maps.shape == (BLOCKS + 1, 2, 4, 4, 3)
     assert 0.0 <= effect.pca_maps.min() and effect.pca_maps.max() <= 1.0
-    frame = ablations.probe_frame(table, effects)
+    frame = early_layers.probe_frame(table, effects)
     assert set(frame["measure"]) == {"ablation_latent", "update_ratio"} and len(frame) == 2 * 2 * BLOCKS
-    shares = ablations.early_share_table(table, effects, n_boot=50)
+    shares = early_layers.early_share_table(table, effects, n_boot=50)
     assert list(shares["space"]) == ["latent", "latent"] and shares["share"].between(0, 1).all()
-    assert len(ablations.plot_block_profiles(frame, value="value").axes) == 2
-    maps = ablations.widest_pca_maps(table, effects)
+    assert len(early_layers.plot_block_profiles(frame, value="value").axes) == 2
+    maps = early_layers.widest_pca_maps(table, effects)
     assert list(maps) == ["MNG exp", "MNG off"] and maps["MNG off"] is effects["off"].pca_maps
-    assert ablations.plot_pca_maps(maps).axes[0].get_title() == "input"
-    assert len(ablations.plot_early_share(shares).axes) == 1
+    assert early_layers.plot_pca_maps(maps).axes[0].get_title() == "input"
+    assert len(early_layers.plot_early_share(shares).axes) == 1
 
 
 def test_early_layer_report_from_checkpoints(tmp_path: Path) -> None:
     for mode in ("exp", "off"):
         fake_run(tmp_path / "runs" / mode, mode, seed=0)
     with pytest.warns(UserWarning, match="no decoder"):
-        report = ablations.early_layer_report(tmp_path / "runs", probe_samples=6, bootstrap=20)
+        report = early_layers.early_layer_report(tmp_path / "runs", probe_samples=6, bootstrap=20)
     assert report.source == "run folders"
     assert set(report.tables) == {"probe_blocks", "early_share"}
     assert set(report.figures) == {"block_ablation_probe", "early_share", "pca_maps"}
@@ -276,7 +278,7 @@ def test_probe_pixel_space_and_pca() -> None:
 
 
 def test_instability_report_from_runs_then_from_the_committed_tables(sweep: Path) -> None:
-    report = ablations.instability_report(sweep)
+    report = instability.instability_report(sweep)
     assert report.source == "run folders"
     assert set(report.tables) == {"output_change", "divergence", "grad_norm_traces"}
     assert set(report.figures) == {"output_change", "divergence_rate", "divergence_step", "grad_norms"}
@@ -284,7 +286,7 @@ def test_instability_report_from_runs_then_from_the_committed_tables(sweep: Path
     assert not any("run_dir" in table for table in report.tables.values())
     report.save(sweep / "analysis")
     shutil.rmtree(sweep / "runs")  # a fresh clone: the manifest and the committed tables only
-    again = ablations.instability_report(sweep)
+    again = instability.instability_report(sweep)
     assert again.source == "committed tables"
     assert set(again.figures) == set(report.figures)
     for name, table in report.tables.items():
@@ -292,11 +294,11 @@ def test_instability_report_from_runs_then_from_the_committed_tables(sweep: Path
 
 
 def test_early_layer_report_says_what_it_cannot_make(sweep: Path) -> None:
-    report = ablations.early_layer_report(sweep)
+    report = early_layers.early_layer_report(sweep)
     assert set(report.figures) == {"block_profiles_training"}
     assert "has a checkpoint to probe" in report.missing["early_share"]
     shutil.rmtree(sweep / "runs")
-    bare = ablations.early_layer_report(sweep)
+    bare = early_layers.early_layer_report(sweep)
     assert not bare.figures and "committed early_share.csv" in bare.missing["early_share"]
     assert "no run folders" in bare.missing["pca_maps"]
 
