@@ -9,6 +9,8 @@ diverged on the width × LR grid (``lr_divergence.png``, ``lr_grid.csv``). An op
 metric value at 2 or more base LRs of a width: widths with fewer are left out (and named), and a
 study where no width has them is an error. Errors in the input print one line and exit with
 status 2.
+
+The command line only: ``analysis.lr_transfer`` computes, draws and writes.
 """
 from __future__ import annotations
 
@@ -38,96 +40,9 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # files only: no display on cluster nodes
 
-import numpy as np  # noqa: E402
-import pandas as pd  # noqa: E402
-
-from analysis import plots  # noqa: E402
 from analysis.load import AnalysisError, default_metric, final_rows, load_study_table  # noqa: E402
-from analysis.plot_scaling import default_out  # noqa: E402
-
-RULE, LR, WIDTH = "train.lr_rule", "train.base_lr", "model.width"
-
-
-def lr_grid(final: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """One row per (rule, width, base LR): the metric's mean over completed seeds (NaN when
-    none completed), seeds run, and the fraction that diverged."""
-    runs = final.assign(
-        _value=final[metric].where(final["status"] == "completed"),
-        _diverged=(final["status"] == "diverged").astype(float),
-    )
-    grouped = runs.groupby([RULE, WIDTH, LR])
-    return pd.DataFrame({
-        metric: grouped["_value"].mean(),
-        "n_seeds": grouped.size(),
-        "n_completed": grouped["_value"].count(),
-        "frac_diverged": grouped["_diverged"].mean(),
-    }).reset_index()
-
-
-def lr_optima(grid: pd.DataFrame, metric: str) -> pd.DataFrame:
-    """Per (rule, width) with a metric value at 2 or more base LRs (``too_few_lrs`` names the
-    others): the best base LR on the grid, whether it sits on the grid's edge (then the true
-    optimum may lie outside), and its drift per width doubling: log2(lr*₂/lr*₁) / log2(w₂/w₁)
-    from the previous width, and ``slope`` over all widths of the rule (least squares of
-    log2 lr* on log2 width)."""
-    rows = []
-    for (rule, width), curve in grid.dropna(subset=[metric]).groupby([RULE, WIDTH]):
-        if curve[LR].nunique() < 2:
-            continue  # the only LR tried is no optimum
-        best = curve.loc[curve[metric].idxmin()]
-        lrs = grid[(grid[RULE] == rule) & (grid[WIDTH] == width)][LR]
-        rows.append({RULE: rule, WIDTH: width, "best_lr": best[LR], "best_metric": best[metric],
-                     "at_grid_edge": bool(best[LR] in (lrs.min(), lrs.max()))})
-    optima = pd.DataFrame(rows, columns=[RULE, WIDTH, "best_lr", "best_metric", "at_grid_edge"])
-    log_lr, log_w = np.log2(optima["best_lr"].astype(float)), np.log2(optima[WIDTH].astype(float))
-    by_rule = optima.groupby(RULE, sort=False)
-    # Rows are sorted by (rule, width): diff() within a rule is "from the previous width".
-    optima["drift_per_doubling"] = log_lr.groupby(optima[RULE]).diff() / log_w.groupby(optima[RULE]).diff()
-    optima["slope_per_doubling"] = optima[RULE].map({
-        rule: np.polyfit(log_w[idx], log_lr[idx], 1)[0] if len(idx) >= 2 else np.nan
-        for rule, idx in by_rule.groups.items()
-    })
-    return optima
-
-
-def too_few_lrs(grid: pd.DataFrame, metric: str) -> str:
-    """The (rule, width) cells of ``grid`` with a metric value at fewer than 2 base LRs, named
-    per rule ("constant: width 16 (1 LR), 32 (0 LRs)"); "" when there is none."""
-    counts = grid.dropna(subset=[metric]).groupby([RULE, WIDTH])[LR].nunique()
-    counts = counts.reindex(grid.groupby([RULE, WIDTH]).size().index, fill_value=0)
-    thin = counts[counts < 2]
-    parts = []
-    for rule, cells in thin.groupby(level=0):
-        widths = ", ".join(f"{int(w)} ({n} LR{'' if n == 1 else 's'})" for (_, w), n in cells.items())
-        parts.append(f"{rule}: width {widths}")
-    return "; ".join(parts)
-
-
-def lr_transfer(final: pd.DataFrame, metric: str) -> tuple[pd.DataFrame, pd.DataFrame, str]:
-    """(``lr_grid``, ``lr_optima``, ``too_few_lrs``) of the final rows of a study; an
-    ``AnalysisError`` when no width has a metric value at 2 or more base LRs."""
-    missing = [c for c in (RULE, LR, WIDTH) if c not in final or final[c].isna().all()]
-    if missing:
-        raise AnalysisError(f"the runs lack {', '.join(missing)} (is config.yaml missing?)")
-    grid = lr_grid(final, metric)
-    optima = lr_optima(grid, metric)
-    thin = too_few_lrs(grid, metric)
-    if optima.empty:
-        raise AnalysisError(f"LR transfer needs completed runs with a {metric} value at 2 or more base learning "
-                            f"rates per width; no width has them ({thin or 'no completed run'})")
-    return grid, optima, thin
-
-
-def markdown(table: pd.DataFrame) -> str:
-    """A GitHub markdown table (numbers to 4 significant digits)."""
-    def cell(value: object) -> str:
-        if isinstance(value, float):
-            return "" if np.isnan(value) else f"{value:.4g}"
-        return str(value)
-
-    lines = ["| " + " | ".join(map(str, table.columns)) + " |", "|" + "---|" * len(table.columns)]
-    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in table.itertuples(index=False)]
-    return "\n".join(lines) + "\n"
+from analysis.lr_transfer import lr_transfer, write_report  # noqa: E402
+from analysis.paths import default_out  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,14 +60,7 @@ def _report(args: argparse.Namespace) -> int:
     grid, optima, thin = lr_transfer(final_rows(table, metric), metric)
     out = args.out or default_out(args.results[0], table.attrs["committed"])
     out.mkdir(parents=True, exist_ok=True)
-    plots.apply_style()
-    plots.save_figure(plots.lr_transfer_panels(grid, optima, metric), out / "lr_transfer.png")
-    plots.save_figure(plots.divergence_heatmaps(grid), out / "lr_divergence.png")
-    grid.to_csv(out / "lr_grid.csv", index=False)
-    optima.to_csv(out / "lr_optima.csv", index=False)
-    note = f"\nLeft out, fewer than 2 base LRs with a {metric} value: {thin}.\n" if thin else ""
-    (out / "lr_optima.md").write_text(markdown(optima) + note)
-    say(markdown(optima) + note, end="")
+    say(write_report(grid, optima, thin, metric, out), end="")
     say(f"wrote {out}")
     return 0
 

@@ -5,6 +5,7 @@ import json
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 
 from analysis import plot_lr_transfer, plot_scaling, plots
@@ -199,7 +200,7 @@ def test_lr_transfer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert plot_lr_transfer.main([str(lr_sweep(tmp_path)), "--out", str(out)]) == 0
     for name in ("lr_transfer.png", "lr_divergence.png", "lr_optima.md", "lr_optima.csv", "lr_grid.csv"):
         assert (out / name).stat().st_size > 0, name
-    optima = plot_lr_transfer.pd.read_csv(out / "lr_optima.csv")
+    optima = pd.read_csv(out / "lr_optima.csv")
     mup = optima[optima["train.lr_rule"] == "mup"]
     constant = optima[optima["train.lr_rule"] == "constant"]
     assert np.log2(mup["best_lr"]).tolist() == [-10, -10, -10]
@@ -207,7 +208,7 @@ def test_lr_transfer(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None
     assert constant["drift_per_doubling"].dropna().tolist() == pytest.approx([-1.0, -1.0])
     assert constant["slope_per_doubling"].iloc[0] == pytest.approx(-1.0)
     assert constant["at_grid_edge"].tolist() == [False, False, False]
-    grid = plot_lr_transfer.pd.read_csv(out / "lr_grid.csv")
+    grid = pd.read_csv(out / "lr_grid.csv")
     cell = grid[(grid["train.lr_rule"] == "constant") & (grid["model.width"] == 1024) & (grid["train.base_lr"] == 2.0**-9)]
     assert cell["frac_diverged"].item() == 0.5 and cell["n_completed"].item() == 1
     assert "| train.lr_rule |" in (out / "lr_optima.md").read_text()
@@ -233,7 +234,7 @@ def test_lr_transfer_needs_two_learning_rates_per_width(tmp_path: Path, capsys: 
     write_run(sweep / "runs" / "constant-256-b", width=256, heads=4, lr_rule="constant", base_lr=2e-3,
               evals=[(100, {"fd_fmnist": 70.0})])
     assert plot_lr_transfer.main([str(sweep / "runs")]) == 0
-    optima = plot_lr_transfer.pd.read_csv(sweep / "runs" / "analysis" / "lr_optima.csv")
+    optima = pd.read_csv(sweep / "runs" / "analysis" / "lr_optima.csv")
     assert optima[["train.lr_rule", "model.width", "best_lr"]].values.tolist() == [["constant", 256, 2e-3]]
     assert "Left out, fewer than 2 base LRs with a fd_fmnist value: constant: width 512 (1 LR)" in capsys.readouterr().out
 
