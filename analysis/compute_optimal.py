@@ -65,6 +65,14 @@ class Law:
         return {name: getattr(self, name) for name in LAW_PARAMS}
 
 
+def measured_runs(table: pd.DataFrame) -> pd.DataFrame:
+    """The runs whose evaluations are results: completed, and collapsed (the collapse is the
+    result; dropping those runs would bias the ladder towards the sizes that did not collapse)."""
+    if "status" not in table:
+        return table
+    return table[table["status"].astype(str).isin(("completed", "collapsed"))]
+
+
 def points(table: pd.DataFrame, metric: str, drop_early: float = DROP_EARLY) -> pd.DataFrame:
     """(run_id, seed, N, D, C, FD, final) of every evaluation, less each run's earliest
     `drop_early` fraction (at least one kept per run); `final` marks each run's last one."""

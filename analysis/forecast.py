@@ -78,14 +78,6 @@ def main(argv: list[str] | None = None) -> int:
     return run(lambda: _forecast(args))
 
 
-def measured_runs(table: Any) -> Any:
-    """The runs whose evaluations are results: completed, and collapsed (the collapse is the
-    result; dropping those runs would bias the ladder towards the sizes that did not collapse)."""
-    if "status" not in table:
-        return table
-    return table[table["status"].astype(str).isin(("completed", "collapsed"))]
-
-
 @dataclass
 class Candidate:
     """A buildable size and what one training image costs it."""
@@ -103,7 +95,7 @@ def _forecast(args: argparse.Namespace) -> int:
     # numpy, pandas, scipy and the plots load after parsing: --help stays fast
     from analysis import compute_optimal as co
     from analysis.load import AnalysisError, default_metric, load_study_table, load_table, save_table, select_rows
-    from analysis.plot_scaling import default_out
+    from analysis.paths import default_out
 
     table = load_table(args.table) if args.table is not None else load_study_table(*args.results)
     if table.attrs.get("source"):
@@ -112,7 +104,7 @@ def _forecast(args: argparse.Namespace) -> int:
     metric = args.metric or default_metric(table)
     if metric not in table:
         raise AnalysisError(f"no column {metric!r} in the results")
-    table = measured_runs(table)
+    table = co.measured_runs(table)
     drop = co.DROP_EARLY if args.drop_early is None else args.drop_early
     pts = co.points(table, metric, drop)
     if pts.empty:
@@ -361,6 +353,7 @@ def _validation(source: Path, est: Any, metric: str, seed: int) -> Any:
     """One row per measured run: its final FD against the law's prediction and PI."""
     import pandas as pd
 
+    from analysis.compute_optimal import measured_runs
     from analysis.load import load_study_table, load_table
 
     table = load_table(source) if source.is_file() else load_study_table(source)

@@ -204,4 +204,4 @@ def test_collapsed_runs_are_data_points_and_failed_ones_are_not():
     """A collapsed run's evaluations are its result (issue 23): the ladder keeps them; a failed
     or unfinished run has none to give."""
     table = pd.DataFrame({"run_id": list("abcde"), "status": ["completed", "collapsed", "failed", "running", "diverged"]})
-    assert list(forecast.measured_runs(table)["run_id"]) == ["a", "b"]
+    assert list(co.measured_runs(table)["run_id"]) == ["a", "b"]
