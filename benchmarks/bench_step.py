@@ -68,11 +68,15 @@ def gatscale_step(case: dict):
     """One gatscale iteration on random latents, through the public step API that every
     version since the trainer landed shares."""
     import torch
-    from gat import train
     from contract.config import load_config
 
-    if not Path(train.__file__).resolve().is_relative_to(Path.cwd().resolve()):
-        raise RuntimeError(f"imported {train.__file__}, not the tree under {Path.cwd()}")
+    try:
+        from gat import step
+    except ModuleNotFoundError:  # a --before commit from before gat/step.py: the same names were in gat.train
+        from gat import train as step
+
+    if not Path(step.__file__).resolve().is_relative_to(Path.cwd().resolve()):
+        raise RuntimeError(f"imported {step.__file__}, not the tree under {Path.cwd()}")
     common = {"train.batch": case["batch"], "device": "cpu"}
     if case.get("compile"):  # only then: a --before commit need not know the key
         common["train.compile"] = True
@@ -81,19 +85,19 @@ def gatscale_step(case: dict):
         dims = {"latent_channels": 4, "latent_size": 32, "num_classes": 1000}
     else:
         overrides = {"model.width": case["width"], "model.patch": 2, **common}
-        config = load_config(Path(train.__file__).parent / "configs" / "fmnist.yaml", overrides)
+        config = load_config(Path(step.__file__).parent / "configs" / "fmnist.yaml", overrides)
         dims = {"latent_channels": 4, "latent_size": 8, "num_classes": 10}
-    nets = train.build_nets(config, dims, torch.device("cpu"))
-    amp = train.autocast(config, torch.device("cpu"))
+    nets = step.build_nets(config, dims, torch.device("cpu"))
+    amp = step.autocast(config, torch.device("cpu"))
     size, batch = dims["latent_size"], case["batch"]
     data = torch.Generator().manual_seed(0)
-    inputs = train.Batch(
+    inputs = step.Batch(
         reals=torch.randn(batch, 4, size, size, generator=data),
         labels=torch.randint(dims["num_classes"], (batch,), generator=data),
         images=None, z=torch.randn(batch, nets.G.z_dim, generator=data),
     )
     generator = torch.Generator().manual_seed(0)
-    return lambda: train.train_step(nets, inputs, config, generator, amp)
+    return lambda: step.train_step(nets, inputs, config, generator, amp)
 
 
 def allow_timm_without_torchvision() -> None:

@@ -1,4 +1,4 @@
-"""Time full GAT training steps (D step + G step, as gat.train runs them) on random latents.
+"""Time full GAT training steps (D step + G step, gat.step.train_step) on random latents.
 
     python -m gat.bench [CONFIG] --model NAME --batch B --steps N [--device auto|cpu|cuda]
                         [--latent-size 32] [--set k=v ...]
@@ -44,7 +44,7 @@ if __name__ == "__main__":  # --help, --version and usage errors answer before t
 import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
-from gat import train  # noqa: E402
+from gat import step  # noqa: E402
 from contract.config import load_config, parse_set  # noqa: E402
 from contract.errors import ConfigError, UserError  # noqa: E402
 from contract.flops import training_flops_per_image  # noqa: E402
@@ -85,13 +85,13 @@ def bench(args) -> int:
         raise UserError(f"{args.config} is a model size, not a config file: pass --model {args.config}")
     overrides = {"model.name": args.model, "train.batch": args.batch, "device": args.device, **parse_set(args.overrides)}
     config = load_config(args.config, overrides)
-    device = train.resolve_device(config)
+    device = step.resolve_device(config)
     dims = {"latent_channels": 4, "latent_size": args.latent_size, "num_classes": args.num_classes}
-    nets = train.build_nets(config, dims, device)
-    amp = train.autocast(config, device)
+    nets = step.build_nets(config, dims, device)
+    amp = step.autocast(config, device)
     generator = torch.Generator(device=device).manual_seed(0)
     size = args.latent_size
-    batch = train.Batch(
+    batch = step.Batch(
         reals=torch.randn(args.batch, 4, size, size, device=device),
         labels=torch.randint(args.num_classes, (args.batch,), device=device),
         images=torch.rand(args.batch, 3, 8 * size, 8 * size, device=device) if nets.encoder is not None else None,
@@ -101,21 +101,21 @@ def bench(args) -> int:
     # A bar on a terminal only; its update costs microseconds, nothing next to a step.
     with tqdm(total=args.warmup + args.steps, unit="step", desc="bench", disable=None, leave=False) as bar:
         for _ in range(args.warmup):
-            train.train_step(nets, batch, config, generator, amp)
+            step.train_step(nets, batch, config, generator, amp)
             bar.update()
         sync()
         if device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(device)
         started = time.perf_counter()
         for _ in range(args.steps):
-            train.train_step(nets, batch, config, generator, amp)
+            step.train_step(nets, batch, config, generator, amp)
             bar.update()
         sync()
         seconds = (time.perf_counter() - started) / args.steps
 
     summary = registry.describe(config, **dims, repa_dim=nets.encoder.dim if nets.encoder is not None else None)
-    line = (f"{args.model} batch {args.batch} on {train.device_name(device)}: {seconds * 1e3:.1f} ms/step, "
-            f"{args.batch / seconds:.1f} images/s, peak memory {train.peak_memory_mb(device):.0f} MiB")
+    line = (f"{args.model} batch {args.batch} on {step.device_name(device)}: {seconds * 1e3:.1f} ms/step, "
+            f"{args.batch / seconds:.1f} images/s, peak memory {step.peak_memory_mb(device):.0f} MiB")
     flops = step_flops(summary, args.batch, config.loss.penalty)
     achieved = flops / seconds / 1e12
     line += f", {flops / 1e12:.3g} TFLOP/step (estimate), {achieved:.3g} TFLOP/s"

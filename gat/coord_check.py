@@ -4,7 +4,7 @@
 
 For every width, LR rule and seed this builds the run's G and D exactly as the trainer does
 (same parameter groups, same AdamW), trains them `--steps` iterations with the real objective
-(`gat.train.train_step`: relativistic loss, aR1/aR2, MNG, DiffAugment) on tiny latents, and after
+(`gat.step.train_step`: relativistic loss, aR1/aR2, MNG, DiffAugment) on tiny latents, and after
 each step measures the RMS of every module's output on a fixed probe batch (G on fixed (z, y),
 D on fixed reals with fixed MNG noise; `gat.diagnostics.make_probe`). Step 0 is the
 initialisation.
@@ -55,11 +55,11 @@ import torch  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
-from gat import diagnostics, train  # noqa: E402
+from gat import diagnostics  # noqa: E402
 from contract.config import ConfigError, DataConfig, RunConfig, from_dict  # noqa: E402
 from gat.data import load_dataset  # noqa: E402
 from gat.data.dataset import LatentDataset  # noqa: E402
-from gat.distributed import DistEnv  # noqa: E402
+from gat.step import Iterations, build_nets, data_dims  # noqa: E402
 
 COLUMNS = ("net", "module", "width", "rule", "seed", "step", "rms")
 
@@ -142,18 +142,13 @@ def activation_rms(G: nn.Module, D: nn.Module, probe: diagnostics.Probe) -> dict
 def run_point(config: RunConfig, dataset: LatentDataset, steps: int) -> Iterator[dict]:
     """Rows (see COLUMNS) for one config: activations at init and after each training step."""
     device = torch.device(config.device)
-    dims = train.data_dims(dataset)
-    nets = train.build_nets(config, dims, device)
+    nets = build_nets(config, data_dims(dataset), device)
     probe = diagnostics.make_probe(dataset, config, nets.G.z_dim, device)
-    order = train.DataOrder(len(dataset), config.train.batch, config.seed)
-    amp = train.autocast(config, device)
-    generator = torch.Generator(device=device)
+    iterations = Iterations(config, nets, dataset, device)
     point = {"width": config.model.width, "rule": config.train.lr_rule, "seed": config.seed}
     for step in range(steps + 1):
         if step:
-            batch = train.load_batch(dataset, order, config, step - 1, DistEnv(), nets.G.z_dim, device)
-            generator.manual_seed(train.stream_seed(config.seed, "step", step - 1))
-            train.train_step(nets, batch, config, generator, amp)
+            iterations(step - 1)
         for module, rms in activation_rms(nets.G, nets.D, probe).items():
             yield {"net": module.split(".", 1)[0], "module": module.split(".", 1)[1], **point, "step": step, "rms": rms}
 

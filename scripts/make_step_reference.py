@@ -5,8 +5,8 @@
 tests/data/step_reference.pt was written by this script on commit 680806f, the last commit whose
 step scored every D pass separately, ran G twice per iteration and used per-tensor AdamW and EMA.
 tests/test_step_parity.py checks that today's step computes the same losses, gradients and
-weights from it to float rounding. It uses only `gat.train`'s public step API, which both
-implementations share.
+weights from it to float rounding. It uses only the public step API that both implementations
+share (`gat.step` today; at 680806f the same names lived in `gat.train`).
 """
 from __future__ import annotations
 
@@ -14,7 +14,7 @@ import sys
 
 import torch
 
-from gat import train
+from gat import step
 from contract.config import load_config
 
 CASES = {  # name -> overrides on gat/configs/fmnist.yaml
@@ -32,19 +32,19 @@ STEPS = 2
 def record(config_path: str, overrides: dict) -> dict:
     """Terms, gradients (as left by the last step) and final weights of STEPS iterations."""
     config = load_config(config_path, {**COMMON, **overrides})
-    nets = train.build_nets(config, DIMS, torch.device("cpu"))
-    amp = train.autocast(config, torch.device("cpu"))
+    nets = step.build_nets(config, DIMS, torch.device("cpu"))
+    amp = step.autocast(config, torch.device("cpu"))
     data = torch.Generator().manual_seed(1)
     out: dict = {"overrides": overrides, "terms": []}
-    for step in range(STEPS):
-        batch = train.Batch(
+    for iteration in range(STEPS):
+        batch = step.Batch(
             reals=torch.randn(8, 4, 8, 8, generator=data),
             labels=torch.randint(10, (8,), generator=data),
             images=torch.rand(8, 3, 32, 32, generator=data) if nets.encoder is not None else None,
             z=torch.randn(8, nets.G.z_dim, generator=data),
         )
-        generator = torch.Generator().manual_seed(100 + step)
-        terms = train.train_step(nets, batch, config, generator, amp)
+        generator = torch.Generator().manual_seed(100 + iteration)
+        terms = step.train_step(nets, batch, config, generator, amp)
         out["terms"].append({key: value.item() for key, value in terms.items()})
     out["grads"] = {
         f"{name}.{key}": p.grad.clone()

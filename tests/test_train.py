@@ -21,6 +21,7 @@ import torch
 import yaml
 
 import gat.sample
+import gat.step
 import gat.train
 from contract import rundir
 from gat import checkpoint
@@ -204,7 +205,7 @@ def test_divergence_is_recorded_and_final(synthetic, tmp_path, capsys):
 
 
 def test_injected_nan_marks_the_step_it_happened(synthetic, monkeypatch, tmp_path):
-    real_step = gat.train.train_step
+    real_step = gat.step.train_step
     calls = []
 
     def poisoned(*args, **kwargs):
@@ -214,7 +215,7 @@ def test_injected_nan_marks_the_step_it_happened(synthetic, monkeypatch, tmp_pat
             terms["grad_norm_g"] = torch.tensor(float("nan"))
         return terms
 
-    monkeypatch.setattr(gat.train, "train_step", poisoned)
+    monkeypatch.setattr(gat.step, "train_step", poisoned)
     assert gat.train.run(tiny_config(), tmp_path / "run") == "diverged"
     status = rundir.read_status(tmp_path / "run")
     assert status["step"] == 3 and "grad_norm_g" in status["reason"]
@@ -225,7 +226,7 @@ def test_exception_marks_failed_with_reason_and_nonzero_exit(synthetic, monkeypa
     def broken(*args, **kwargs):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(gat.train, "train_step", broken)
+    monkeypatch.setattr(gat.step, "train_step", broken)
     run_dir = tmp_path / "run"
     code = gat.train.main([str(SMOKE), "--out", str(run_dir), "--set", "logging.wandb=off",
                            "--set", "eval.extractor=none"])
@@ -274,16 +275,16 @@ def test_dry_run_prints_the_summary_and_writes_nothing(synthetic, tmp_path, caps
 
 
 def test_stream_seeds_are_distinct_and_stable():
-    seeds = {gat.train.stream_seed(0, stream, step, rank) for stream in ("z", "data") for step in range(3) for rank in range(2)}
+    seeds = {gat.step.stream_seed(0, stream, step, rank) for stream in ("z", "data") for step in range(3) for rank in range(2)}
     assert len(seeds) == 12
-    assert gat.train.stream_seed(0, "z", 5) == gat.train.stream_seed(0, "z", 5)
+    assert gat.step.stream_seed(0, "z", 5) == gat.step.stream_seed(0, "z", 5)
 
 
 def test_data_order_is_a_function_of_the_step():
-    order = gat.train.DataOrder(size=10, batch=3, seed=0)
+    order = gat.step.DataOrder(size=10, batch=3, seed=0)
     epoch0 = torch.cat([order.indices(s) for s in range(3)])
     assert len(set(epoch0.tolist())) == 9  # a permutation, ragged tail dropped
-    again = gat.train.DataOrder(size=10, batch=3, seed=0)
+    again = gat.step.DataOrder(size=10, batch=3, seed=0)
     assert torch.equal(again.indices(4), order.indices(4))
     assert not torch.equal(order.indices(3), order.indices(0))  # a new epoch reshuffles
 
