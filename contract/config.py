@@ -335,14 +335,14 @@ def _build(cls: type, data: dict[str, Any], prefix: str) -> Any:
             f"{', '.join(sorted(hints))})"
         )
     kwargs = {}
-    for name, annotation in hints.items():
+    for name, section in _layout(cls):
         if name not in data:
             continue
         key = prefix + name
-        if dataclasses.is_dataclass(annotation):
-            kwargs[name] = _build(annotation, data[name], key + ".")
+        if section is not None:
+            kwargs[name] = _build(section, data[name], key + ".")
         else:
-            kwargs[name] = _coerce(data[name], annotation, key)
+            kwargs[name] = _coerce(data[name], hints[name], key)
     return cls(**kwargs)
 
 
@@ -359,17 +359,24 @@ def _layout(cls: type) -> tuple[tuple[str, type | None], ...]:
                  for f in dataclasses.fields(cls))
 
 
+@functools.cache
+def _flat_fields(cls: type, prefix: str) -> tuple[tuple[str, str, type | None], ...]:
+    """(field name, dotted key, section class or None) of each field under `prefix`. The keys are
+    built once, so the flat configs of a large plan share them (new strings per run tripled its size)."""
+    return tuple((name, prefix + name, section) for name, section in _layout(cls))
+
+
 def to_flat(config: Any, prefix: str = "") -> dict[str, Any]:
     """A config (or one of its sections) as one dict of dotted keys in field order: what
     `flatten(to_dict(config))` gives, holding the config's own values instead of copies (a
     grid's plan derives one per point, and `asdict`'s deep copy would be most of its cost)."""
     out: dict[str, Any] = {}
-    for name, section in _layout(type(config)):
+    for name, key, section in _flat_fields(type(config), prefix):
         value = getattr(config, name)
         if section is None:
-            out[prefix + name] = value
+            out[key] = value
         else:
-            out.update(to_flat(value, f"{prefix}{name}."))
+            out.update(to_flat(value, key + "."))
     return out
 
 
@@ -391,18 +398,27 @@ def flatten(data: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 
 
 @functools.cache
-def _field_names(cls: type) -> frozenset[str]:
-    # `validate` reads ~50 keys per config and a large grid validates every point: computing
-    # dataclasses.fields per read took half of a 20,000-point dry run
-    return frozenset(f.name for f in dataclasses.fields(cls))
+def _key_path(cls: type, dotted: str) -> tuple[str, ...] | None:
+    """The field names leading to `dotted` in config class `cls`, or None when there is no such
+    key. Checked against the schema once per key: `validate` reads ~50 keys per config, and a
+    grid's plan validates every point."""
+    parts = tuple(dotted.split("."))
+    node: Any = cls
+    for part in parts:
+        sections = dict(_layout(node)) if dataclasses.is_dataclass(node) else {}
+        if part not in sections:
+            return None
+        node = sections[part]
+    return parts
 
 
 def get_value(config: RunConfig, dotted: str) -> Any:
     """Read `a.b` from a config; raises ConfigError naming the key if it does not exist."""
+    parts = _key_path(type(config), dotted)
+    if parts is None:
+        raise ConfigError(f"unknown key {dotted}")
     node: Any = config
-    for part in dotted.split("."):
-        if not dataclasses.is_dataclass(node) or part not in _field_names(type(node)):
-            raise ConfigError(f"unknown key {dotted}")
+    for part in parts:
         node = getattr(node, part)
     return node
 
