@@ -18,11 +18,13 @@ import json
 import math
 import sys
 from collections import Counter
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from contract.cli import Parser, run, say
+
+if TYPE_CHECKING:  # only for the hints: the libraries load after parsing, so --help stays fast
+    from analysis.candidates import Candidate
 
 ESTIMATORS = ("envelope", "isoflop", "parametric")
 PI_LEVEL = 0.9
@@ -78,21 +80,9 @@ def main(argv: list[str] | None = None) -> int:
     return run(lambda: _forecast(args))
 
 
-@dataclass
-class Candidate:
-    """A buildable size and what one training image costs it."""
-
-    name: str
-    width: int
-    depth: int
-    heads: int
-    patch: int
-    g_gflops: float
-    flops_per_image: float
-
-
 def _forecast(args: argparse.Namespace) -> int:
     # numpy, pandas, scipy and the plots load after parsing: --help stays fast
+    from analysis import candidates
     from analysis import compute_optimal as co
     from analysis.load import AnalysisError, default_metric, load_study_table, load_table, save_table, select_rows
     from analysis.paths import default_out
@@ -129,8 +119,8 @@ def _forecast(args: argparse.Namespace) -> int:
     if budget < smallest:
         raise AnalysisError(f"--budget {budget:.3g} FLOPs is below the ladder's smallest cell ({smallest:.3g} FLOPs): "
                             "the forecast extrapolates up, not down; read the ladder's runs instead")
-    family = _family(table, template)
-    _check_flop_count(family, table)
+    family = candidates.family(table, template)
+    candidates.check_flop_count(family, table)
     out = args.out or default_out(args.table or args.results[0],
                                   args.table is not None or bool(table.attrs.get("committed")))
 
@@ -171,48 +161,14 @@ def _forecast(args: argparse.Namespace) -> int:
 def _template(args: argparse.Namespace) -> dict[str, Any]:
     """The flat run config candidates are sized with: --config, else the grid the study's
     manifest records (its first planned run)."""
-    from sweeps.plan import make_plan
-    from sweeps.spec import load_grid
-
+    from analysis.candidates import template_from_config, template_from_study
     from analysis.load import AnalysisError
 
     if args.config:
         return template_from_config(args.config)
     if args.table is not None:
         raise AnalysisError("--table: sizing the recommendation needs the study's run config; give --config CONFIG")
-    study = args.results[0]
-    try:
-        manifest = json.loads((study / "manifest.json").read_text())
-    except (OSError, ValueError) as err:
-        raise AnalysisError(f"{study}/manifest.json: not readable ({err}); give --config CONFIG") from err
-    grid = Path(manifest.get("grid_file", ""))
-    grid = grid if grid.is_file() else Path(grid.name)  # a bundled grid, from another folder
-    return make_plan(load_grid(grid), study).runs[0].flat
-
-
-def template_from_config(config: str | Path) -> dict[str, Any]:
-    """A run config (a path or a bundled name) as the flat dict candidates are sized with."""
-    from contract import config as gat_config
-    from sweeps.plan import flatten
-
-    return flatten(gat_config.to_dict(gat_config.load_config(config)))
-
-
-def describe_size(template: dict[str, Any], width: int, depth: int, heads: int, patch: int) -> Candidate:
-    """The size as the template's runs would build it: its name (a registry name where one
-    fits), G GFLOPs and training FLOPs per image."""
-    from contract.flops import training_flops_per_image
-    from contract.sizes import MODELS, NetSize, check_size
-    from sweeps.costs import model_stats
-
-    size = check_size(NetSize(width, depth, heads, patch))
-    flat = {**template, "model.name": None, "model.width": width, "model.depth": depth, "model.heads": heads,
-            "model.patch": patch}
-    stats = model_stats(flat)
-    name = next((key for key, value in MODELS.items() if value == size), f"w{width}-d{depth}-h{heads}-p{patch}")
-    fpi = training_flops_per_image(stats["generator_gflops"], stats["discriminator_gflops"],
-                                   template.get("loss.penalty", "approx"))
-    return Candidate(name, width, depth, heads, patch, float(stats["generator_gflops"]), float(fpi))
+    return template_from_study(args.results[0])
 
 
 def _query(args: argparse.Namespace, template: dict[str, Any]) -> Candidate:
@@ -220,6 +176,7 @@ def _query(args: argparse.Namespace, template: dict[str, Any]) -> Candidate:
     from contract import config as gat_config
     from contract.sizes import parse_size
 
+    from analysis.candidates import describe_size
     from analysis.load import AnalysisError
 
     try:
@@ -233,31 +190,6 @@ def _query(args: argparse.Namespace, template: dict[str, Any]) -> Candidate:
         return describe_size(template, *size)
     except gat_config.ConfigError as err:
         raise AnalysisError(f"--size {args.size}: not a buildable size: {err}") from err
-
-
-def _family(table: Any, template: dict[str, Any]) -> list[Candidate]:
-    """The sizes the recommendation chooses from: the ladder's head width and patch, its depths
-    and twice the deepest, widths from two heads up to 4x the ladder's widest (a 10x budget moves
-    N_opt about 3x: width about 1.8x; an optimum on the edge is warned about)."""
-    runs = table.drop_duplicates("run_id")
-    head = Counter((runs["model.width"] // runs["model.heads"]).astype(int)).most_common(1)[0][0]
-    patch = Counter(runs["model.patch"].astype(int)).most_common(1)[0][0]
-    depths = sorted(set(runs["model.depth"].astype(int)) | {2 * int(runs["model.depth"].max())})
-    widths = range(2 * head, 4 * int(runs["model.width"].max()) + 1, head)
-    return [describe_size(template, w, d, w // head, patch) for d in depths for w in widths]
-
-
-def _check_flop_count(family: list[Candidate], table: Any) -> None:
-    """The candidates' G GFLOPs must match the table's for the ladder's own sizes: otherwise the
-    template (data, MNG levels) is not the study's and every recommendation would be off."""
-    from analysis.load import AnalysisError
-
-    known = {(c.width, c.depth, c.heads): c.g_gflops for c in family}
-    for _, row in table.drop_duplicates("run_id").iterrows():
-        key = (int(row["model.width"]), int(row["model.depth"]), int(row["model.heads"]))
-        if key in known and abs(known[key] / row["g_gflops"] - 1) > 0.01:
-            raise AnalysisError(f"run {row['run_id']}: the config sizes it at {known[key]:.4g} G GFLOPs, the table "
-                                f"says {row['g_gflops']:.4g}: give --config with the study's run config")
 
 
 def _prediction(est: Any, cand: Candidate, images: float, seed: int) -> dict[str, Any]:

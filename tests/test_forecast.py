@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from analysis import candidates
 from analysis import compute_optimal as co
 from analysis import forecast
 from analysis.load import AnalysisError, select_rows
@@ -101,13 +102,13 @@ SIZES = [(16, 4, 2), (16, 8, 2), (24, 4, 3), (32, 4, 4), (32, 8, 4), (48, 6, 6),
 def ladder_table(budgets=(5e11, 1.5e12, 5e12, 1.6e13), sizes=SIZES, seed: int = 0) -> pd.DataFrame:
     """Runs of real sizes (G GFLOPs and FLOPs per image as the bundled fmnist config counts
     them), FD drawn from a law with its optimum inside the ladder."""
-    template = forecast.template_from_config(CONFIG)
+    template = candidates.template_from_config(CONFIG)
     law = co.Law(E=15.0, A=2.0, alpha=0.4, B=1800.0, beta=0.4, loss=0.0)  # optimum inside the ladder
     rng = np.random.default_rng(seed)
     rows = []
     for budget in budgets:
         for width, depth, heads in sizes:
-            cand = forecast.describe_size(template, width, depth, heads, 2)
+            cand = candidates.describe_size(template, width, depth, heads, 2)
             steps = round(budget / (cand.flops_per_image * BATCH))
             if not 300 <= steps <= 20000:
                 continue
