@@ -8,7 +8,7 @@ resources:
   mem_gb: 64
   timeout_min: 240
   rules:             # first match wins and overrides the fields it names
-    - when: {params: ">=3e8"}          # G+D parameters (needs gat.models.describe)
+    - when: {params: ">=3e8"}          # G+D parameters (contract.model_shape.describe)
       gpus: 4
     - when: {model.width: [768, 1024]} # any dotted config key; value, list, or comparison
       timeout_min: 1440
@@ -24,7 +24,7 @@ from typing import Any, Callable
 from contract import config as gat_config
 from sweeps.spec import GridError, value_matches
 
-DERIVED = ("params", "gflops")  # rule keys computed from gat.models.describe
+DERIVED = ("params", "gflops")  # rule keys computed from contract.model_shape.describe
 
 
 @dataclass(frozen=True)
