@@ -43,7 +43,7 @@ from contract.config import from_dict
 from contract.errors import UserError
 from contract.flops import training_flops_per_image
 from contract.metric_names import is_metric, metric_rank
-from contract.model_shape import describe
+from contract.model_shape import describe_run
 CONFIG_COLUMNS = (
     "model.width", "model.depth", "model.heads", "model.patch", "model.d_width", "model.d_depth",
     "train.batch", "train.lr_rule", "train.base_lr", "train.base_width", "mng.mode",
@@ -443,7 +443,7 @@ def _describe(config: dict[str, Any]) -> dict[str, Any]:
     (an older trainer, or a run that failed before writing it); empty when it cannot be counted."""
     if not config:
         return {}
-    sections = {key: config.get(key) for key in ("model", "mng", "repa")}
+    sections = {key: config.get(key) for key in ("model", "mng", "repa", "data")}
     return dict(_describe_cached(json.dumps(sections, sort_keys=True)))
 
 
@@ -452,9 +452,7 @@ def _describe_cached(sections_json: str) -> tuple[tuple[str, Any], ...]:
     # Cached per size: every seed and LR of a sweep shares the model sections.
     sections = {k: v for k, v in json.loads(sections_json).items() if v is not None}
     try:
-        # At describe's default shape (ImageNet-256 latents, 1000 classes), as this fallback always
-        # has: the data section is not read, so a Fashion-MNIST run is sized as if on ImageNet.
-        description = describe(from_dict(sections))
+        description = describe_run(from_dict(sections))
     except Exception as err:  # best effort: a missing size must not stop the whole table
         warnings.warn(f"could not describe model {sections.get('model')}: {err}", stacklevel=2)
         return ()

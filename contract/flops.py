@@ -9,7 +9,7 @@ Conventions
 * Training compute is counted in real FLOPs: 1 MAC = 2 FLOPs, and a backward pass costs twice
   its forward (gradients w.r.t. activations and w.r.t. weights, Kaplan et al. 2020).
 
-Passes per training iteration and per image of the batch (what `gat.train.train_step` runs)
+Passes per training iteration and per image of the batch (what `gat.step.train_step` runs)
 ------------------------------------------------------------------------------------------
 G runs once per iteration: the D step uses its outputs detached, and the G step
 backpropagates through the same graph (G does not change in between).

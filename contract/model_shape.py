@@ -179,3 +179,17 @@ def describe(
             for rule in RULES
         },
     }
+
+
+# Latent shape (channels, size) and classes per data.kind: the Fashion-MNIST tiny VAE maps
+# 32x32 to 4x8x8; the ImageNet-256 layouts use the SD-VAE's 4x32x32.
+DATA_SHAPES = {"fashion_mnist": (4, 8, 10), "latents": (4, 32, 1000), "repa": (4, 32, 1000)}
+
+
+def describe_run(cfg: RunConfig) -> dict[str, Any]:
+    """`describe` at the latent shape and classes that `cfg.data.kind` implies: what the run's
+    model.json will say (the REPA projector sized for DINOv2; the trainer knows the encoder's
+    real width once it loads it)."""
+    channels, size, classes = DATA_SHAPES.get(cfg.data.kind, DATA_SHAPES["latents"])
+    repa_dim = DINOV2_DIM if cfg.repa.encoder != "none" else None
+    return describe(cfg, latent_channels=channels, latent_size=size, num_classes=classes, repa_dim=repa_dim)

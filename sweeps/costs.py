@@ -12,12 +12,9 @@ from typing import Any
 
 from contract import config as gat_config
 from contract.flops import training_flops_per_image
-from contract.model_shape import DINOV2_DIM, describe
+from contract.model_shape import describe_run
 from sweeps.resources import Estimate
 
-# Latent shape (channels, size) and classes per data.kind: the Fashion-MNIST tiny VAE maps
-# 32x32 to 4x8x8; the ImageNet-256 layouts use the SD-VAE's 4x32x32.
-DATA_SHAPES = {"fashion_mnist": (4, 8, 10), "latents": (4, 32, 1000), "repa": (4, 32, 1000)}
 # What `describe` reads: the model, its MNG and REPA, the data's shape and the LR rules' base.
 _MODEL_KEYS = ("model.", "mng.", "repa.", "data.kind", "train.base_lr", "train.base_width")
 _cache: dict[str, dict[str, Any]] = {}
@@ -34,11 +31,7 @@ def model_stats(flat: dict[str, Any]) -> dict[str, Any]:
 
 
 def _describe(flat: dict[str, Any]) -> dict[str, Any]:
-    channels, size, classes = DATA_SHAPES.get(flat.get("data.kind"), DATA_SHAPES["latents"])
-    cfg = gat_config.from_dict(gat_config.unflatten(flat))
-    # The projector's size only; the encoder's real width is known once the trainer loads it.
-    repa_dim = DINOV2_DIM if cfg.repa.encoder != "none" else None
-    info = describe(cfg, latent_channels=channels, latent_size=size, num_classes=classes, repa_dim=repa_dim)
+    info = describe_run(gat_config.from_dict(gat_config.unflatten(flat)))
     info["params"] = info["generator_params"] + info["discriminator_params"]
     info["gflops"] = info["generator_gflops"] + info["discriminator_gflops"]
     return info

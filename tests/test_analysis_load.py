@@ -17,7 +17,9 @@ import pytest
 import yaml
 
 from analysis import load
+from contract.config import from_dict
 from contract.flops import forward_passes, training_flops_per_image
+from contract.model_shape import describe
 from analysis.load import AnalysisError, default_metric, final_rows, load_results, load_table, save_table
 
 PUBLISHED = Path(__file__).parent / "data" / "published_gat_v1.csv"
@@ -43,6 +45,7 @@ def write_run(
                   "d_width": None, "d_depth": None},
         "mng": {"mode": "exp", "levels": 4},
         "loss": {"penalty": penalty, "gamma": 0.1},
+        "data": {"kind": "latents"},  # the published ImageNet-256 runs these stand for
         "train": {"batch": batch, "lr_rule": lr_rule, "base_lr": base_lr, "base_width": 768, "log_every": log_every},
     }
     (run_dir / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
@@ -172,6 +175,18 @@ def test_missing_model_json_filled_from_the_config(tmp_path: Path) -> None:
     row = load_results([run]).iloc[0]
     assert row["g_gflops"] == pytest.approx(6.0, rel=0.05)  # GAT-S/2, as in tests/data/published_gat_v1.csv
     assert row["g_params"] == pytest.approx(29.4e6, rel=0.05)
+
+
+def test_missing_model_json_is_sized_at_the_runs_own_data_shape(tmp_path: Path) -> None:
+    # A Fashion-MNIST run (4x8x8 latents, 10 classes) is not sized as if it were on ImageNet.
+    run = write_run(tmp_path / "r", width=32, depth=4, heads=4, log_every=10, evals=curve([10, 20], 9, 5), model_json=False)
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    config["data"] = {"kind": "fashion_mnist"}
+    (run / "config.yaml").write_text(yaml.safe_dump(config))
+    row = load_results([run]).iloc[0]
+    expected = describe(from_dict(config), latent_channels=4, latent_size=8, num_classes=10, repa_dim=None)
+    assert row["g_gflops"] == pytest.approx(expected["generator_gflops"], rel=1e-12)
+    assert row["g_params"] == expected["generator_params"]
 
 
 def test_a_study_without_run_folders_reads_its_committed_table(sweep: Path) -> None:

@@ -17,7 +17,8 @@ from contract.errors import ConfigError
 from contract.model_shape import describe
 from contract.sizes import MODELS
 from gat.models.registry import build_discriminator, build_generator
-from sweeps.costs import DATA_SHAPES, model_stats
+from contract.model_shape import DATA_SHAPES
+from sweeps.costs import model_stats
 from sweeps.plan import make_plan
 from sweeps.spec import load_grid
 
