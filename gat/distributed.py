@@ -44,7 +44,7 @@ class DistEnv:
 def expand_nodelist(nodelist: str) -> list[str]:
     """SLURM's compact host list ("gpu[01-03,07],login1", "node[1-2]-ib", "rack[1-2]-n[01-02]")
     as host names, in order: by `scontrol show hostnames` where SLURM is installed (the
-    scheduler's own parser), else by submitit's (a private API: `sweeps.submitit_private`)."""
+    scheduler's own parser), else by submitit's (a private API: `contract.submitit_private`)."""
     if shutil.which("scontrol"):
         try:
             out = subprocess.run(["scontrol", "show", "hostnames", nodelist], capture_output=True, text=True, timeout=30)
@@ -52,7 +52,7 @@ def expand_nodelist(nodelist: str) -> list[str]:
                 return out.stdout.split()
         except (OSError, subprocess.SubprocessError):
             pass
-    from sweeps.submitit_private import parse_node_list
+    from contract.submitit_private import parse_node_list
 
     return parse_node_list(nodelist)
 

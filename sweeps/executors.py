@@ -20,7 +20,7 @@ from typing import Any, Iterator
 
 import submitit
 
-from sweeps import submitit_private
+from contract import submitit_private
 from sweeps.resources import Resources
 from sweeps.spec import ExecutorSpec
 

@@ -63,7 +63,7 @@ from optuna.trial import TrialState  # noqa: E402
 from contract.errors import UserError  # noqa: E402
 from contract import config as gat_config  # noqa: E402
 from contract import rundir  # noqa: E402
-from gat.lr_rules import learning_rate  # noqa: E402
+from contract.lr_rules import learning_rate  # noqa: E402
 from sweeps import costs, executors, manifest, resources  # noqa: E402
 from sweeps import lease as leases  # noqa: E402
 from sweeps.optuna_private import trial_handle  # noqa: E402
@@ -367,7 +367,7 @@ class Tuner:
 
 
 def write_best(rows: list[dict[str, Any]], study_dir: Path) -> None:
-    """best_lr.csv (for analysis.ablations.rule_predictions) and best_lr.json."""
+    """best_lr.csv (for analysis.instability.rule_predictions) and best_lr.json."""
     columns = list(dict.fromkeys(key for row in rows for key in row))
     tmp = study_dir / (BEST_CSV + ".tmp")
     with open(tmp, "w", newline="") as handle:

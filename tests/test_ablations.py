@@ -25,7 +25,7 @@ from analysis.traces import stats_traces  # noqa: E402
 from gat import checkpoint, probe  # noqa: E402
 from contract.config import from_dict, save_config  # noqa: E402
 from gat.models import registry  # noqa: E402
-from test_analysis_load import write_sweep  # noqa: E402
+from run_folders import write_sweep  # noqa: E402
 
 BLOCKS = 4
 

@@ -9,7 +9,7 @@ import pandas as pd
 import pytest
 
 from analysis import plot_lr_transfer, plot_scaling, plots
-from test_analysis_load import PUBLISHED, curve, write_run, write_sweep
+from run_folders import PUBLISHED, curve, write_run, write_sweep
 
 SIZES = [(384, 12, 6), (768, 12, 12), (1024, 24, 16), (1152, 28, 16)]
 

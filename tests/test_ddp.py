@@ -15,7 +15,7 @@ import torch.multiprocessing as mp
 import gat.train
 from contract import rundir
 from gat import distributed
-from test_train import FakeDecoder, SyntheticLatents, tiny_config
+from conftest import FakeDecoder, SyntheticLatents, tiny_config
 
 # Every random draw inside a step (augmentation, MNG noise, the approximate penalty's ε) is
 # per rank by design, so the comparison uses the deterministic variants of each; z, labels and

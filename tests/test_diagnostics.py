@@ -8,7 +8,7 @@ import torch
 
 from gat import diagnostics
 from gat.models import registry
-from test_train import SyntheticLatents, tiny_config
+from conftest import SyntheticLatents, tiny_config
 
 DIMS = {"latent_channels": 4, "latent_size": 8, "num_classes": 10}
 

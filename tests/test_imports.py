@@ -75,3 +75,17 @@ def test_no_import_cycles():
     graph = import_graph()
     assert "contract.config" in graph and graph["contract.config"], "the scan found no imports: it is broken"
     assert cycles(graph) == []
+
+
+def test_no_test_module_imports_another():
+    # Shared helpers live in conftest.py (fixtures, trainer data) and run_folders.py; a test module
+    # imported by another runs its module-level code twice and hides what is shared.
+    tests = Path(__file__).resolve().parent
+    offenders = []
+    for path in sorted(tests.glob("test_*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = ([alias.name for alias in node.names] if isinstance(node, ast.Import)
+                     else [node.module or ""] if isinstance(node, ast.ImportFrom) else [])
+            offenders += [f"{path.name}:{node.lineno}: {name}" for name in names
+                          if name.split(".")[-1].startswith("test_")]
+    assert not offenders, "\n".join(offenders)

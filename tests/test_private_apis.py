@@ -1,5 +1,5 @@
 """The private APIs of submitit and optuna that gatscale uses live behind one adapter module each
-(sweeps/submitit_private.py, sweeps/optuna_private.py): no other module names them, and each
+(contract/submitit_private.py, sweeps/optuna_private.py): no other module names them, and each
 adapter's `check` passes against the installed release, whose version is inside pyproject's pin.
 When a release moves one, these tests fail with the adapter's message naming it and the pin."""
 from __future__ import annotations
@@ -13,7 +13,8 @@ from types import SimpleNamespace
 import pytest
 from packaging.requirements import Requirement
 
-from sweeps import optuna_private, submitit_private
+from contract import submitit_private
+from sweeps import optuna_private
 
 ROOT = Path(__file__).resolve().parent.parent
 ADAPTERS = {"submitit": submitit_private, "optuna": optuna_private}
@@ -68,4 +69,4 @@ def test_only_the_adapters_name_the_private_apis():
                 owner = PRIVATE_NAMES.get(name)
                 if owner is not None and path != Path(owner.__file__):
                     offenders.append(f"{path.relative_to(ROOT)}:{node.lineno}: {name}")
-    assert not offenders, "go through sweeps/submitit_private.py or sweeps/optuna_private.py:\n" + "\n".join(offenders)
+    assert not offenders, "go through contract/submitit_private.py or sweeps/optuna_private.py:\n" + "\n".join(offenders)

@@ -110,7 +110,7 @@ def test_a_dry_run_and_a_study_table_leave_torch_unloaded(tmp_path: Path):
         assert len(table) and table["g_params"].notna().all()
         report("analysis.load.load_study_table(results/scaling_cpu)")
 
-        from tests.test_analysis_load import curve, write_run
+        from tests.run_folders import curve, write_run
         run = write_run(Path({str(tmp_path / "run")!r}), evals=curve([10, 20], 9, 5), model_json=False)
         assert load.load_results([run])["g_params"].notna().all()
         report("analysis.load.load_results of a run folder without model.json (sized from its config)")

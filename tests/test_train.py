@@ -26,64 +26,11 @@ import gat.train
 from contract import rundir
 from gat import checkpoint
 from contract.config import load_config, to_dict
-from gat.data.dataset import LatentDataset
+from conftest import SMOKE, Interrupt, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
-SMOKE = ROOT / "gat" / "configs" / "fmnist_smoke.yaml"
 TIMING_KEYS = ("wall_s", "sec_per_step", "images_per_s", "peak_mem_mb")
 CHILD_ENV = {**os.environ, "WANDB_MODE": "offline", "PYTHONPATH": str(ROOT)}
-
-
-class SyntheticLatents(LatentDataset):
-    """A fixed random latent 'dataset' with real posterior noise (std `noise`)."""
-
-    latent_channels, latent_size, num_classes = 4, 8, 10
-    scaling_factor, has_images, fingerprint = 1.0, False, "synthetic"
-
-    def __init__(self, size: int = 64, noise: float = 0.1, seed: int = 0):
-        generator = torch.Generator().manual_seed(seed)
-        self.mean = torch.randn(size, 4, 8, 8, generator=generator).numpy()
-        self.std = np.full_like(self.mean, noise)
-        self.labels = np.arange(size) % self.num_classes
-
-    def __len__(self) -> int:
-        return len(self.mean)
-
-    def _moments(self, indices):
-        return self.mean[indices], self.std[indices]
-
-    def _labels(self, indices):
-        return self.labels[indices]
-
-
-class FakeDecoder(torch.nn.Module):
-    """Latents [B,4,8,8] -> 'images' [B,3,32,32] in [0,1], no VAE weights needed."""
-
-    def forward(self, latents):
-        return torch.sigmoid(latents[:, :3]).repeat_interleave(4, -1).repeat_interleave(4, -2)
-
-
-def tiny_config(**overrides):
-    """The smoke config shrunk to a few steps with frequent log/eval/checkpoint ticks."""
-    base = {
-        "train.steps": 6, "train.batch": 8, "train.log_every": 2, "train.ckpt_every": 2,
-        "train.snapshot_every": 4, "eval.every": 3, "eval.extractor": "none", "eval.probe_batch": 4,
-        "logging.wandb": "off", "logging.progress": "lines",
-    }
-    base.update(overrides)
-    return load_config(SMOKE, base)
-
-
-@pytest.fixture
-def synthetic(monkeypatch):
-    """Train on SyntheticLatents and decode with FakeDecoder (no Fashion-MNIST, no VAE)."""
-    monkeypatch.setattr(gat.train, "load_dataset", lambda cfg: SyntheticLatents())
-    monkeypatch.setattr(gat.train, "load_decoder", lambda cfg: FakeDecoder())
-    monkeypatch.setattr(gat.sample, "load_decoder", lambda cfg: FakeDecoder())
-
-
-class Interrupt(BaseException):
-    """Stands in for a kill: not an Exception, so the run is left `running`, not `failed`."""
 
 
 def run_until_checkpoint(monkeypatch, config, run_dir, stop_step):

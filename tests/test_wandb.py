@@ -18,16 +18,14 @@ import yaml
 from wandb.proto import wandb_internal_pb2
 
 import gat.train
-import test_train
 from contract import rundir
 from gat import checkpoint, wandb_log
 from contract.config import COSMETIC_KEYS, ConfigError, LoggingConfig, from_dict, load_config, to_dict
 from sweeps.plan import flatten, make_plan, run_id
 from sweeps.spec import parse_grid
-from test_train import Interrupt, tiny_config
+from conftest import Interrupt, tiny_config
 
 ROOT = Path(__file__).resolve().parent.parent
-synthetic = test_train.synthetic  # the fixture: train on synthetic latents, no dataset or VAE needed
 
 
 @pytest.fixture(autouse=True)

@@ -30,7 +30,7 @@ SBATCH_PARAMETERS = ("job_name", "time", "nodes", "ntasks_per_node", "cpus_per_t
 
 def moved(api: str, how: str = "is gone") -> str:
     """The error text when a private API changed: what, in which release, and the pin it was written for."""
-    return (f"submitit.slurm.slurm.{api} {how} in submitit {submitit.__version__}; sweeps/submitit_private.py "
+    return (f"submitit.slurm.slurm.{api} {how} in submitit {submitit.__version__}; contract/submitit_private.py "
             f"is written for {PINNED} (pyproject's pin): adapt it there, or install a submitit in that range")
 
 
