@@ -24,6 +24,10 @@ from contract.errors import UserError
 
 STATES = ("running", "completed", "diverged", "collapsed", "failed")
 FINAL_STATES = ("completed", "diverged", "collapsed")
+SETTLED_STATES = (*FINAL_STATES, "failed")  # nothing more happens to the run unless asked (--rerun-failed)
+# A sweep's view of a run adds `pending` (never started) and `interrupted` (status.json says
+# running, but no job holds the run's lease: the next launch resumes it).
+SWEEP_STATES = ("pending", "running", "interrupted", *SETTLED_STATES)
 PACKAGES = ("torch", "numpy", "diffusers", "wandb", "scipy", "pyyaml", "safetensors", "submitit", "tqdm")
 
 CONFIG = "config.yaml"

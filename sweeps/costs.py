@@ -37,18 +37,14 @@ def _describe(flat: dict[str, Any]) -> dict[str, Any]:
     return info
 
 
-def training_flops(flat: dict[str, Any], stats: dict[str, Any] | None) -> float | None:
+def training_flops(flat: dict[str, Any], stats: dict[str, Any]) -> float:
     """Estimated FLOPs of the whole run (`contract.flops`' count per image, times batch × steps)."""
-    if stats is None:
-        return None
     per_image = training_flops_per_image(
         stats["generator_gflops"], stats["discriminator_gflops"], flat.get("loss.penalty", "approx")
     )
     return per_image * flat["train.batch"] * flat["train.steps"]
 
 
-def device_hours(flops: float | None, estimate: Estimate) -> float | None:
+def device_hours(flops: float, estimate: Estimate) -> float:
     """Device-hours at the assumed sustained throughput (independent of how many devices)."""
-    if flops is None:
-        return None
     return flops / (estimate.device_tflops * 1e12 * estimate.mfu) / 3600

@@ -35,7 +35,6 @@ import yaml
 
 from contract import rundir
 from sweeps import lease as leases
-from sweeps.plan import FINAL
 
 _POLL_S = 2.0
 _STOP_GRACE_S = 30.0  # how long the trainer gets to exit after SIGTERM before SIGKILL
@@ -181,7 +180,7 @@ class RunJob(submitit.helpers.Checkpointable):
                 return {**base, "state": "cancelled", "reason": "cancelled by sweeps.cancel before it started"}
             status = rundir.read_status(run_dir) or {}
             state = status.get("state")
-            if state in FINAL or (state == "failed" and not self.rerun_failed):
+            if state in rundir.FINAL_STATES or (state == "failed" and not self.rerun_failed):
                 rundir.append_event(run_dir, "skip", state=state, **common)
                 self._decide(run_dir, job_id, restart, 0, "stop")
                 return {**base, "state": state, "reason": status.get("reason")}
@@ -209,7 +208,7 @@ class RunJob(submitit.helpers.Checkpointable):
             return "interrupted", self._stopped_because
         status = rundir.read_status(run_dir) or {}
         state = status.get("state")
-        if state in FINAL or state == "failed":
+        if state in rundir.SETTLED_STATES:
             return state, status.get("reason")
         if rc < 0 and -rc in _STOP_SIGNALS:
             # The trainer checkpointed at the signal. When the scheduler signalled the whole job,

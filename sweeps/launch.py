@@ -29,7 +29,7 @@ from contract import config as gat_config
 from contract import rundir
 from contract.errors import UserError
 from sweeps import costs, executors, manifest, resources
-from sweeps.plan import FINAL, Dropped, Plan, PlannedRun, PlanStream, RunStatus, budget_points, make_plan, status_reader
+from sweeps.plan import Dropped, Plan, PlannedRun, PlanStream, RunStatus, budget_points, make_plan, status_reader
 from sweeps.status import watch
 from sweeps.spec import GridError, GridSpec, Point, default_sweep_dir, load_grid, only_filter, validate_points
 from sweeps.submit import SubmittedGroup, Submitter, new_launch_id
@@ -72,7 +72,7 @@ def queued_runs(sweep_dir: Path) -> dict[str, str]:
 
 def decide(state: str, queued: bool, rerun_failed: bool) -> str:
     """What the launcher does with a run: `submit`, or why it skips."""
-    if state in FINAL:
+    if state in rundir.FINAL_STATES:
         return f"skip ({state})"
     if state == "running":
         return "skip (running)"
@@ -122,14 +122,10 @@ def plan_rows(runs: Iterable[PlannedRun], spec: GridSpec, sweep_dir: Path, defau
     queued = queued_runs(sweep_dir) if (sweep_dir / manifest.MANIFEST).exists() else {}
     for run in runs:
         status = status_of(run)
-        res = resources.resolve(run.flat, defaults, rules, stats=lambda r=run: costs.model_stats(r.flat) or {})
+        res = resources.resolve(run.flat, defaults, rules, stats=lambda r=run: costs.model_stats(r.flat))
         # A cancelled run's old job skips it or has stopped it: it counts as not queued.
         in_queue = run.run_id in queued and not rundir.cancel_requested(run.dir)
         yield run, status, decide(status.state, in_queue, rerun_failed), res
-
-
-def _fmt(value: float | None, spec: str) -> str:
-    return "?" if value is None else format(value, spec)
 
 
 @dataclass
@@ -147,7 +143,6 @@ class DryRunTable:
     flops: float = 0.0
     hours: float = 0.0
     submit_hours: float = 0.0
-    unknown: bool = False  # a size gat.models could not describe ('?')
     gpus: bool = False  # some run asks for a GPU: hours are GPU-hours
     groups: set[resources.Resources] = field(default_factory=set)  # one array job per resources to submit
 
@@ -157,20 +152,19 @@ class DryRunTable:
         flops = costs.training_flops(run.flat, stats)
         hours = costs.device_hours(flops, self.estimate)
         self.runs += 1
-        self.unknown |= hours is None
         self.gpus |= bool(res.gpus)
-        self.flops += flops or 0.0
-        self.hours += hours or 0.0
+        self.flops += flops
+        self.hours += hours
         if action == "submit":
             self.submit += 1
-            self.submit_hours += hours or 0.0
+            self.submit_hours += hours
             self.groups.add(res)
         if len(self.shown) < TABLE_ROWS:
-            params = None if stats is None else stats["params"] / 1e6
+            params = stats["params"] / 1e6
             self.shown.append(
-                f"{run.name[:52]:<52} {status.state:<12} {_fmt(params, '8.2f') + 'M':>9} "
-                f"{_fmt(None if stats is None else stats['generator_gflops'], '8.3g'):>8} {_fmt(flops, '11.2e'):>11} "
-                f"{res.gpus * res.nodes:>4} {_fmt(hours, '8.3g'):>8}  {action}"
+                f"{run.name[:52]:<52} {status.state:<12} {format(params, '8.2f') + 'M':>9} "
+                f"{stats['generator_gflops']:8.3g} {flops:11.2e} "
+                f"{res.gpus * res.nodes:>4} {hours:8.3g}  {action}"
             )
 
     def render(self, merged: int) -> str:
@@ -186,14 +180,13 @@ class DryRunTable:
             f"{len(self.groups)} array job(s); total {self.flops:.2e} training FLOPs, {self.hours:.3g} {unit}-hours "
             f"({self.submit_hours:.3g} to submit) at {self.estimate.device_tflops:g} TFLOP/s "
             f"x {self.estimate.mfu:g} MFU"
-            + ("; '?' = gat.models.describe unavailable" if self.unknown else "")
         )
         return "\n".join([header, rule, *self.shown, *more, rule, totals])
 
 
 def _plan_row(run: PlannedRun, estimate: resources.Estimate) -> dict[str, Any]:
     """One run of `--dry-run --json`: identity, budget, solved steps, size and cost."""
-    flops = _estimated_flops(run) or None
+    flops = _estimated_flops(run)
     return {"run_id": run.run_id, "name": run.name, "budget": run.budget, "train_flops": flops,
             "steps": run.flat["train.steps"], "eval_every": run.flat["eval.every"],
             "device_hours": costs.device_hours(flops, estimate),
@@ -226,7 +219,7 @@ class BudgetTable:
         cell = self.cells.setdefault((run.budget, size), BudgetCell(run.flat["train.steps"], flops))
         cell.runs += 1
         self.runs += 1
-        self.hours += costs.device_hours(flops, self.estimate) or 0.0
+        self.hours += costs.device_hours(flops, self.estimate)
 
     def render(self, dropped: Dropped) -> str:
         """The cells by budget, most steps first, a total, then each cell the plan dropped."""
@@ -234,7 +227,7 @@ class BudgetTable:
         for (budget, size), cell in sorted(self.cells.items(), key=lambda item: (item[0][0], -item[1].steps)):
             hours = costs.device_hours(cell.flops, self.estimate)
             lines.append(f"{budget:9.2e} {size:<16} {cell.steps:>8} {cell.flops:11.3e} "
-                         f"{cell.flops / budget - 1:+7.2%} {_fmt(hours and hours * cell.runs, '7.2f')}  {cell.runs}")
+                         f"{cell.flops / budget - 1:+7.2%} {hours * cell.runs:7.2f}  {cell.runs}")
         lines.append(f"{len(self.cells)} cells, {self.runs} runs, about {self.hours:.2f} device-hours in all "
                      "(runs one at a time)")
         for budget, coords, reason in dropped:
@@ -334,7 +327,7 @@ def _announce(kind: str, group: SubmittedGroup) -> None:
 
 
 def _estimated_flops(run: PlannedRun) -> float:
-    return costs.training_flops(run.flat, costs.model_stats(run.flat)) or 0.0
+    return costs.training_flops(run.flat, costs.model_stats(run.flat))
 
 
 def _record_plan(plan: Plan, sweep_dir: Path) -> int:

@@ -30,7 +30,7 @@ from typing import Any
 
 from contract import config as gat_config
 from contract import rundir
-from contract.config import flatten, to_flat, unflatten  # noqa: F401  (flatten: callers import it from here)
+from contract.config import to_flat, unflatten
 from sweeps import lease as leases
 from sweeps import manifest
 from sweeps.spec import GridError, GridSpec, Point, grid_points, run_config
@@ -38,11 +38,6 @@ from sweeps.spec import GridError, GridSpec, Point, grid_points, run_config
 COSMETIC = gat_config.COSMETIC_KEYS
 ID_LENGTH = 8
 COLLISION_ID_LENGTH = 16
-FINAL = rundir.FINAL_STATES
-# Derived states: `pending` (never started), `running` (a live lease), `interrupted` (status says
-# running but nobody holds the lease: resume it), plus the trainer's final and failed states.
-STATES = ("pending", "running", "interrupted", *FINAL, "failed")
-SETTLED = (*FINAL, "failed")  # nothing more happens to the run unless asked (--rerun-failed)
 LABELS = {
     "model.width": "w", "model.depth": "d", "model.heads": "h", "model.patch": "p",
     "model.d_width": "dw", "model.d_depth": "dd", "model.d_heads": "dh", "model.name": "",
@@ -275,10 +270,7 @@ def budget_points(spec: GridSpec, dropped: Dropped | None = None) -> Iterator[tu
     for budget in b.flops:
         for point in grid_points(spec):
             flat = effective_flat(spec, point)
-            stats = costs.model_stats(flat)
-            if stats is None:
-                raise GridError("budgets: counting a size's FLOPs needs gat.models (install torch)")
-            per_step = costs.training_flops({**flat, "train.steps": 1}, stats)
+            per_step = costs.training_flops({**flat, "train.steps": 1}, costs.model_stats(flat))
             steps = max(1, round(budget / per_step))
             miss = steps * per_step / budget - 1
             reason = (f"needs {steps} steps < budgets.min_steps={b.min_steps}" if steps < b.min_steps
@@ -295,7 +287,7 @@ def budget_points(spec: GridSpec, dropped: Dropped | None = None) -> Iterator[tu
         raise GridError("budgets: every (budget, size) cell was dropped: " + dropped[0][2])
 
 
-def read_status(run_dir: Path, stale_s: float, now: float | None = None) -> RunStatus:
+def run_status(run_dir: Path, stale_s: float, now: float | None = None) -> RunStatus:
     """A run's derived state from its folder; a missing folder is `pending`."""
     status = rundir.read_status(run_dir)
     holder = leases.holder(run_dir / rundir.SWEEP_SUBDIR / leases.LEASE_FILE, stale_s, now)
@@ -306,7 +298,7 @@ def read_status(run_dir: Path, stale_s: float, now: float | None = None) -> RunS
         state = "running" if holder else "interrupted"
     elif state == "failed" and holder:
         state = "running"  # a job holds it: retrying, or rerunning with --rerun-failed
-    elif state not in STATES:
+    elif state not in rundir.SWEEP_STATES:
         state = "failed"
     return RunStatus(state, status.get("step"), status.get("reason"), status.get("updated"), holder,
                      status.get("checkpoint_step"))
@@ -320,4 +312,4 @@ def status_reader(sweep_dir: Path, stale_s: float) -> Callable[[PlannedRun], Run
     except FileNotFoundError:
         existing = set()
     now = time.time()
-    return lambda run: read_status(run.dir, stale_s, now) if run.name in existing else RunStatus("pending")
+    return lambda run: run_status(run.dir, stale_s, now) if run.name in existing else RunStatus("pending")

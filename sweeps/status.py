@@ -23,7 +23,7 @@ import yaml
 
 from contract import cli, rundir
 from sweeps import executors, manifest
-from sweeps.plan import SETTLED, STATES, read_status
+from sweeps.plan import run_status
 from sweeps.spec import ExecutorSpec, GridError, default_sweep_dir, load_grid, only_filter
 
 _DEFAULT_STALE_S = ExecutorSpec().lease_stale_s
@@ -129,7 +129,7 @@ def collect(sweep_dir: Path, *, only: str | None = None, stale_s: float = _DEFAU
     now = time.time()
     for entry in runs:
         run_dir = Path(sweep_dir) / entry["dir"]
-        status = read_status(run_dir, stale_s, now)
+        status = run_status(run_dir, stale_s, now)
         events = rundir.read_events(run_dir)
         job_id, _ = job_of.get(entry["run_id"], ("", ""))
         state, reason = status.state, status.reason or ""
@@ -151,7 +151,7 @@ def collect(sweep_dir: Path, *, only: str | None = None, stale_s: float = _DEFAU
 
 def render(rows: list[RunRow]) -> str:
     """Counts by state, then one line per run."""
-    counts = {s: sum(1 for r in rows if r.state == s) for s in (*STATES, "queued")}
+    counts = {s: sum(1 for r in rows if r.state == s) for s in (*rundir.SWEEP_STATES, "queued")}
     head = ", ".join(f"{n} {s}" for s, n in counts.items() if n) or "no runs"
     lines = [f"{len(rows)} runs: {head}", "",
              f"{'run':<52} {'state':<11} {'step':>7} {'ckpt':>7} {'attempts':>8} {'job':<12} {'last metric':<22} reason"]
@@ -209,7 +209,7 @@ def watch(sweep_dir: Path, run_ids: list[str], stale_s: float, *, launch_id: str
                 if row.run_id in submitted and row.run_id not in touched and any(
                         e.get("launch") == launch_id for e in rundir.read_events(Path(sweep_dir) / row.dir)):
                     touched.add(row.run_id)
-            settled = {rid for rid, s in states.items() if s in SETTLED
+            settled = {rid for rid, s in states.items() if s in rundir.SETTLED_STATES
                        and (rid not in submitted or rid in touched)}
             done = len(settled)
             counts = {s: list(states.values()).count(s) for s in set(states.values())}

@@ -67,7 +67,7 @@ from contract.lr_rules import learning_rate  # noqa: E402
 from sweeps import costs, executors, manifest, resources  # noqa: E402
 from sweeps import lease as leases  # noqa: E402
 from sweeps.optuna_private import trial_handle  # noqa: E402
-from sweeps.plan import FINAL, PlannedRun, RunNamer, effective_flat, read_status  # noqa: E402
+from sweeps.plan import PlannedRun, RunNamer, effective_flat, run_status  # noqa: E402
 from sweeps.spec import (GridError, GridSpec, Point, default_sweep_dir, expand, parse_grid, read_grid_file,  # noqa: E402
                          validate_points)
 from sweeps.submit import Submitter, new_launch_id  # noqa: E402
@@ -232,7 +232,7 @@ class Tuner:
         run_dir = run.dir.resolve()
         trial.set_user_attr("run_dir", str(run_dir))
         trial.set_user_attr("run_name", run.name)
-        res = resources.resolve(run.flat, self.defaults, self.rules, stats=lambda: costs.model_stats(run.flat) or {})
+        res = resources.resolve(run.flat, self.defaults, self.rules, stats=lambda: costs.model_stats(run.flat))
         manifest.update(self.study_dir, lambda data: manifest.merge_runs(data, [run.manifest_entry()]))
         [group] = self.submitter.submit([(run, res)], record={"study": study.study_name, "trial": trial.number})
         [job] = group.jobs
@@ -252,9 +252,9 @@ class Tuner:
     def _tell(self, study: optuna.Study, trial: optuna.Trial, run_dir: Path, state: str, reason: str | None = None) -> str:
         """Finish a trial from its run's state (`completed`, `diverged` or `failed` with the
         reason); returns the outcome as text."""
-        value = self.score(run_dir, state) if state in FINAL else None
+        value = self.score(run_dir, state) if state in rundir.FINAL_STATES else None
         if value is None:
-            reason = reason or (f"no {self.search.metric!r} in stats.jsonl" if state in FINAL else "run failed")
+            reason = reason or (f"no {self.search.metric!r} in stats.jsonl" if state in rundir.FINAL_STATES else "run failed")
             trial.set_user_attr("fail_reason", reason)
             study.tell(trial, state=TrialState.FAIL)
             self.failures[study.study_name] += 1
@@ -274,9 +274,9 @@ class Tuner:
             if step not in flight.reported:
                 flight.trial.report(value, step)
                 flight.reported.add(step)
-        status = read_status(flight.run_dir, self.grid.executor.lease_stale_s)
+        status = run_status(flight.run_dir, self.grid.executor.lease_stale_s)
         number = flight.trial.number
-        if status.state in (*FINAL, "failed"):
+        if status.state in rundir.SETTLED_STATES:
             outcome = self._tell(flight.study, flight.trial, flight.run_dir, status.state, status.reason)
             print(f"{self.progress(flight.study)}: trial {number} {outcome}", flush=True)
             return True
@@ -304,8 +304,8 @@ class Tuner:
             for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
                 trial = trial_handle(study, frozen)  # finishes a trial another process created
                 run_dir = Path(frozen.user_attrs.get("run_dir", self.study_dir / "runs" / "?"))
-                state = read_status(run_dir, self.grid.executor.lease_stale_s).state
-                if state in FINAL:
+                state = run_status(run_dir, self.grid.executor.lease_stale_s).state
+                if state in rundir.FINAL_STATES:
                     outcome = self._tell(study, trial, run_dir, state)
                     print(f"{study.study_name}: stale trial {frozen.number} recovered: {outcome}", flush=True)
                     continue

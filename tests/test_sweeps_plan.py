@@ -13,7 +13,8 @@ import pytest
 
 from contract import config as gat_config
 from sweeps import executors, launch, lease, manifest
-from sweeps.plan import flatten, make_plan, read_status, run_id, status_reader
+from contract.config import flatten
+from sweeps.plan import make_plan, run_id, run_status, status_reader
 from sweeps.resources import Resources, parse, resolve
 from sweeps.spec import ExecutorSpec, GridError, expand, load_grid, parse_grid, point_config
 
@@ -59,15 +60,15 @@ def test_names_are_descriptive_and_duplicates_merge():
 
 def test_status_derivation(tmp_path):
     run = tmp_path / "r"
-    assert read_status(run, 60).state == "pending"
+    assert run_status(run, 60).state == "pending"
     run.mkdir()
     (run / "status.json").write_text(json.dumps({"state": "running", "step": 3, "reason": None}))
-    assert read_status(run, 60).state == "interrupted"  # nobody holds the lease
+    assert run_status(run, 60).state == "interrupted"  # nobody holds the lease
     held = lease.acquire(run / ".sweep" / "lease", "job1", stale_s=60, heartbeat_s=1)
-    assert read_status(run, 60).state == "running"
+    assert run_status(run, 60).state == "running"
     held.release()
     (run / "status.json").write_text(json.dumps({"state": "failed", "step": 0, "reason": "boom"}))
-    assert (read_status(run, 60).state, read_status(run, 60).reason) == ("failed", "boom")
+    assert (run_status(run, 60).state, run_status(run, 60).reason) == ("failed", "boom")
 
 
 def test_lease_exclusive_stale_takeover_and_adoption(tmp_path):

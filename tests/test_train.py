@@ -320,7 +320,7 @@ def test_planned_and_tabled_training_flops_agree(synthetic, tmp_path):
     the same run the same way: both go through contract.flops."""
     from analysis.load import load_results
     from sweeps import costs
-    from sweeps.plan import flatten
+    from contract.config import flatten
 
     config = tiny_config()
     run_dir = tmp_path / "run"

@@ -21,7 +21,8 @@ import gat.train
 from contract import rundir
 from gat import checkpoint, wandb_log
 from contract.config import COSMETIC_KEYS, ConfigError, LoggingConfig, from_dict, load_config, to_dict
-from sweeps.plan import flatten, make_plan, run_id
+from contract.config import flatten
+from sweeps.plan import make_plan, run_id
 from sweeps.spec import parse_grid
 from conftest import Interrupt, tiny_config
 
