@@ -88,7 +88,7 @@ def decide(state: str, queued: bool, rerun_failed: bool) -> str:
 
 def validate_plan(spec: GridSpec) -> None:
     """Every point's values through contract.config (each axis value once, each combination of the
-    interacting keys once), then each distinct model shape through gat.models.describe (which
+    interacting keys once), then each distinct model shape through contract.model_shape.describe (which
     catches what only building the nets can, e.g. more MNG levels than blocks). Run before the
     plan is walked, so that a bad value is blamed on its own axis.
 
@@ -106,7 +106,7 @@ def validate_plan(spec: GridSpec) -> None:
 
 
 def _check_models(point: Point, cfg: gat_config.RunConfig) -> None:
-    """A validated point's models build (gat.models.describe, through sweeps.costs)."""
+    """A validated point's models build (contract.model_shape.describe, through sweeps.costs)."""
     try:
         costs.model_stats(gat_config.to_flat(cfg))
     except gat_config.ConfigError as err:

@@ -70,7 +70,7 @@ def documented() -> list[tuple[str, str | None, str, list[str] | None]]:
 
 
 def resolve(module: str, cls: str | None, dotted: str) -> object:
-    """The object a documented name refers to: absolute (`gat.mng.num_inputs`) or relative to
+    """The object a documented name refers to: absolute (`contract.mng.num_inputs`) or relative to
     the section's module or class; it must be defined there, not merely imported."""
     parts = dotted.split(".") if dotted else []
     if parts and parts[0] in PACKAGES:
