@@ -1,7 +1,7 @@
 """Benchmark: the whole `python -m sweeps.launch GRID --dry-run` a user runs, on big grids.
 
 Times the CLI as a subprocess (interpreter start, imports, grid parsing, expansion, hashing,
-validation through contract.config and gat.models, run-folder status reads and the printed table)
+validation through contract.config and contract.model_shape, run-folder status reads and the printed table)
 for a 4-axis grid of 10^4 points and one of 10^5, with 1,000 existing run folders, and reports
 wall time and the child's peak resident memory. Targets on 2 cores: 10^4 points <= 8 s,
 10^5 <= 60 s, memory <= 1 GiB.

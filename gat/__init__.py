@@ -1,5 +1,4 @@
-"""gatscale: run and analyse scaling studies of GAT (Generative Adversarial Transformers)."""
+"""gatscale: run and analyse scaling studies of GAT (Generative Adversarial Transformers).
 
-from contract import __version__
-
-__all__ = ["__version__"]
+The package's version is `contract.__version__`, its one home (pyproject.toml reads it there).
+"""

@@ -48,7 +48,7 @@ from gat import step  # noqa: E402
 from contract.config import load_config, parse_set  # noqa: E402
 from contract.errors import ConfigError, UserError  # noqa: E402
 from contract.flops import training_flops_per_image  # noqa: E402
-from gat.models import registry  # noqa: E402
+from contract.model_shape import describe  # noqa: E402
 from contract.sizes import parse_size  # noqa: E402
 
 # Dense (non-sparse) bf16 peak TFLOP/s by device-name substring, from the vendors' datasheets.
@@ -113,7 +113,7 @@ def bench(args) -> int:
         sync()
         seconds = (time.perf_counter() - started) / args.steps
 
-    summary = registry.describe(config, **dims, repa_dim=nets.encoder.dim if nets.encoder is not None else None)
+    summary = describe(config, **dims, repa_dim=nets.encoder.dim if nets.encoder is not None else None)
     line = (f"{args.model} batch {args.batch} on {step.device_name(device)}: {seconds * 1e3:.1f} ms/step, "
             f"{args.batch / seconds:.1f} images/s, peak memory {step.peak_memory_mb(device):.0f} MiB")
     flops = step_flops(summary, args.batch, config.loss.penalty)

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Iterator
 
 from contract import cli
-from gat.lr_rules import RULES
+from contract.lr_rules import RULES
 
 
 def parser() -> cli.Parser:

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from contract.config import RunConfig
-from gat.mng import num_inputs, perturb, sample_noise
+from contract.mng import num_inputs
+from gat.mng import perturb, sample_noise
 
 _PROBE_SEED_OFFSET = 7919  # keeps the probe's draws apart from the training seed's
 

@@ -8,14 +8,14 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-# RULES and learning_rate live in the contract (torch-free: model.json, sweeps and analysis use
-# them); they stay importable from here, where the trainer and the tools look.
-from contract.lr_rules import RULES, learning_rate
+# The rules live in the contract (torch-free: model.json, sweeps and analysis use them); callers
+# import RULES and learning_rate from contract.lr_rules, and this module uses learning_rate only.
+from contract.lr_rules import learning_rate
 
-if TYPE_CHECKING:  # torch only for the hints: gat.coord_check's --help reads RULES
+if TYPE_CHECKING:  # torch only for the hints: the models passed in bring it
     from torch import nn
 
-__all__ = ["RULES", "learning_rate", "param_groups"]
+__all__ = ["param_groups"]
 
 
 def _is_hidden_matrix(name: str, param: nn.Parameter) -> bool:

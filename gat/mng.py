@@ -28,11 +28,12 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from contract.config import MNGConfig
+# The schedule itself (noise_levels, num_inputs, NOISY_MODES) lives in contract.mng, torch-free, so
+# the planner can size D without torch; it is imported here for use only: callers import it from
+# contract.mng, its one home.
 from contract.mng import NOISY_MODES, noise_levels, num_inputs
 
-# The schedule itself (noise_levels, num_inputs) lives in contract.mng, torch-free, so the
-# planner can size D without torch; it stays importable from here, where the trainer looks.
-__all__ = ["nest_noise", "noise_levels", "num_inputs", "perturb", "sample_noise", "select_levels"]
+__all__ = ["nest_noise", "perturb", "sample_noise", "select_levels"]
 
 
 def select_levels(outputs: list[Tensor], cfg: MNGConfig) -> list[Tensor]:

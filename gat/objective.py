@@ -21,7 +21,8 @@ from torch import Tensor
 
 from gat.augment import AugParams, apply, geometric_only, sample_params, tile, with_color_means
 from contract.config import AugmentConfig, MNGConfig, RunConfig
-from gat.mng import num_inputs, perturb, sample_noise, select_levels
+from contract.mng import num_inputs
+from gat.mng import perturb, sample_noise, select_levels
 from gat.models.layers import upcast
 
 

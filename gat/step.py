@@ -29,10 +29,12 @@ from torch import Tensor, nn
 
 from contract import cli
 from contract.config import ConfigError, RunConfig
+from contract.lr_rules import learning_rate
+from contract.model_shape import discriminator_size, generator_size
 from gat import distributed
 from gat.data.dataset import LatentDataset
 from gat.encoders import load_encoder
-from gat.lr_rules import learning_rate, param_groups
+from gat.lr_rules import param_groups
 from gat.models import registry
 from gat.objective import discriminator_loss, generator_loss
 
@@ -117,8 +119,8 @@ def build_nets(config: RunConfig, dims: dict[str, int], device: torch.device) ->
     G = registry.build_generator(config, **dims).to(device)
     D = registry.build_discriminator(config, **dims, repa_dim=encoder.dim if encoder is not None else None).to(device)
     G_ema = copy.deepcopy(G).eval().requires_grad_(False)
-    g_width = registry.generator_size(config.model).width
-    d_width = registry.discriminator_size(config.model).width
+    g_width = generator_size(config.model).width
+    d_width = discriminator_size(config.model).width
     t = config.train
     compile_ = torch.compile if t.compile else (lambda module: module)
     return Nets(

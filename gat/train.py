@@ -58,12 +58,12 @@ from contract import rundir  # noqa: E402
 from contract.config import COSMETIC_KEYS, ConfigError, RunConfig, load_config, parse_set, save_config, to_dict  # noqa: E402
 from contract.errors import UserError  # noqa: E402
 from contract.metric_names import metric_name  # noqa: E402
+from contract.model_shape import describe  # noqa: E402
 from gat import checkpoint, diagnostics, distributed  # noqa: E402
 from gat import eval as gat_eval  # noqa: E402
 from gat.data import load_dataset, load_decoder  # noqa: E402
 from gat.data.dataset import LatentDataset  # noqa: E402
 from gat.encoders import load_encoder  # noqa: E402
-from gat.models import registry  # noqa: E402
 from gat.sample import generate, image_grid  # noqa: E402
 from gat.step import (  # noqa: E402
     LOGGED_TERMS, Iterations, Nets, build_nets, data_dims, device_name, peak_memory_mb, resolve_device,
@@ -218,7 +218,7 @@ class Loop:
             return
         save_config(self.config, self.run_dir / rundir.CONFIG)
         repa_dim = self.nets.encoder.dim if self.nets.encoder is not None else None
-        rundir.write_json_atomic(self.run_dir / rundir.MODEL, registry.describe(self.config, **self.dims, repa_dim=repa_dim))
+        rundir.write_json_atomic(self.run_dir / rundir.MODEL, describe(self.config, **self.dims, repa_dim=repa_dim))
         rundir.record_attempt(self.run_dir, device_name(self.device), self.step, torch.get_num_threads())
         if self.step:
             rundir.truncate_stats(self.run_dir, self.step)  # lines past the checkpoint are about to be redone
@@ -616,7 +616,7 @@ def dry_run(config: RunConfig) -> None:
     """Print the resolved config and the model summary; write nothing."""
     dims = data_dims(load_dataset(config.data))
     encoder = load_encoder(config.repa, "cpu")
-    summary = registry.describe(config, **dims, repa_dim=encoder.dim if encoder is not None else None)
+    summary = describe(config, **dims, repa_dim=encoder.dim if encoder is not None else None)
     print(yaml.safe_dump(to_dict(config), sort_keys=False), end="")
     print("---")
     print(json.dumps(summary, indent=2))

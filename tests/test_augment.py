@@ -6,9 +6,10 @@ import dataclasses
 import pytest
 import torch
 
-from gat import mng, objective
+from gat import objective
 from gat.augment import AugParams, apply, geometric_only, sample_params, tile, with_color_means
 from contract.config import AugmentConfig, ConfigError, load_config
+from contract.mng import noise_levels
 
 GEOMETRY = AugmentConfig(color_prob=0.0, cutout=0.0)
 
@@ -196,7 +197,7 @@ def test_d_step_augments_every_level_and_copy_with_the_clean_tensors_means() -> 
     (inputs,) = seen["inputs"]
     real_params, fake_params = seen["params"]
     (real_shift,), fake_shift = seen["shift"]
-    ts = mng.noise_levels(cfg.mng)
+    ts = noise_levels(cfg.mng)
     blocks = inputs.split(batch)  # reals, shifted reals, fakes, shifted fakes
     for block, params, noise, clean, levels_in in (
         (blocks[0], real_params, seen["noise"][0], reals, [reals] * levels),

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gat import __version__
+from contract import __version__
 
 ROOT = Path(__file__).resolve().parent.parent
 

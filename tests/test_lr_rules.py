@@ -7,7 +7,8 @@ import pytest
 import torch
 
 from contract.config import ConfigError, from_dict
-from gat.lr_rules import RULES, learning_rate, param_groups
+from contract.lr_rules import RULES, learning_rate
+from gat.lr_rules import param_groups
 from gat.models import build_discriminator, build_generator
 
 WIDTHS = {"S": 384, "B": 768, "L": 1024, "XL": 1152}

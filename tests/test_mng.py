@@ -6,7 +6,8 @@ import torch
 import torch.nn.functional as F
 
 from contract.config import ConfigError, MNGConfig
-from gat.mng import noise_levels, num_inputs, perturb, sample_noise, select_levels
+from contract.mng import noise_levels, num_inputs
+from gat.mng import perturb, sample_noise, select_levels
 
 
 def _gen(seed: int = 0) -> torch.Generator:

@@ -11,7 +11,9 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from contract.config import ConfigError, ModelConfig, RunConfig, from_dict
-from gat.models import MODELS, build_discriminator, build_generator, describe, discriminator_size, parse_size
+from contract.model_shape import describe, discriminator_size
+from contract.sizes import MODELS, parse_size
+from gat.models import build_discriminator, build_generator
 from gat.models.__main__ import main
 from gat.models.generator import stage_ends
 from gat.models.layers import AxialRoPE, unpatchify

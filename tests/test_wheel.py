@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from gat import __version__
+from contract import __version__
 from sweeps.plan import make_plan
 from sweeps.spec import load_grid
 

@@ -1,22 +1,22 @@
-"""GAT's generator and discriminator, the size registry, and `describe` (model.json)."""
+"""GAT's generator and discriminator and their builders.
+
+The size registry and `describe` (model.json) live in `contract.sizes` and
+`contract.model_shape`, torch-free; import them from there.
+"""
 from __future__ import annotations
 
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from contract.sizes import MODELS, NetSize, parse_size
-
 if TYPE_CHECKING:
     from gat.models.discriminator import Discriminator
     from gat.models.generator import Generator
-    from contract.model_shape import describe, discriminator_size, generator_size
     from gat.models.registry import build_discriminator, build_generator
 
 # The torch-backed names load on first use (PEP 562), so `python -m gat.models --help` does not wait
-# for torch; the sizes and `describe` are the contract's torch-free ones.
+# for torch.
 _LAZY = {"Discriminator": "gat.models.discriminator", "Generator": "gat.models.generator",
-         **dict.fromkeys(("build_discriminator", "build_generator"), "gat.models.registry"),
-         **dict.fromkeys(("describe", "discriminator_size", "generator_size"), "contract.model_shape")}
+         **dict.fromkeys(("build_discriminator", "build_generator"), "gat.models.registry")}
 
 
 def __getattr__(name: str) -> Any:
@@ -25,14 +25,8 @@ def __getattr__(name: str) -> Any:
     return getattr(importlib.import_module(_LAZY[name]), name)
 
 __all__ = [
-    "MODELS",
     "Discriminator",
     "Generator",
-    "NetSize",
     "build_discriminator",
     "build_generator",
-    "describe",
-    "discriminator_size",
-    "generator_size",
-    "parse_size",
 ]

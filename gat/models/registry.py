@@ -5,18 +5,18 @@ explicit string "w384-d12-h6-p2". G and D share the patch; D may have its own wi
 heads (`model.d_*`, defaulting to G's).
 
 The sizes and `describe` (parameter counts and GFLOPs, counted analytically) live in
-`contract.model_shape`, torch-free, so the sweeps and the analysis size a run without building
-it; they are importable from here too, where the trainer looks.
+`contract.sizes` and `contract.model_shape`, torch-free, so the sweeps and the analysis size a
+run without building it; import them from there (this module uses the sizes only to build).
 """
 from __future__ import annotations
 
 from contract.config import RunConfig
 from contract.mng import num_inputs
-from contract.model_shape import describe, discriminator_size, generator_size
+from contract.model_shape import discriminator_size, generator_size
 from gat.models.discriminator import Discriminator
 from gat.models.generator import Generator
 
-__all__ = ["build_discriminator", "build_generator", "describe", "discriminator_size", "generator_size"]
+__all__ = ["build_discriminator", "build_generator"]
 
 
 def build_generator(cfg: RunConfig, *, latent_channels: int, latent_size: int, num_classes: int) -> Generator:
