@@ -174,6 +174,7 @@ def _template(args: argparse.Namespace) -> dict[str, Any]:
 def _query(args: argparse.Namespace, template: dict[str, Any]) -> Candidate:
     """--size as a Candidate; a size that cannot be built is an error naming why."""
     from contract import config as gat_config
+    from contract.errors import ConfigError
     from contract.sizes import parse_size
 
     from analysis.candidates import describe_size
@@ -188,7 +189,7 @@ def _query(args: argparse.Namespace, template: dict[str, Any]) -> Candidate:
             parsed = parse_size(args.size)
             size = (parsed.width, parsed.depth, parsed.heads, parsed.patch)
         return describe_size(template, *size)
-    except gat_config.ConfigError as err:
+    except ConfigError as err:
         raise AnalysisError(f"--size {args.size}: not a buildable size: {err}") from err
 
 

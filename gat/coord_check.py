@@ -56,7 +56,8 @@ from tqdm import tqdm  # noqa: E402
 from torch import Tensor, nn  # noqa: E402
 
 from gat import diagnostics  # noqa: E402
-from contract.config import ConfigError, DataConfig, RunConfig, from_dict  # noqa: E402
+from contract.config import DataConfig, RunConfig, from_dict  # noqa: E402
+from contract.errors import ConfigError  # noqa: E402
 from gat.data import load_dataset  # noqa: E402
 from gat.data.dataset import LatentDataset  # noqa: E402
 from gat.step import Iterations, build_nets, data_dims  # noqa: E402

@@ -28,7 +28,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from contract.config import ConfigError, load_run_config
+from contract.config import load_run_config
+from contract.errors import ConfigError
 from gat.data import load_decoder
 from gat.models import Generator
 from gat.sample import load_ema_generator

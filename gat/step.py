@@ -28,7 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from contract import cli
-from contract.config import ConfigError, RunConfig
+from contract.config import RunConfig
+from contract.errors import ConfigError
 from contract.lr_rules import learning_rate
 from contract.model_shape import discriminator_size, generator_size
 from gat import distributed

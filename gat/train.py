@@ -55,8 +55,8 @@ from torch import Tensor, nn  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 from contract import rundir  # noqa: E402
-from contract.config import COSMETIC_KEYS, ConfigError, RunConfig, load_config, parse_set, save_config, to_dict  # noqa: E402
-from contract.errors import UserError  # noqa: E402
+from contract.config import COSMETIC_KEYS, RunConfig, load_config, parse_set, save_config, to_dict  # noqa: E402
+from contract.errors import ConfigError, UserError  # noqa: E402
 from contract.metric_names import metric_name  # noqa: E402
 from contract.model_shape import describe  # noqa: E402
 from gat import checkpoint, diagnostics, distributed  # noqa: E402

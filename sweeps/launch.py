@@ -26,6 +26,7 @@ from typing import Any
 
 from contract import cli
 from contract import config as gat_config
+from contract.errors import ConfigError
 from contract import rundir
 from contract.errors import UserError
 from sweeps import costs, executors, manifest, resources
@@ -109,7 +110,7 @@ def _check_models(point: Point, cfg: gat_config.RunConfig) -> None:
     """A validated point's models build (contract.model_shape.describe, through sweeps.costs)."""
     try:
         costs.model_stats(gat_config.to_flat(cfg))
-    except gat_config.ConfigError as err:
+    except ConfigError as err:
         where = ", ".join(f"axis {k}={v!r}" for k, v in point.coords.items()) or "base config"
         raise GridError(f"{where}: {err}") from err
 

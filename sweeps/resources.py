@@ -22,6 +22,7 @@ from dataclasses import dataclass, fields, replace
 from typing import Any, Callable
 
 from contract import config as gat_config
+from contract.errors import ConfigError
 from sweeps.spec import GridError, value_matches
 
 DERIVED = ("params", "gflops")  # rule keys computed from contract.model_shape.describe
@@ -70,7 +71,7 @@ def _checked(cls: type, data: Any, where: str) -> Any:
     """`cls` from `data` with types checked, counts at least 0 and rates above 0."""
     try:
         value = gat_config.build_dataclass(cls, data, where)
-    except gat_config.ConfigError as err:
+    except ConfigError as err:
         raise GridError(str(err)) from err
     for item in fields(value):
         number = getattr(value, item.name)

@@ -36,7 +36,7 @@ from typing import Any, Callable, Iterator
 import yaml
 
 from contract import config as gat_config
-from contract.errors import UserError
+from contract.errors import ConfigError, UserError
 
 BUNDLED = Path(__file__).resolve().parent / "configs"
 SECTIONS = ("name", "base", "set", "axes", "zip", "include", "exclude", "resources", "executor", "budgets")
@@ -133,7 +133,7 @@ def read_grid_file(source: str | Path) -> tuple[Path, str, Any]:
     path = resolve_grid_path(source)
     try:
         data = gat_config.read_yaml_file(path)
-    except gat_config.ConfigError as err:
+    except ConfigError as err:
         raise GridError(str(err)) from err
     return path, path.read_text(), data or {}
 
@@ -276,7 +276,7 @@ def run_config(spec: GridSpec, point: Point) -> gat_config.RunConfig:
     plan, the grid checks and the trainer share. An invalid point is a GridError naming its axes."""
     try:
         return gat_config.from_dict(point_config(spec, point))
-    except gat_config.ConfigError as err:
+    except ConfigError as err:
         raise GridError(f"{_describe(point.coords, str(err))}: {err}") from err
 
 
@@ -290,7 +290,7 @@ def validate_points(spec: GridSpec, points: list[Point]) -> dict[int, gat_config
     """
     try:
         gat_config.from_dict(gat_config.apply_overrides(spec.base, spec.fixed))
-    except gat_config.ConfigError as err:
+    except ConfigError as err:
         raise GridError(f"base config ({spec.base_source}) with set: {err}") from err
     for group in spec.groups:
         for part in group:
@@ -319,7 +319,7 @@ def _describe(coords: dict[str, Any], message: str) -> str:
 def _check_key(key: str, where: str) -> None:
     try:
         gat_config.get_value(gat_config.RunConfig(), key)
-    except gat_config.ConfigError as err:
+    except ConfigError as err:
         raise GridError(f"{where}: unknown config key {key!r} ({err})") from err
 
 
@@ -368,7 +368,7 @@ def _load_base(base: Any, grid_path: Path | None) -> tuple[dict[str, Any], str]:
         raise GridError(f"base config not found: {base} (looked in {path.parent} and among the bundled configs)")
     try:
         return gat_config.read_yaml_file(source) or {}, str(source)
-    except gat_config.ConfigError as err:
+    except ConfigError as err:
         raise GridError(f"base: {err}") from err
 
 
@@ -388,7 +388,7 @@ def _budgets(value: Any, fixed: dict[str, Any], axes: list[str]) -> BudgetSpec |
         raise GridError(f"budgets.flops: expected a non-empty list of positive FLOP counts, got {value.get('flops')!r}")
     try:
         spec = gat_config.build_dataclass(BudgetSpec, {**rest, "flops": []}, "budgets")
-    except gat_config.ConfigError as err:
+    except ConfigError as err:
         raise GridError(str(err)) from err
     spec.flops = sorted(set(flops))
     if not 0 < spec.tolerance < 1:
@@ -407,7 +407,7 @@ def _budgets(value: Any, fixed: dict[str, Any], axes: list[str]) -> BudgetSpec |
 def _executor(value: Any) -> ExecutorSpec:
     try:
         spec = gat_config.build_dataclass(ExecutorSpec, _mapping(value, "executor"), "executor")
-    except gat_config.ConfigError as err:
+    except ConfigError as err:
         raise GridError(str(err)) from err
     if spec.kind not in EXECUTOR_KINDS:
         raise GridError(f"executor.kind={spec.kind!r} is not one of: {', '.join(EXECUTOR_KINDS)}")

@@ -8,7 +8,8 @@ import torch
 
 from gat import objective
 from gat.augment import AugParams, apply, geometric_only, sample_params, tile, with_color_means
-from contract.config import AugmentConfig, ConfigError, load_config
+from contract.config import AugmentConfig, load_config
+from contract.errors import ConfigError
 from contract.mng import noise_levels
 
 GEOMETRY = AugmentConfig(color_prob=0.0, cutout=0.0)

@@ -61,6 +61,7 @@ def test_absurd_d_lr_collapses_a_tiny_run(tmp_path):
 
 @pytest.mark.parametrize("key, value", [("train.collapse_fd_ratio", 0.0), ("train.collapse_patience", -1)])
 def test_bad_collapse_keys_are_config_errors_naming_the_key(key, value):
-    from contract.config import ConfigError, load_config
+    from contract.config import load_config
+    from contract.errors import ConfigError
     with pytest.raises(ConfigError, match=key):
         load_config("fmnist_smoke.yaml", {key: value})

@@ -4,7 +4,8 @@ from __future__ import annotations
 import pytest
 import yaml
 
-from contract.config import ConfigError, load_config, parse_set, save_config, to_dict
+from contract.config import load_config, parse_set, save_config, to_dict
+from contract.errors import ConfigError
 
 
 def test_defaults_are_the_paper_recipe() -> None:

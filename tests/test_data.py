@@ -14,7 +14,8 @@ import torch
 from PIL import Image
 
 from gat.cache import exclusive
-from contract.config import ConfigError, DataConfig
+from contract.config import DataConfig
+from contract.errors import ConfigError
 from gat.data import load_dataset, load_decoder
 from gat.data.fashion_mnist import DatasetMissingError, fashion_mnist_cache_dir, load_fashion_mnist, resolve_root
 from gat.data.shards import ShardDataset, write_shards

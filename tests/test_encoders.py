@@ -9,7 +9,8 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-from contract.config import ConfigError, RepaConfig
+from contract.config import RepaConfig
+from contract.errors import ConfigError
 from gat.encoders import IMAGENET_MEAN, FrozenEncoder, load_encoder
 
 

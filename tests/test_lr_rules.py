@@ -6,7 +6,8 @@ import math
 import pytest
 import torch
 
-from contract.config import ConfigError, from_dict
+from contract.config import from_dict
+from contract.errors import ConfigError
 from contract.lr_rules import RULES, learning_rate
 from gat.lr_rules import param_groups
 from gat.models import build_discriminator, build_generator

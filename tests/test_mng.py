@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contract.config import ConfigError, MNGConfig
+from contract.config import MNGConfig
+from contract.errors import ConfigError
 from contract.mng import noise_levels, num_inputs
 from gat.mng import perturb, sample_noise, select_levels
 

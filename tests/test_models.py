@@ -10,7 +10,8 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from contract.config import ConfigError, ModelConfig, RunConfig, from_dict
+from contract.config import ModelConfig, RunConfig, from_dict
+from contract.errors import ConfigError
 from contract.model_shape import describe, discriminator_size
 from contract.sizes import MODELS, parse_size
 from gat.models import build_discriminator, build_generator

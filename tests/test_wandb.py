@@ -20,7 +20,8 @@ from wandb.proto import wandb_internal_pb2
 import gat.train
 from contract import rundir
 from gat import checkpoint, wandb_log
-from contract.config import COSMETIC_KEYS, ConfigError, LoggingConfig, from_dict, load_config, to_dict
+from contract.config import COSMETIC_KEYS, LoggingConfig, from_dict, load_config, to_dict
+from contract.errors import ConfigError
 from contract.config import flatten
 from sweeps.plan import make_plan, run_id
 from sweeps.spec import parse_grid

@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from contract.config import ConfigError, DataConfig
+from contract.config import DataConfig
+from contract.errors import ConfigError
 from gat.data.dataset import LatentDataset
 from gat.data.vae import FMNIST_VAE_DIR, SD_SCALING_FACTOR, LatentDecoder, load_vae
 

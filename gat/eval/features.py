@@ -17,7 +17,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from contract.config import ConfigError, EvalConfig
+from contract.config import EvalConfig
+from contract.errors import ConfigError
 
 ASSETS = Path(__file__).resolve().parent.parent / "assets"
 FMNIST_CLASSIFIER = ASSETS / "fmnist_classifier.safetensors"
