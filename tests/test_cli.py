@@ -29,6 +29,7 @@ BAD_INPUT = {
     "sweeps.tune": lambda tmp: [str(tmp / "no-search.yaml")],
     "analysis.plot_scaling": lambda tmp: [str(tmp / "no-results")],
     "analysis.plot_lr_transfer": lambda tmp: [str(tmp / "no-results")],
+    "analysis.plot_stability": lambda tmp: [str(tmp / "no-results")],
     "analysis.ablations": lambda tmp: [str(tmp / "no-study")],
     "analysis.forecast": lambda tmp: [str(tmp / "no-study"), "--budget", "1e14"],
 }

@@ -65,3 +65,20 @@ def test_bad_collapse_keys_are_config_errors_naming_the_key(key, value):
     from contract.errors import ConfigError
     with pytest.raises(ConfigError, match=key):
         load_config("fmnist_smoke.yaml", {key: value})
+
+
+def test_calibration_thresholds_are_where_the_trainers_rule_starts_firing():
+    # benchmarks/collapse_calibration.py reports, per run, the largest ratio that still fires;
+    # docs/collapse.md's recommendation rests on it, so it must agree with CollapseWatch itself.
+    import numpy as np
+    from benchmarks.collapse_calibration import firing_threshold, fires
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        values = 200 * np.exp(np.cumsum(rng.normal(-0.02, 0.08, size=int(rng.integers(3, 10)))))
+        trace = [(i, {"fd": float(v)}) for i, v in enumerate(values)]
+        for patience in (1, 2, 3):
+            threshold = firing_threshold(trace, patience)
+            assert fires(trace, threshold * 1.0001, patience) is None
+            if threshold > 1.0:
+                assert fires(trace, threshold * 0.9999, patience) is not None
