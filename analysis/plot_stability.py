@@ -5,8 +5,11 @@ Per (LR rule, width): the largest stable and the smallest unstable base LR (stab
 unstable: diverged or collapsed), the boundary between them and the best base LR, with
 intervals (``stability.csv``); the log-log slopes of the boundary and the optimum against width
 with bootstrap CIs (``slopes.json``); the widest width at the narrowest's best LR and the reverse
-(``lr_mismatch.csv``, ``lr_mismatch.md``); the metric against base LR per width and rule
-(``fd_vs_lr.png``) and the boundary and optimum against width (``boundary_optimum.png``). A width
+(``lr_mismatch.csv``, ``lr_mismatch.md``); the tidy table read from run folders (``results.csv``,
+which the command reads back where the run folders are gone); the metric against base LR per width and rule
+(``fd_vs_lr.png``) and the boundary and optimum against width (``boundary_optimum.png``).
+``--bracket-regex`` prints, instead, the ``sweeps.launch --only`` pattern of the extra seeds at
+each bracket (scripts/reproduce_results.sh runs them after the seed-0 map). A width
 whose LRs are all stable reads "boundary not crossed". Errors in the input print one line, exit
 with status 2 and write nothing.
 
@@ -31,6 +34,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                         "under the current folder when STUDY_DIR's committed table is read)")
     parser.add_argument("--bootstrap", type=int, default=1000, help="bootstrap resamples of the intervals and slope CIs")
     parser.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    parser.add_argument("--bracket-regex", action="store_true",
+                        help="print a sweeps.launch --only pattern for seeds 1-9 at each bracket's two base LRs, write nothing")
     args = parser.parse_args(argv)
     if args.bootstrap < 1:
         parser.error(f"--bootstrap must be >= 1, got {args.bootstrap}")
@@ -45,9 +50,9 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # files only: no display on cluster nodes
 
-from analysis.load import AnalysisError, default_metric, final_rows, load_study_table  # noqa: E402
+from analysis.load import AnalysisError, default_metric, final_rows, load_study_table, save_table  # noqa: E402
 from analysis.paths import default_out  # noqa: E402
-from analysis.stability import stability_map, write_report  # noqa: E402
+from analysis.stability import bracket_regex, stability_map, write_report  # noqa: E402
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -58,13 +63,18 @@ def main(argv: list[str] | None = None) -> int:
 
 def _report(args: argparse.Namespace) -> int:
     table = load_study_table(*args.results)
-    say(f"read {table.attrs['source']}")
+    say(f"read {table.attrs['source']}", file=sys.stderr if args.bracket_regex else None)
     metric = args.metric or default_metric(table)
     if metric not in table:
         raise AnalysisError(f"no metric {metric!r} in the results")
     result = stability_map(final_rows(table, metric), metric, n_resamples=args.bootstrap, seed=args.seed)
+    if args.bracket_regex:
+        print(bracket_regex(result.table))  # stdout holds the pattern alone: `--only "$(...)"` reads it
+        return 0
     out = args.out or default_out(args.results[0], table.attrs["committed"])  # written only now: errors leave nothing
     say(write_report(result, out), end="")
+    if not table.attrs["committed"]:  # the tidy table, so a clone without the run folders can redo the map
+        save_table(table, out / "results.csv")
     say(f"wrote {out}")
     return 0
 

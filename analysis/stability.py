@@ -23,13 +23,15 @@ finely), and fits log LR = slope · log width + const (``analysis.fit.fit_power_
 with one seed the intervals still carry the grid's resolution, and with several seeds also
 their disagreement. A width enters a slope only where its quantity exists in the full data.
 
-``stability_map`` computes everything; ``write_report`` writes stability.csv, slopes.json,
+``stability_map`` computes everything; ``bracket_regex`` names the runs of further seeds at each
+bracket for ``sweeps.launch --only``; ``write_report`` writes stability.csv, slopes.json,
 lr_mismatch.csv/.md and the figures. ``python -m analysis.plot_stability`` is the command line.
 """
 from __future__ import annotations
 
 import json
 import math
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -309,6 +311,17 @@ def stability_map(final: pd.DataFrame, metric: str, *, n_resamples: int = 1000, 
                         "boundary log-uniform in its bracket, optimum within half a grid step"}
     cell_table = cell_summary(runs, metric)
     return StabilityMap(cell_table, table, to_jsonable(slopes), mismatch_table(cell_table, table, metric), metric, runs)
+
+
+def bracket_regex(table: pd.DataFrame) -> str:
+    """A ``sweeps.launch --only`` pattern selecting the runs of seeds 1–9 at every (rule,
+    width)'s ``max_stable_lr`` and ``min_unstable_lr``: the extra seeds near the boundary, chosen
+    from the seed-0 map (run names carry ``w<width>-``, ``lr_<rule>-`` and ``blr<LR:g>-``)."""
+    parts = [f"w{int(row[WIDTH])}-.*-lr_{re.escape(row[RULE])}-blr{re.escape(f'{lr:g}')}-s[1-9]-"
+             for _, row in table.iterrows() for lr in (row["max_stable_lr"], row["min_unstable_lr"]) if np.isfinite(lr)]
+    if not parts:
+        raise AnalysisError("no (rule, width) has a stable or an unstable base LR: no boundary to add seeds at")
+    return "^(" + "|".join(parts) + ")"
 
 
 # --- figures --------------------------------------------------------------------------------

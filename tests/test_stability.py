@@ -87,8 +87,14 @@ def test_mismatch_rows_and_files(known_map, tmp_path):
     out = tmp_path / "out"
     assert plot_stability.main([str(sweep), "--out", str(out), "--bootstrap", "50"]) == 0
     for name in ("stability.csv", "stability_cells.csv", "slopes.json", "lr_mismatch.csv", "lr_mismatch.md",
-                 "fd_vs_lr.png", "boundary_optimum.png"):
+                 "fd_vs_lr.png", "boundary_optimum.png", "results.csv"):
         assert (out / name).is_file(), name
+    clone = tmp_path / "clone" / "study"  # a fresh clone: the committed analysis/ without the run folders
+    (clone / "analysis").mkdir(parents=True)
+    (clone / "analysis" / "results.csv").write_bytes((out / "results.csv").read_bytes())
+    again = tmp_path / "again"
+    assert plot_stability.main([str(clone), "--out", str(again), "--bootstrap", "50"]) == 0
+    assert pd.read_csv(again / "stability.csv").equals(pd.read_csv(out / "stability.csv"))
     table = pd.read_csv(out / "stability.csv")
     assert {"train.lr_rule", "model.width", "max_stable_lr", "min_unstable_lr", "best_lr", "best_fd"} <= set(table)
     slopes = json.loads((out / "slopes.json").read_text())["slopes"]
@@ -148,3 +154,22 @@ def test_bad_input_is_one_error_line_and_writes_nothing(tmp_path, capsys, case):
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and err[0].startswith("error: "), err
     assert not out.exists()
+
+
+def test_bracket_regex_selects_the_extra_seeds_of_the_bundled_grid():
+    # The pattern is built from the sweep engine's run names: tie it to the bundled grid's plan.
+    import re
+
+    from analysis.stability import bracket_regex
+    from sweeps.plan import make_plan
+    from sweeps.spec import load_grid
+
+    names = [r.name for r in make_plan(load_grid("lr_stability_cpu.yaml"), Path("/nonexistent")).runs]
+    table = pd.DataFrame([
+        {"train.lr_rule": "constant", "model.width": 64, "max_stable_lr": 9.6e-3, "min_unstable_lr": 1.92e-2},
+        {"train.lr_rule": "width_aware", "model.width": 256, "max_stable_lr": 0.3072, "min_unstable_lr": math.nan},
+    ])
+    chosen = sorted(n for n in names if re.search(bracket_regex(table), n))
+    assert len(chosen) == 3 and all("-s1-" in n for n in chosen), chosen
+    assert {n.split("-s1-")[0] for n in chosen} == {
+        "w64-d4-p2-lr_constant-blr0.0096", "w64-d4-p2-lr_constant-blr0.0192", "w256-d4-p2-lr_width_aware-blr0.3072"}
