@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Regenerate the studies under results/ that today's code produced: the embedded default, the MNG
 # and LR ablations at 2500 steps and the reference study (run folders resumed or skipped where
-# they exist), their tables, fits, plots and notebooks. About 75 min on 2 idle cores (the
-# reference study alone about 43), plus 1.5 min to encode Fashion-MNIST on first use. Each
-# launch is safe to rerun. With the same thread count
+# they exist), their tables, fits, plots and notebooks, and the width x LR stability map. About
+# 75 min on 2 idle cores (the reference study alone about 43), up to 2 h more for the stability
+# map, plus 1.5 min to encode Fashion-MNIST on first use. Each launch is safe to rerun. With the same thread count
 # and CPU model, metrics and fits agree to the last digit; job wall times differ between reruns.
 # results/short_budget/ was made by an earlier step implementation and is not rerun
 # (results/README.md says why). See results/README.md for what each step shows.
@@ -45,3 +45,11 @@ notebook results/lr_rule_cpu instability
 #    (about 43 min).
 $py -m sweeps.launch scaling_cpu.yaml --out results/scaling_cpu --wait
 $py -m analysis.plot_scaling results/scaling_cpu
+
+# 5. The width x base-LR stability map (issue 23): seed 0 on the whole grid, then seed 1 at each
+#    (rule, width)'s bracket (its largest stable and smallest unstable base LR, read from the
+#    seed-0 map); at most 2 h (sweeps/configs/lr_stability_cpu.yaml's header says how it was sized).
+$py -m sweeps.launch lr_stability_cpu.yaml --out results/lr_stability_cpu --only=-s0- --wait
+bracket=$($py -m analysis.plot_stability results/lr_stability_cpu --bracket-regex)
+$py -m sweeps.launch lr_stability_cpu.yaml --out results/lr_stability_cpu --only "$bracket" --wait
+$py -m analysis.plot_stability results/lr_stability_cpu
