@@ -1,4 +1,5 @@
-"""The stub trainer and helpers shared by the sweep tests (local, debug and SLURM executors).
+"""The stub trainer and helpers shared by the sweep tests (local, debug and SLURM executors; the
+SLURM ones also preempt jobs as a scheduler would).
 
 The stub has `gat.train`'s CLI and run-folder files but no torch: deterministic "stats",
 checkpoint every `ckpt_every` steps, resume from it, so scheduling semantics test in seconds.
@@ -6,6 +7,7 @@ checkpoint every `ckpt_every` steps, resume from it, so scheduling semantics tes
 from __future__ import annotations
 
 import json
+import subprocess
 import textwrap
 import time
 from pathlib import Path
@@ -116,3 +118,20 @@ def starts_per_run(sweep: Path) -> dict[str, int]:
     """How many times each run's stub was started (1 = never ran twice, 2 = one resume)."""
     return {p.parent.name: sum("start" in l for l in p.read_text().splitlines())
             for p in sweep.glob("runs/*/stub_runs.jsonl")}
+
+
+def preempt(job_id: str) -> None:
+    """What a preempting scheduler does: USR2 now; then lift SLURM's 120 s requeue hold."""
+    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
+    lift_requeue_hold(job_id)
+
+
+def lift_requeue_hold(job_id: str) -> None:
+    """Start a requeued job now instead of after SLURM's 120 s hold, as an operator would."""
+    wait_for(lambda: "Reason=BeginTime" in subprocess.run(["scontrol", "show", "job", job_id],
+                                                          capture_output=True, text=True).stdout, timeout=60)
+    # slurmd refuses to launch a job whose credential is dated the same second as its kill
+    # ("already killed, do not launch batch job": slurm_cred_revoked compares whole seconds) and
+    # the job then ends FAILED; the 120 s hold exists for this. Let the clock pass that second.
+    time.sleep(2)
+    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)

@@ -20,7 +20,7 @@ import yaml
 from sweeps import launch, manifest, status
 from sweeps.executors import slurm_available
 from contract.rundir import read_events
-from sweep_stub import starts_per_run, stats_lines, stub_intervals, wait_for, write_grid
+from sweep_stub import lift_requeue_hold, preempt, starts_per_run, stats_lines, stub_intervals, wait_for, write_grid
 
 pytestmark = pytest.mark.slurm
 REPO = Path(__file__).resolve().parent.parent
@@ -97,23 +97,6 @@ def test_two_concurrent_launches_run_each_point_once(slurm_cluster, stub_trainer
     assert [p.returncode for p in procs] == [0, 0], outs
     assert [r.state for r in status.collect(sweep)] == ["completed"] * 3
     assert set(starts_per_run(sweep).values()) == {1}
-
-
-def preempt(job_id: str) -> None:
-    """What a preempting scheduler does: USR2 now; then lift SLURM's 120 s requeue hold."""
-    subprocess.run(["scancel", "--signal=USR2", job_id], check=True)
-    lift_requeue_hold(job_id)
-
-
-def lift_requeue_hold(job_id: str) -> None:
-    """Start a requeued job now instead of after SLURM's 120 s hold, as an operator would."""
-    wait_for(lambda: "Reason=BeginTime" in subprocess.run(["scontrol", "show", "job", job_id],
-                                                          capture_output=True, text=True).stdout, timeout=60)
-    # slurmd refuses to launch a job whose credential is dated the same second as its kill
-    # ("already killed, do not launch batch job": slurm_cred_revoked compares whole seconds) and
-    # the job then ends FAILED; the 120 s hold exists for this. Let the clock pass that second.
-    time.sleep(2)
-    subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
 
 
 def test_preempted_job_resumes_with_same_result(slurm_cluster, stub_trainer, tmp_path, monkeypatch):
