@@ -57,10 +57,12 @@ def max_array_size() -> int:
 def slurm_parameters(spec: ExecutorSpec, res: Resources, *, name: str, code_root: str,
                      timeout_min: int | None = None) -> dict[str, Any]:
     """sbatch parameters (submitit's SlurmExecutor names) for one resource group: one task per
-    GPU, so each rank is its own SLURM task and DDP reads SLURM_PROCID/SLURM_NTASKS."""
+    GPU, so each rank is its own SLURM task and DDP reads SLURM_PROCID/SLURM_NTASKS. A packed job
+    (`res.pack` > 1) is one task whose process runs the pack's runs side by side, each on its own
+    GPU or all on one: a task per GPU would start the pack once per GPU."""
     params: dict[str, Any] = {
         "job_name": name, "time": int(timeout_min or res.timeout_min), "nodes": res.nodes,
-        "ntasks_per_node": max(1, res.gpus), "cpus_per_task": res.cpus_per_task,
+        "ntasks_per_node": 1 if res.pack > 1 else max(1, res.gpus), "cpus_per_task": res.cpus_per_task,
         "array_parallelism": spec.array_parallelism, "signal_delay_s": spec.signal_delay_s,
         # sbatch exports the submitting environment by default, but sites may turn that off
         "setup": [f"export PYTHONPATH={shlex.quote(code_root)}${{PYTHONPATH:+:$PYTHONPATH}}", *spec.setup],

@@ -130,6 +130,43 @@ def plan_rows(runs: Iterable[PlannedRun], spec: GridSpec, sweep_dir: Path, defau
 
 
 @dataclass
+class PackPlan:
+    """The jobs a packed grid's launch would make of the runs it submits (`resources.packs`, in the
+    launcher's order: longest first), and what they hold: the allocated device-hours with packing
+    (a pack holds its job's devices until its longest run ends, its runs assumed not to slow each
+    other) and without it (each run alone on its share: one GPU, or `cpus_per_task // pack` cores)."""
+
+    index: dict[str, int] = field(default_factory=dict)  # run id -> pack (its job's index)
+    runs: int = 0
+    jobs: int = 0
+    packed_hours: float = 0.0
+    unpacked_hours: float = 0.0
+
+    @classmethod
+    def of(cls, rows: Iterable[Row], estimate: resources.Estimate) -> PackPlan:
+        """The packs of the rows to submit; holds each one's id, hours and resources, not its run."""
+        chosen = [((run.run_id, costs.device_hours(_estimated_flops(run), estimate)), res)
+                  for run, _, action, res in rows if action == "submit"]
+        chosen.sort(key=lambda item: -item[0][1])  # as `launch` orders them (hours follow FLOPs)
+        plan = cls(runs=len(chosen))
+        for res, packs in resources.packs(chosen):
+            job_devices = res.gpus * res.nodes or res.cpus_per_task
+            run_devices = max(1, res.gpus // res.pack) * res.nodes if res.gpus else res.cpus_per_task // res.pack
+            for pack in packs:
+                plan.index.update((rid, plan.jobs) for rid, _ in pack)
+                plan.jobs += 1
+                plan.packed_hours += max(hours for _, hours in pack) * job_devices
+                plan.unpacked_hours += sum(hours for _, hours in pack) * run_devices
+        return plan
+
+    def render(self, unit: str) -> str:
+        """The packing line of the dry run's totals."""
+        return (f"packing: {self.runs} runs to submit in {self.jobs} job(s), {self.runs - self.jobs} allocation(s) "
+                f"saved; allocated {unit}-hours {self.packed_hours:.3g} packed vs {self.unpacked_hours:.3g} unpacked "
+                "(a pack holds its devices until its longest run ends; its runs are assumed not to slow each other)")
+
+
+@dataclass
 class DryRunTable:
     """The --dry-run report, added up as the rows stream past: a line for each of the first
     TABLE_ROWS runs, then totals over all of them. `params` counts G and D; `G GFLOPs` is the
@@ -146,6 +183,7 @@ class DryRunTable:
     submit_hours: float = 0.0
     gpus: bool = False  # some run asks for a GPU: hours are GPU-hours
     groups: set[resources.Resources] = field(default_factory=set)  # one array job per resources to submit
+    packs: PackPlan | None = None  # a packed grid's jobs: each line then ends with its run's pack
 
     def add(self, run: PlannedRun, status: RunStatus, action: str, res: resources.Resources) -> None:
         """Count one row in the totals, and keep its line while fewer than TABLE_ROWS are."""
@@ -166,7 +204,12 @@ class DryRunTable:
                 f"{run.name[:52]:<52} {status.state:<12} {format(params, '8.2f') + 'M':>9} "
                 f"{stats['generator_gflops']:8.3g} {flops:11.2e} "
                 f"{res.gpus * res.nodes:>4} {hours:8.3g}  {action}"
+                + (self._pack_column(run) if self.packs is not None else "")
             )
+
+    def _pack_column(self, run: PlannedRun) -> str:
+        pack = self.packs.index.get(run.run_id) if self.packs is not None else None
+        return f" (pack {pack})" if pack is not None else ""
 
     def render(self, merged: int) -> str:
         """The table: header, the lines kept, a count of the rest, totals (`merged` duplicate points)."""
@@ -182,16 +225,19 @@ class DryRunTable:
             f"({self.submit_hours:.3g} to submit) at {self.estimate.device_tflops:g} TFLOP/s "
             f"x {self.estimate.mfu:g} MFU"
         )
-        return "\n".join([header, rule, *self.shown, *more, rule, totals])
+        packing = [self.packs.render(unit)] if self.packs is not None else []
+        return "\n".join([header, rule, *self.shown, *more, rule, totals, *packing])
 
 
-def _plan_row(run: PlannedRun, estimate: resources.Estimate) -> dict[str, Any]:
-    """One run of `--dry-run --json`: identity, budget, solved steps, size and cost."""
+def _plan_row(run: PlannedRun, estimate: resources.Estimate, packs: PackPlan | None = None) -> dict[str, Any]:
+    """One run of `--dry-run --json`: identity, budget, solved steps, size and cost; in a packed
+    grid also `pack`, the index of the job it would be submitted in (None: not submitted)."""
     flops = _estimated_flops(run)
     return {"run_id": run.run_id, "name": run.name, "budget": run.budget, "train_flops": flops,
             "steps": run.flat["train.steps"], "eval_every": run.flat["eval.every"],
             "device_hours": costs.device_hours(flops, estimate),
-            **{key: run.flat[key] for key in ("model.width", "model.depth", "model.heads", "model.patch", "seed")}}
+            **{key: run.flat[key] for key in ("model.width", "model.depth", "model.heads", "model.patch", "seed")},
+            **({"pack": packs.index.get(run.run_id)} if packs is not None else {})}
 
 
 @dataclass
@@ -255,11 +301,19 @@ def dry_run(spec: GridSpec, sweep_dir: Path, args: argparse.Namespace, defaults:
     comes (--json), or each row added to the table, whose kept lines and totals print at the end."""
     validate_plan(spec)
     plan = PlanStream(spec, sweep_dir)
-    rows = plan_rows(select(plan, args.only), spec, sweep_dir, defaults, rules, args.rerun_failed)
+
+    def walk() -> Iterator[Row]:
+        return plan_rows(select(plan, args.only), spec, sweep_dir, defaults, rules, args.rerun_failed)
+
+    # A packed grid's packs need every run to submit, sorted: a first walk holds their ids only,
+    # so an unpacked grid's dry run stays one walk holding no run.
+    packed = defaults.pack > 1 or any(changes.get("pack", 1) > 1 for _, changes in rules)
+    packs = PackPlan.of(walk(), estimate) if packed else None
+    rows = walk()
     if args.json:
-        print_json_array(_plan_row(run, estimate) for run, *_ in rows)
+        print_json_array(_plan_row(run, estimate, packs) for run, *_ in rows)
         return 0
-    table = DryRunTable(estimate)
+    table = DryRunTable(estimate, packs=packs)
     budgets = BudgetTable(estimate) if spec.budgets is not None else None
     for run, status, action, res in rows:
         table.add(run, status, action, res)
@@ -323,7 +377,8 @@ def launch(args: argparse.Namespace) -> int:
 def _announce(kind: str, group: SubmittedGroup) -> None:
     """The launcher's line for one submitted resource group."""
     jobs, res = group.jobs, group.resources
-    print(f"submitted {len(group.runs)} run(s) as {len(jobs)} {kind} job(s) [{res.gpus} GPU(s), {res.timeout_min} min]: "
+    packed = f", {res.pack} runs per job" if res.pack > 1 else ""
+    print(f"submitted {len(group.runs)} run(s) as {len(jobs)} {kind} job(s) [{res.gpus} GPU(s), {res.timeout_min} min{packed}]: "
           f"{', '.join(j.job_id for j in jobs[:8])}" + (" ..." if len(jobs) > 8 else ""))
 
 

@@ -26,6 +26,12 @@ GRID_CASES = {  # name: (grid text or bytes, extra CLI args, text the error must
     "name_with_slashes": ("name: ../../x\n" + GOOD, [], "'../../x' is not a plain folder name"),
     "name_absolute": ("name: /abs/x\n" + GOOD, [], "'/abs/x' is not a plain folder name"),
     "unknown_executor_key": (GOOD + "executor:\n  partitions: gpu\n", [], "unknown key executor.partitions"),
+    "pack_more_than_cores": (GOOD + "resources:\n  cpus_per_task: 2\n  pack: {runs_per_job: 4}\n", [],
+                             "resources.pack.runs_per_job: 4 runs is more than the job's cpus_per_task=2 cores allow"),
+    "pack_of_ddp_runs": (GOOD + "resources:\n  gpus: 8\n  cpus_per_task: 8\n  pack: {runs_per_job: 2}\n", [],
+                         "resources.pack.runs_per_job: 2 runs on 8 GPUs would make each a multi-GPU (DDP) run"),
+    "pack_ddp_by_rule": (GOOD + "resources:\n  cpus_per_task: 2\n  pack: {runs_per_job: 2}\n  rules:\n"
+                            "    - when: {seed: 0}\n      gpus: 4\n", [], "resources.rules[0].pack.runs_per_job"),
 }
 
 
