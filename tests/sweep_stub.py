@@ -38,7 +38,8 @@ STUB = textwrap.dedent('''
             "state": state, "step": step, "reason": reason, "updated": time.time()})
         with open(run / "stub_runs.jsonl", "a") as log:
             log.write(json.dumps({"start": time.time(), "pid": os.getpid(),
-                                  "omp_threads": os.environ.get("OMP_NUM_THREADS")}) + "\\n")
+                                  "omp_threads": os.environ.get("OMP_NUM_THREADS"),
+                                  "cuda_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}) + "\\n")
         ckpt = run / "ckpt.json"
         step = json.loads(ckpt.read_text())["step"] if ckpt.exists() else 0
         path = cfg["data"]["path"]

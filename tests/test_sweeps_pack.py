@@ -129,9 +129,31 @@ def test_local_pack_runs_side_by_side_and_a_crash_stays_its_own(tmp_path, stub_t
     assert failed.state == "failed" and "/nonexistent" in failed.reason
     (job,) = manifest.read(sweep)["jobs"]
     assert len(job["run_ids"]) == 2 and job["resources"]["pack"] == 2
-    threads = {json.loads(line).get("omp_threads") for p in sweep.glob("runs/*/stub_runs.jsonl")
-               for line in p.read_text().splitlines() if "start" in line}
-    assert threads == {"1"}  # the job's 2 cores split between its 2 runs
+    assert set(started(sweep, "omp_threads")) == {"1"}  # the job's 2 cores split between its 2 runs
+
+
+def started(sweep: Path, key: str) -> list:
+    """`key` of every stub start in the sweep, as the stub saw its environment."""
+    return [json.loads(line).get(key) for p in sorted(sweep.glob("runs/*/stub_runs.jsonl"))
+            for line in p.read_text().splitlines() if "start" in line]
+
+
+@pytest.mark.parametrize("job_devices, seen", [(None, ["0", "1"]), ("4,6", ["4", "6"])])
+def test_a_pack_with_a_gpu_per_run_gives_each_its_own(tmp_path, stub_trainer, monkeypatch, job_devices, seen):
+    """gpus == runs_per_job: each run sees one of the job's GPUs (those SLURM names, else 0..N-1);
+    with gpus: 1 the runs share the job's view."""
+    if job_devices is None:
+        monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    else:
+        monkeypatch.setenv("CUDA_VISIBLE_DEVICES", job_devices)
+    for gpus, sweep in ((2, tmp_path / "own"), (1, tmp_path / "shared")):
+        grid = packed_grid(tmp_path / f"g{gpus}.yaml", seed=[0, 1])
+        data = yaml.safe_load(grid.read_text())
+        data["resources"]["gpus"] = gpus
+        grid.write_text(yaml.safe_dump(data))
+        assert launch.main([str(grid), "--out", str(sweep), "--executor", "debug"]) == 0
+    assert sorted(started(tmp_path / "own", "cuda_devices")) == seen
+    assert started(tmp_path / "shared", "cuda_devices") == [job_devices] * 2
 
 
 # ---- real SLURM -----------------------------------------------------------------------------
