@@ -7,7 +7,9 @@ checkpoint every `ckpt_every` steps, resume from it, so scheduling semantics tes
 from __future__ import annotations
 
 import json
+import os
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -15,6 +17,11 @@ from typing import Callable, TypeVar
 
 import yaml
 
+from sweeps import executors
+from sweeps.resources import Resources
+from sweeps.spec import ExecutorSpec
+
+GOLDEN = Path(__file__).parent / "golden"
 T = TypeVar("T")
 
 STUB = textwrap.dedent('''
@@ -136,3 +143,19 @@ def lift_requeue_hold(job_id: str) -> None:
     # the job then ends FAILED; the 120 s hold exists for this. Let the clock pass that second.
     time.sleep(2)
     subprocess.run(["scontrol", "update", f"jobid={job_id}", "StartTime=now"], check=True)
+
+
+def golden_sbatch(tmp_path: Path, spec: ExecutorSpec, res: Resources, *, name: str, array_size: int,
+                  golden: str) -> str:
+    """The sbatch script of an array of `array_size` jobs with `res`, checked against
+    tests/golden/`golden` (paths of this machine replaced by <TMP> and <PYTHON>); with
+    GATSCALE_REGEN_GOLDEN=1 it rewrites the golden file instead. Returns the script."""
+    folder = tmp_path / "sweep" / ".submitit"
+    params = executors.slurm_parameters(spec, res, name=name, code_root=str(tmp_path / "sweep" / "code" / "L"))
+    text = executors.sbatch_text(params, folder, array_size=array_size)
+    text = text.replace(str(tmp_path), "<TMP>").replace(sys.executable, "<PYTHON>")
+    if os.environ.get("GATSCALE_REGEN_GOLDEN") == "1":
+        GOLDEN.mkdir(exist_ok=True)
+        (GOLDEN / golden).write_text(text)
+    assert text == (GOLDEN / golden).read_text()
+    return text

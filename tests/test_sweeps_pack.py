@@ -8,21 +8,16 @@ exactly, and cancelling one run leaves its neighbour running while a relaunch pa
 from __future__ import annotations
 
 import json
-import os
-import sys
 from pathlib import Path
 
 import pytest
 import yaml
 
 from contract.rundir import read_events
-from sweeps import cancel, executors, launch, manifest, status
+from sweeps import cancel, launch, manifest, status
 from sweeps.resources import Resources, packs, parse
 from sweeps.spec import ExecutorSpec, GridError
-from sweep_stub import preempt, starts_per_run, stats_lines, wait_for, write_grid
-
-GOLDEN = Path(__file__).parent / "golden"
-
+from sweep_stub import golden_sbatch, preempt, starts_per_run, stats_lines, wait_for, write_grid
 
 def packed_grid(path: Path, runs_per_job: int = 2, cpus: int = 2, **kwargs) -> Path:
     """The stub's 3-run grid (see sweep_stub.write_grid) with a pack of `runs_per_job` on `cpus` cores."""
@@ -102,14 +97,7 @@ def test_golden_sbatch_packed(tmp_path):
     pack's cores. Regenerate with GATSCALE_REGEN_GOLDEN=1."""
     spec = ExecutorSpec(partition="gpu", account="scaling", setup=["module load cuda/12.4"])
     res = Resources(gpus=4, nodes=1, cpus_per_task=16, mem_gb=240, timeout_min=240, pack=4)
-    folder = tmp_path / "sweep" / ".submitit"
-    params = executors.slurm_parameters(spec, res, name="gatscale-pack", code_root=str(tmp_path / "sweep" / "code" / "L"))
-    text = executors.sbatch_text(params, folder, array_size=5)
-    text = text.replace(str(tmp_path), "<TMP>").replace(sys.executable, "<PYTHON>")
-    golden = GOLDEN / "pack4_gpu.sbatch"
-    if os.environ.get("GATSCALE_REGEN_GOLDEN") == "1":
-        golden.write_text(text)
-    assert text == golden.read_text()
+    text = golden_sbatch(tmp_path, spec, res, name="gatscale-pack", array_size=5, golden="pack4_gpu.sbatch")
     for line in ("--ntasks-per-node=1", "--gpus-per-node=4", "--cpus-per-task=16", "--requeue"):
         assert line in text
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import json
 import os
 import re
-import sys
 import threading
 import time
 from pathlib import Path
@@ -12,13 +11,13 @@ from pathlib import Path
 import pytest
 
 from contract import config as gat_config
-from sweeps import executors, launch, lease, manifest
+from sweeps import launch, lease, manifest
 from contract.config import flatten
 from sweeps.plan import make_plan, run_id, run_status, status_reader
 from sweeps.resources import Resources, parse, resolve
 from sweeps.spec import ExecutorSpec, GridError, expand, load_grid, parse_grid, point_config
+from sweep_stub import golden_sbatch
 
-GOLDEN = Path(__file__).parent / "golden"
 BASE = {"model": {"width": 32, "depth": 4, "heads": 2}, "train": {"steps": 10, "base_lr": 1e-4}}
 
 
@@ -155,16 +154,8 @@ def test_golden_sbatch_multi_gpu(tmp_path):
     spec.executor.partition, spec.executor.account = "gpu", "scaling"
     spec.executor.setup = ["module load cuda/12.4"]
     res = Resources(gpus=4, nodes=1, cpus_per_task=8, mem_gb=240, timeout_min=1440)
-    folder = tmp_path / "sweep" / ".submitit"
-    params = executors.slurm_parameters(spec.executor, res, name="gatscale-imagenet256_scaling",
-                                        code_root=str(tmp_path / "sweep" / "code" / "L"))
-    text = executors.sbatch_text(params, folder, array_size=3)
-    text = text.replace(str(tmp_path), "<TMP>").replace(sys.executable, "<PYTHON>")
-    golden = GOLDEN / "imagenet256_4gpu.sbatch"
-    if os.environ.get("GATSCALE_REGEN_GOLDEN") == "1":
-        golden.parent.mkdir(exist_ok=True)
-        golden.write_text(text)
-    assert text == golden.read_text()
+    text = golden_sbatch(tmp_path, spec.executor, res, name="gatscale-imagenet256_scaling", array_size=3,
+                         golden="imagenet256_4gpu.sbatch")
     for line in ("--ntasks-per-node=4", "--gpus-per-node=4", "--signal=USR2@180", "--array=0-2%3", "--requeue"):
         assert line in text
 
