@@ -145,9 +145,8 @@ class PackPlan:
     @classmethod
     def of(cls, rows: Iterable[Row], estimate: resources.Estimate) -> PackPlan:
         """The packs of the rows to submit; holds each one's id, hours and resources, not its run."""
-        chosen = [((run.run_id, costs.device_hours(_estimated_flops(run), estimate)), res)
-                  for run, _, action, res in rows if action == "submit"]
-        chosen.sort(key=lambda item: -item[0][1])  # as `launch` orders them (hours follow FLOPs)
+        chosen = [((run.run_id, _estimated_flops(run)), res) for run, _, action, res in rows if action == "submit"]
+        chosen.sort(key=lambda item: -item[0][1])  # as `launch` orders them, so its packs are these
         plan = cls(runs=len(chosen))
         for res, packs in resources.packs(chosen):
             job_devices = res.gpus * res.nodes or res.cpus_per_task
@@ -155,8 +154,9 @@ class PackPlan:
             for pack in packs:
                 plan.index.update((rid, plan.jobs) for rid, _ in pack)
                 plan.jobs += 1
-                plan.packed_hours += max(hours for _, hours in pack) * job_devices
-                plan.unpacked_hours += sum(hours for _, hours in pack) * run_devices
+                hours = [costs.device_hours(flops, estimate) for _, flops in pack]
+                plan.packed_hours += max(hours) * job_devices
+                plan.unpacked_hours += sum(hours) * run_devices
         return plan
 
     def render(self, unit: str) -> str:

@@ -14,7 +14,7 @@ import pytest
 import yaml
 
 from contract.rundir import read_events
-from sweeps import cancel, launch, manifest, status
+from sweeps import cancel, launch, manifest, status, submit
 from sweeps.resources import Resources, packs, parse
 from sweeps.spec import ExecutorSpec, GridError
 from sweep_stub import golden_sbatch, preempt, starts_per_run, stats_lines, wait_for, write_grid
@@ -74,6 +74,29 @@ def test_dry_run_shows_packs_savings_and_hours(tmp_path, capsys):
         by_pack.setdefault(row["pack"], set()).add(row["model.width"])
     assert by_pack[0] == {64} and by_pack[2] == {32}  # longest first, so a pack's runs are alike
     assert not out.exists()
+
+
+def test_dry_run_packs_are_the_jobs_launch_submits(tmp_path, capsys, monkeypatch):
+    """The dry run's `pack` of each run is the index of the SLURM job the launch puts it in
+    (the scheduler stubbed out: jobs are recorded, not run)."""
+    grid = packed_grid(tmp_path / "g.yaml", seed=[0, 1, 2], **{"model.width": [32, 48, 64]})
+    sweep = tmp_path / "sweep"
+    assert launch.main([str(grid), "--out", str(sweep), "--dry-run", "--json"]) == 0
+    planned: dict[int, set[str]] = {}
+    for row in json.loads(capsys.readouterr().out):
+        planned.setdefault(row["pack"], set()).add(row["run_id"])
+
+    class Job:
+        def __init__(self, index: int) -> None:
+            self.job_id = f"1_{index}"
+
+    monkeypatch.setattr(launch.executors, "slurm_available", lambda: True)
+    monkeypatch.setattr(submit.executors, "make_executor", lambda *args, **kwargs: None)
+    monkeypatch.setattr(submit.executors, "submit", lambda kind, ex, fns, root: [Job(i) for i in range(len(fns))])
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "slurm"]) == 0
+    jobs = manifest.read(sweep)["jobs"]
+    assert [set(job["run_ids"]) for job in jobs] == [planned[i] for i in range(len(planned))]
+    assert len(jobs) == 5 and all(job["resources"]["pack"] == 2 for job in jobs)
 
 
 def test_unpacked_dry_run_has_no_pack_column(tmp_path, capsys):
