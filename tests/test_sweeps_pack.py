@@ -3,11 +3,14 @@
 Fast tests: the grid's checks, the planner's packs, the dry run's columns and JSON, the packed
 sbatch script (golden), and a pack on the local executor. The `slurm` tests run packs of the stub
 trainer on the real cluster: a crash stays its own run's, a requeued pack resumes each run
-exactly, and cancelling one run leaves its neighbour running while a relaunch packs what is left.
+exactly (preempted, or one trainer killed by SIGTERM: one requeue for the pack), and cancelling
+one run leaves its neighbour running while a relaunch packs what is left.
 """
 from __future__ import annotations
 
 import json
+import os
+import signal
 from pathlib import Path
 
 import pytest
@@ -17,7 +20,7 @@ from contract.rundir import read_events
 from sweeps import cancel, launch, manifest, status, submit
 from sweeps.resources import Resources, packs, parse
 from sweeps.spec import ExecutorSpec, GridError
-from sweep_stub import golden_sbatch, preempt, starts_per_run, stats_lines, wait_for, write_grid
+from sweep_stub import golden_sbatch, lift_requeue_hold, preempt, starts_per_run, stats_lines, wait_for, write_grid
 
 def packed_grid(path: Path, runs_per_job: int = 2, cpus: int = 2, **kwargs) -> Path:
     """The stub's 3-run grid (see sweep_stub.write_grid) with a pack of `runs_per_job` on `cpus` cores."""
@@ -231,3 +234,26 @@ def test_slurm_cancel_one_run_of_a_pack_then_relaunch_packs_what_is_left(stub_tr
     assert len(first["run_ids"]) == 2 and second["run_ids"] == [run_of(sweep, 0)["run_id"]]
     assert [r.state for r in status.collect(sweep)] == ["completed"] * 2
     assert starts_per_run(sweep) == {target.name: 2, neighbour.name: 1}
+
+
+@pytest.mark.slurm
+def test_slurm_sigterm_to_one_trainer_requeues_the_pack_once(stub_trainer, tmp_path, monkeypatch):
+    """A trainer of a pack stopped by SIGTERM alone (an admin's kill; SLURM's reaches them all)
+    requeues the pack once: both runs are interrupted once and resume to the stats of an
+    uninterrupted run."""
+    monkeypatch.setenv("STUB_STEP_S", "0.05")
+    grid = packed_grid(tmp_path / "g.yaml", steps=300, ckpt_every=10, seed=[0, 1])
+    reference, sweep = tmp_path / "reference", tmp_path / "sweep"
+    assert launch.main([str(grid), "--out", str(reference), "--executor", "debug"]) == 0
+    assert launch.main([str(grid), "--out", str(sweep), "--executor", "slurm"]) == 0
+    runs = [sweep / run_of(sweep, seed)["dir"] for seed in (0, 1)]
+    wait_for(lambda: all(stats_lines(run) >= 20 for run in runs), timeout=120)
+    pid = json.loads((runs[0] / "stub_runs.jsonl").read_text().splitlines()[0])["pid"]
+    os.kill(pid, signal.SIGTERM)
+    (job,) = manifest.read(sweep)["jobs"]
+    lift_requeue_hold(job["job_id"])
+    wait_for(lambda: [r.state for r in status.collect(sweep)] == ["completed"] * 2, timeout=180, poll=0.5)
+    for run in runs:
+        events = [e["event"] for e in read_events(run)]
+        assert events.count("interrupted") == 1 and events.count("start") == 2, (run.name, events)
+        assert (run / "stats.jsonl").read_text() == (reference / "runs" / run.name / "stats.jsonl").read_text()
