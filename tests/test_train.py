@@ -506,8 +506,8 @@ TRUST_OVERRIDES = ("train.steps=16", "train.ckpt_every=100", "train.log_every=2"
                    "eval.extractor=none", "train.batch=8", "logging.wandb=off", "model.width=8")
 
 
-def _start_and_wait_for_step(run_dir: Path, step: int) -> subprocess.Popen:
-    process = subprocess.Popen(_cli(run_dir, *TRUST_OVERRIDES), env=CHILD_ENV, cwd=ROOT,
+def _start_and_wait_for_step(run_dir: Path, step: int, overrides: tuple[str, ...] = TRUST_OVERRIDES) -> subprocess.Popen:
+    process = subprocess.Popen(_cli(run_dir, *overrides), env=CHILD_ENV, cwd=ROOT,
                                stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 600
     while time.time() < deadline and process.poll() is None:
@@ -521,8 +521,11 @@ def _start_and_wait_for_step(run_dir: Path, step: int) -> subprocess.Popen:
 @pytest.mark.slow
 def test_two_trainer_processes_on_one_folder(tmp_path):
     run_dir = tmp_path / "run"
-    first = _start_and_wait_for_step(run_dir, 2)
-    second = subprocess.run(_cli(run_dir, *TRUST_OVERRIDES), env=CHILD_ENV, cwd=ROOT, capture_output=True,
+    # Far more steps than the first trainer can take while the second starts up: with 16 it had
+    # completed the run (on a quiet machine) before the second one asked for the lock.
+    endless = (*TRUST_OVERRIDES, "train.steps=1000000")
+    first = _start_and_wait_for_step(run_dir, 2, endless)
+    second = subprocess.run(_cli(run_dir, *endless), env=CHILD_ENV, cwd=ROOT, capture_output=True,
                             text=True, timeout=900)
     first.kill()
     first.wait()
