@@ -14,6 +14,10 @@ from filelock import FileLock, Timeout
 from contract.rundir import write_text_atomic
 
 MANIFEST = "manifest.json"
+# A run entry's key for the SHA-1 (hex) of its run's identity (`sweeps.plan.identity_digest`), which
+# its id is cut from: a later plan tells a different config whose short id collides from the same run
+# without reading the run folder. Entries written before it was recorded lack it.
+IDENTITY = "identity_digest"
 _LOCK_TIMEOUT_S = 60.0  # the lock is held for one file write
 
 
@@ -44,13 +48,16 @@ def update(sweep_dir: Path, change: Callable[[dict[str, Any]], None]) -> dict[st
 def merge_runs(data: dict[str, Any], runs: list[dict[str, Any]]) -> None:
     """Add plan entries to `data["runs"]`, keeping earlier entries (a run id is forever). A known
     run takes the plan's folder (its existing one whenever it has one) and gains the plan's
-    coordinates: one id is one config, so the coordinates of every grid naming it hold."""
+    coordinates: one id is one config, so the coordinates of every grid naming it hold. An entry
+    recorded without its identity digest gains the plan's (the plan gave the id to no other config)."""
     data.setdefault("runs", [])
     known = {r["run_id"]: r for r in data["runs"]}
     for entry in runs:
         if entry["run_id"] in known:
             old = known[entry["run_id"]]
             old.update(name=entry["name"], dir=entry["dir"], coords={**old.get("coords", {}), **entry["coords"]})
+            if IDENTITY in entry:
+                old.setdefault(IDENTITY, entry[IDENTITY])
         else:
             data["runs"].append(entry)
 

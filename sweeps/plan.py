@@ -31,6 +31,7 @@ from typing import Any
 from contract import config as gat_config
 from contract import rundir
 from contract.config import to_flat, unflatten
+from contract.errors import UserError
 from sweeps import lease as leases
 from sweeps import manifest
 from sweeps.spec import GridError, GridSpec, Point, grid_points, run_config
@@ -61,6 +62,7 @@ class PlannedRun:
     dir: Path
     group: str
     budget: float | None = None  # the isoFLOP budget it was solved for (None: a grid without budgets)
+    digest: bytes | None = None  # its `identity_digest` (None: computed from `flat` when asked)
 
     def wandb_context(self) -> dict[str, Any]:
         """The cosmetic logging keys the sweep adds to the run's config (see `wandb_context`)."""
@@ -71,9 +73,11 @@ class PlannedRun:
         return unflatten({**self.flat, **self.wandb_context()})
 
     def manifest_entry(self) -> dict[str, Any]:
-        """The run as the manifest records it (`manifest.merge_runs`)."""
+        """The run as the manifest records it (`manifest.merge_runs`), with its identity digest (hex),
+        so that a later `RunNamer` knows which config holds the id without reading any run folder."""
+        digest = self.digest or identity_digest(self.flat)
         return {"run_id": self.run_id, "name": self.name, "dir": f"runs/{self.name}", "coords": self.coords,
-                "overrides": self.overrides}
+                "overrides": self.overrides, manifest.IDENTITY: digest.hex()}
 
 
 @dataclass
@@ -155,10 +159,11 @@ def _format(value: Any) -> str:
     return str(value)
 
 
-def existing_folders(sweep_dir: Path) -> dict[str, str]:
+def existing_folders(sweep_dir: Path, recorded: list[dict[str, Any]] | None = None) -> dict[str, str]:
     """Run id -> name of the folder under `runs/` that already holds it: the one the manifest
-    records, else one whose name ends in the id. Editing a grid can change a run's descriptive
-    name (moving `seed` from `set:` into the axes adds `-s0-`), never its id."""
+    records (`recorded`: its run entries, read here when not given), else one whose name ends in
+    the id. Editing a grid can change a run's descriptive name (moving `seed` from `set:` into the
+    axes adds `-s0-`), never its id."""
     runs_dir = Path(sweep_dir) / "runs"
     try:
         present = sorted(entry.name for entry in os.scandir(runs_dir) if entry.is_dir())
@@ -167,10 +172,16 @@ def existing_folders(sweep_dir: Path) -> dict[str, str]:
     found: dict[str, str] = {}
     for name in present:
         found.setdefault(name.rsplit("-", 1)[-1], name)
-    recorded = (manifest.read(sweep_dir) or {}).get("runs", [])
+    if recorded is None:
+        recorded = (manifest.read(sweep_dir) or {}).get("runs", [])
     found.update({r["run_id"]: Path(r["dir"]).name for r in recorded
                   if manifest.run_dir(sweep_dir, r, must_exist=True) is not None})
     return found
+
+
+def _digest_for(rid: str, digest: bytes | None) -> bytes | None:
+    """`digest` when the id `rid` is cut from it (what a recorded run's digest must satisfy), else None."""
+    return digest if digest is not None and digest.hex().startswith(rid) else None
 
 
 class RunNamer:
@@ -178,36 +189,84 @@ class RunNamer:
     trials (`sweeps.tune`) name their runs through one of these.
 
     The id is `ID_LENGTH` hex digits of the point's `identity_digest`, or `COLLISION_ID_LENGTH`
-    when those already name a different config among the runs this namer has placed or been told
-    of (`remember`): two configs are never merged into one folder. A point whose config it has
-    placed before is a duplicate. A run that already has a folder under another name keeps it (see
-    `existing_folders`). It holds each distinct run's id and digest, never its config.
+    when those already name a different config: among the runs this namer has placed, or the runs
+    the sweep folder already holds (its manifest's entries, whatever grid or version of one made
+    them, and run folders it does not record). Two configs are never merged into one folder. A
+    point whose config it has placed before is a duplicate. A run that already has a folder under
+    another name keeps it (see `existing_folders`). It holds each distinct run's id and digest,
+    never its config.
+
+    A recorded run's digest is the one its manifest entry records (`manifest.IDENTITY`). An entry
+    written before digests were recorded, or a folder no entry names, is looked at only when a
+    point's id is its id, in this order: the point's own digest when the entry records the
+    point's overrides; the digest of the entry's overrides under this grid; that of the folder's
+    config (`contract.config.load_run_config`). A digest counts only when the id is cut from it
+    (a config the grid's base no longer yields is not taken for the run's); with none, the id is
+    left to the point, as before digests were recorded.
     """
 
     def __init__(self, spec: GridSpec, sweep_dir: Path, axes: list[str]) -> None:
         """`axes`: the keys folder names spell after the model size (`run_name`)."""
         self.spec, self.axes = spec, list(axes)
         self.runs_dir = Path(sweep_dir) / "runs"
-        self.folders = existing_folders(Path(sweep_dir))
-        self.seen: dict[str, bytes] = {}  # run id -> SHA-1 of its identity
-
-    def remember(self, rid: str, flat: dict[str, Any]) -> None:
-        """Count a run named earlier (e.g. by a previous invocation) as placed under `rid`."""
-        self.seen[rid] = identity_digest(flat)
+        recorded = (manifest.read(Path(sweep_dir)) or {}).get("runs", [])
+        self.folders = existing_folders(Path(sweep_dir), recorded)
+        self.placed: dict[str, bytes] = {}  # run id -> SHA-1 of its identity, for the runs placed here
+        self.recorded: dict[str, bytes] = {}  # the same for runs the sweep folder holds, as far as known
+        self.unchecked: dict[str, dict[str, Any] | None] = {}  # recorded ids of unknown digest: entry (None: a folder)
+        for entry in recorded:
+            rid = str(entry.get("run_id", ""))
+            digest = _digest_for(rid, _from_hex(entry.get(manifest.IDENTITY)))
+            if digest is not None:
+                self.recorded[rid] = digest
+            else:
+                self.unchecked[rid] = entry
+        for rid in self.folders.keys() - self.recorded.keys() - self.unchecked.keys():
+            self.unchecked[rid] = None
 
     def place(self, point: Point, budget: float | None = None) -> tuple[PlannedRun, bool]:
         """The point's run and whether it is new; a duplicate's run has the earlier run's id
         (its name is this point's own, which differs only where the two differ in cosmetic keys)."""
         flat = effective_flat(self.spec, point)
         digest = identity_digest(flat)
-        rid = _unique_id(digest, self.seen)
-        new = rid not in self.seen
-        self.seen[rid] = digest
+        rid = digest.hex()[:ID_LENGTH]
+        holder = self.placed.get(rid) or self.recorded.get(rid) or self._check(rid, point, digest)
+        if holder is not None and holder != digest:
+            rid = digest.hex()[:COLLISION_ID_LENGTH]
+        new = rid not in self.placed
+        self.placed[rid] = digest
         name = run_name(flat, self.axes + (["train.steps"] if budget else []), rid)
         if self.folders.get(rid, name) != name and not (self.runs_dir / name).is_dir():
             name = self.folders[rid]
         return PlannedRun(rid, name, point.coords, point.overrides, flat, self.runs_dir / name, self.spec.name,
-                          budget), new
+                          budget, digest), new
+
+    def _check(self, rid: str, point: Point, digest: bytes) -> bytes | None:
+        """The digest of the recorded run of unknown digest that holds `rid`, if any and if it can
+        be told (see the class docstring); looked up once per id."""
+        if rid not in self.unchecked:
+            return None
+        entry = self.unchecked.pop(rid)
+        found = None
+        if entry is not None:
+            overrides = entry.get("overrides")
+            if overrides == point.overrides:
+                found = digest
+            elif isinstance(overrides, dict):
+                try:
+                    found = _digest_for(rid, identity_digest(effective_flat(
+                        self.spec, Point(dict(entry.get("coords") or {}), overrides))))
+                except GridError:
+                    pass
+        if found is None and rid in self.folders:
+            try:
+                found = _digest_for(rid, identity_digest(to_flat(
+                    gat_config.load_run_config(self.runs_dir / self.folders[rid]))))
+            except (UserError, OSError):
+                pass  # no config.yaml yet (the job never started the trainer), or one unreadable
+        if found is not None:
+            self.recorded[rid] = found
+        return found
 
 
 @dataclass
@@ -238,14 +297,12 @@ class PlanStream:
                 self.merged += 1
 
 
-def _unique_id(digest: bytes, seen: dict[str, bytes]) -> str:
-    """The run id for an `identity_digest`: its first ID_LENGTH hex
-    digits, or COLLISION_ID_LENGTH when those already name a different config (expected about
-    once in 10^5 points), so the two are not merged. An id in `seen` with this digest is a duplicate."""
-    rid = digest.hex()[:ID_LENGTH]
-    if rid in seen and seen[rid] != digest:
-        rid = digest.hex()[:COLLISION_ID_LENGTH]
-    return rid
+def _from_hex(text: Any) -> bytes | None:
+    """A digest recorded as hex text, or None when it is absent or not hex."""
+    try:
+        return bytes.fromhex(text) if isinstance(text, str) else None
+    except ValueError:
+        return None
 
 
 def make_plan(spec: GridSpec, sweep_dir: Path) -> Plan:

@@ -180,8 +180,9 @@ class Tuner:
         study_dir.mkdir(parents=True, exist_ok=True)
         self.defaults, self.rules, _ = resources.parse(grid.resources)
         self.storage = open_storage(study_dir, search.storage)
+        # The namer knows the runs the manifest records (earlier drivers' trials): a new LR whose short
+        # id collides with one of them gets its own folder, as a plan's second colliding point does.
         self.namer = RunNamer(grid, study_dir, [*grid.axes, PARAM])
-        self._remember_recorded_runs()
         self.submitter = Submitter.start(kind, study_dir, grid.executor, job_name=f"gatscale-tune-{grid.name}",
                                          launch_id=new_launch_id("tune-"), rerun_failed=True)
         self.studies = [self._study(point, index) for index, point in enumerate(self.points)]
@@ -206,17 +207,6 @@ class Tuner:
 
     def _point(self, study: optuna.Study) -> Point:
         return self.points[self.studies.index(study)]
-
-    def _remember_recorded_runs(self) -> None:
-        """Tell the namer of the trials' runs earlier drivers recorded, so that a new LR whose short
-        id collides with one of them gets its own folder, as a plan's second colliding point does.
-        A recorded run whose overrides no longer make a valid config cannot be chosen again."""
-        for entry in (manifest.read(self.study_dir) or {}).get("runs", []):
-            try:
-                flat = effective_flat(self.grid, Point(entry.get("coords", {}), entry.get("overrides", {})))
-            except GridError:
-                continue
-            self.namer.remember(entry["run_id"], flat)
 
     def run_for(self, point: Point, lr: float) -> PlannedRun:
         """The run of (point, LR), named as a sweep names its runs (`RunNamer`); one LR asked again

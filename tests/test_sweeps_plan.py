@@ -251,3 +251,108 @@ def test_bad_budgets_name_the_key(budgets, message):
 def test_budgets_refuse_fixed_steps():
     with pytest.raises(GridError, match="train.steps"):
         parse_grid({"set": {"train.steps": 10}, "axes": {"seed": [0]}, "budgets": {"flops": [1e12]}})
+
+
+# --------------------------------------------------------------------------------------------
+# A short id another grid's run already holds in the sweep folder
+
+
+def _collision_setup(monkeypatch, tmp_path, record: str):
+    """Grid A's one run, placed in `tmp_path/sweep` (its folder holds the trainer's config.yaml),
+    recorded as `record` says (`digest`: as launches record now, `legacy`: an entry without the
+    digest, `folder`: no manifest at all); and grid B, a different grid one of whose points has
+    a different config and the same 1-hex-digit id. Returns (A, B, A's run, B's colliding point's seed)."""
+    from contract import rundir
+    from sweeps import plan as plan_module
+
+    monkeypatch.setattr(plan_module, "ID_LENGTH", 1)  # 16 possible short ids
+    sweep = tmp_path / "sweep"
+    grid_a = parse_grid({"name": "a", "base": BASE, "axes": {"model.width": [64]}})
+    [run_a] = make_plan(grid_a, sweep).runs
+    run_a.dir.mkdir(parents=True)
+    gat_config.save_config(gat_config.from_dict(run_a.config()), run_a.dir / rundir.CONFIG)
+    if record != "folder":
+        entry = run_a.manifest_entry()
+        if record == "legacy":
+            del entry[manifest.IDENTITY]
+        manifest.update(sweep, lambda data: manifest.merge_runs(data, [entry]))
+    grid_b = parse_grid({"name": "b", "base": {**BASE, "train": {"steps": 20, "base_lr": 1e-4}},
+                         "axes": {"seed": list(range(40))}})
+    seeds = [run.flat["seed"] for run in make_plan(grid_b, tmp_path / "empty").runs if run.run_id == run_a.run_id]
+    assert seeds, "no seed of grid B collides with A's short id"
+    return grid_a, grid_b, run_a, seeds[0]
+
+
+@pytest.mark.parametrize("record", ["digest", "legacy", "folder"])
+def test_a_short_id_held_by_another_grids_run_is_not_reused(monkeypatch, tmp_path, record):
+    """Grid B's point whose short id is that of grid A's run in the same sweep folder (a different
+    config) gets the long id and its own folder, never A's; relaunching A still finds its folder."""
+    from sweeps import plan as plan_module
+
+    grid_a, grid_b, run_a, seed = _collision_setup(monkeypatch, tmp_path, record)
+    sweep = run_a.dir.parent.parent
+    runs_b = make_plan(grid_b, sweep).runs
+    [clash] = [run for run in runs_b if run.flat["seed"] == seed]
+    assert clash.run_id != run_a.run_id and len(clash.run_id) == plan_module.COLLISION_ID_LENGTH
+    assert clash.dir != run_a.dir and not clash.dir.exists()
+    assert len({run.run_id for run in runs_b}) == len(runs_b)  # and B's own points stay apart
+    [again] = make_plan(grid_a, sweep).runs
+    assert (again.run_id, again.dir) == (run_a.run_id, run_a.dir)
+    # B's launch records its run beside A's: two entries, A's untouched
+    manifest.update(sweep, lambda data: manifest.merge_runs(data, [r.manifest_entry() for r in runs_b]))
+    recorded = {r["run_id"]: r for r in manifest.read(sweep)["runs"]}
+    assert recorded[clash.run_id]["dir"] == f"runs/{clash.name}"
+    if record != "folder":
+        assert recorded[run_a.run_id]["dir"] == f"runs/{run_a.name}" and recorded[run_a.run_id]["coords"] == run_a.coords
+
+
+def test_the_launcher_gives_the_colliding_point_the_long_id(monkeypatch, tmp_path, capsys):
+    """sweeps.launch (the dry run's walk and the launch's plan) names through the same namer."""
+    import yaml
+
+    from sweeps import plan as plan_module
+
+    grid_a, grid_b, run_a, seed = _collision_setup(monkeypatch, tmp_path, "digest")
+    path = tmp_path / "b.yaml"
+    path.write_text(yaml.safe_dump({"name": "b", "base": {**BASE, "train": {"steps": 20, "base_lr": 1e-4}},
+                                    "axes": {"seed": list(range(40))}}))
+    assert launch.main([str(path), "--out", str(run_a.dir.parent.parent), "--dry-run", "--json"]) == 0
+    rows = json.loads(capsys.readouterr().out)
+    [clash] = [row for row in rows if row["seed"] == seed]
+    assert len(clash["run_id"]) == plan_module.COLLISION_ID_LENGTH and clash["name"] != run_a.name
+
+
+def test_manifest_entries_record_the_identity_digest_and_old_entries_gain_it(tmp_path):
+    from sweeps.plan import identity_digest
+
+    spec = spec_of(axes={"model.width": [32, 64]})
+    runs = make_plan(spec, tmp_path).runs
+    entries = [r.manifest_entry() for r in runs]
+    assert [e[manifest.IDENTITY] for e in entries] == [identity_digest(r.flat).hex() for r in runs]
+    assert all(e[manifest.IDENTITY].startswith(e["run_id"]) for e in entries)
+    legacy = [{k: v for k, v in e.items() if k != manifest.IDENTITY} for e in entries]
+    manifest.update(tmp_path, lambda data: manifest.merge_runs(data, legacy))
+    manifest.update(tmp_path, lambda data: manifest.merge_runs(data, entries))
+    assert manifest.read(tmp_path)["runs"] == entries
+    # and a relaunch keeps every id and folder
+    assert [(r.run_id, r.dir) for r in make_plan(spec, tmp_path).runs] == [(r.run_id, r.dir) for r in runs]
+
+
+def test_a_relaunch_over_entries_without_digests_reads_no_run_config(monkeypatch, tmp_path):
+    """A manifest written before digests were recorded: the runs whose recorded overrides are the
+    point's keep their ids and folders without a config.yaml read (a 10^5-run relaunch reads none)."""
+    from contract import rundir
+
+    spec = spec_of(axes={"model.width": [32, 64], "seed": [0, 1]})
+    runs = make_plan(spec, tmp_path).runs
+    for run in runs:
+        run.dir.mkdir(parents=True)
+        gat_config.save_config(gat_config.from_dict(run.config()), run.dir / rundir.CONFIG)
+    legacy = [{k: v for k, v in r.manifest_entry().items() if k != manifest.IDENTITY} for r in runs]
+    manifest.update(tmp_path, lambda data: manifest.merge_runs(data, legacy))
+
+    def no_reads(run_dir):
+        raise AssertionError(f"read {run_dir}")
+
+    monkeypatch.setattr(gat_config, "load_run_config", no_reads)
+    assert [(r.run_id, r.dir) for r in make_plan(spec, tmp_path).runs] == [(r.run_id, r.dir) for r in runs]
