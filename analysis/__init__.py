@@ -10,8 +10,9 @@ size, the compute frontier, the report), ``analysis.lr_transfer`` (the optimal b
 width), ``analysis.early_layers`` (§5.1, MNG and early-layer use), ``analysis.instability``
 (§5.2, with the coordinate check and the LR rules' predictions; both reports are
 ``analysis.report.Report``s over ``analysis.traces``' per-line tables) and
-``analysis.compute_optimal`` with ``analysis.candidates`` (the isoFLOP forecast). The command
-lines only parse, call those and print: ``python -m analysis.plot_scaling`` /
+``analysis.compute_optimal`` with ``analysis.candidates`` and ``analysis.recommend`` (the isoFLOP
+forecast). No module here imports ``sweeps``: what a study planned is read from its manifest.
+The command lines only parse, call those and print: ``python -m analysis.plot_scaling`` /
 ``python -m analysis.plot_lr_transfer`` / ``python -m analysis.ablations`` /
 ``python -m analysis.forecast``.
 """

@@ -1,10 +1,12 @@
 """The sizes a compute-optimal forecast chooses from, sized as a study's runs would build them.
 
-A study's flat run config (``template_from_config``, ``template_from_study``) fixes what a size
-costs besides its shape (data, MNG levels, D's size, the penalty); ``describe_size`` prices one
-shape through the planner's ``sweeps.costs.model_stats`` and ``contract.flops``; ``family`` is
-the ladder's family of buildable sizes and ``check_flop_count`` refuses a template that does not
-price the ladder's own sizes as its table does. ``python -m analysis.forecast`` calls these.
+A study's flat run config (``template_from_config``, ``template_from_study``: the base config and
+overrides its manifest records, never a re-plan of its grid) fixes what a size costs besides its
+shape (data, MNG levels, D's size, the penalty); ``describe_size`` prices one shape through
+``contract.model_shape.describe_run`` and ``contract.flops`` (what the planner prices runs with);
+``family`` is the ladder's family of buildable sizes and ``check_flop_count`` refuses a template
+that does not price the ladder's own sizes as its table does. ``python -m analysis.forecast``
+calls these. Imports the contract, never ``sweeps`` (data flows one way: plan, runs, table, fit).
 """
 from __future__ import annotations
 
@@ -18,11 +20,10 @@ import pandas as pd
 
 from analysis.load import AnalysisError
 from contract import config as gat_config
+from contract.errors import ConfigError
 from contract.flops import training_flops_per_image
+from contract.model_shape import describe_run
 from contract.sizes import MODELS, NetSize, check_size
-from sweeps.costs import model_stats
-from sweeps.plan import make_plan
-from sweeps.spec import load_grid
 
 
 @dataclass
@@ -43,15 +44,54 @@ def template_from_config(config: str | Path) -> dict[str, Any]:
     return gat_config.flatten(gat_config.to_dict(gat_config.load_config(config)))
 
 
-def template_from_study(study: Path) -> dict[str, Any]:
-    """The flat run config of the first run the grid recorded in ``study``'s manifest plans."""
+def template_from_study(study: str | Path) -> dict[str, Any]:
+    """The flat run config of the first run ``study``'s manifest records: the base config its
+    grid (the ``grid`` field, the grid file's text) names, with the run's ``overrides``. An
+    unreadable manifest, or one without these fields, is an AnalysisError naming what is missing."""
+    path = Path(study) / "manifest.json"
     try:
-        manifest = json.loads((study / "manifest.json").read_text())
+        manifest = json.loads(path.read_text())
     except (OSError, ValueError) as err:
-        raise AnalysisError(f"{study}/manifest.json: not readable ({err}); give --config CONFIG") from err
-    grid = Path(manifest.get("grid_file", ""))
-    grid = grid if grid.is_file() else Path(grid.name)  # a bundled grid, from another folder
-    return make_plan(load_grid(grid), study).runs[0].flat
+        raise AnalysisError(f"{path}: not readable ({err}); give --config CONFIG") from err
+    if not isinstance(manifest, dict):
+        raise AnalysisError(f"{path}: not a manifest (expected a JSON object); give --config CONFIG")
+    grid_text, runs = manifest.get("grid"), manifest.get("runs")
+    if not isinstance(grid_text, str) or not grid_text.strip():
+        raise AnalysisError(f"{path}: no 'grid' field (the grid file's text, naming the base config); "
+                            "give --config CONFIG")
+    if not isinstance(runs, list) or not runs or not isinstance(runs[0], dict) \
+            or not isinstance(runs[0].get("overrides"), dict):
+        raise AnalysisError(f"{path}: no 'runs' entry with its 'overrides'; give --config CONFIG")
+    try:
+        grid = gat_config.load_yaml(grid_text, "its 'grid' field")
+        if not isinstance(grid, dict):
+            raise ConfigError(f"its 'grid' field is not a mapping of grid sections, got {grid!r}")
+        base = _base_config(grid.get("base"), manifest.get("grid_file"))
+        return gat_config.to_flat(gat_config.from_dict(gat_config.apply_overrides(base, runs[0]["overrides"])))
+    except ConfigError as err:
+        raise AnalysisError(f"{path}: the recorded run config does not load: {err}; give --config CONFIG") from err
+
+
+def _base_config(base: Any, grid_file: Any) -> dict[str, Any]:
+    """A grid's ``base:`` as nested data: a mapping as it is, none for the trainer's defaults, a
+    path beside the recorded grid file, else from this directory or among the bundled configs
+    (``contract.config.resolve_config_path``), else the bundled config of that file name."""
+    if base is None:
+        return {}
+    if isinstance(base, dict):
+        return base
+    if not isinstance(base, str):
+        raise ConfigError(f"base: expected a path or a mapping, got {base!r}")
+    beside = Path(grid_file).parent / base if isinstance(grid_file, str) and grid_file else None
+    if beside is not None and not Path(base).is_absolute() and beside.is_file():
+        return gat_config.read_yaml_file(beside) or {}
+    try:
+        found = gat_config.resolve_config_path(base)
+    except ConfigError:
+        found = gat_config.bundled_config(Path(base).name)
+        if found is None:
+            raise
+    return gat_config.read_yaml_file(found) or {}
 
 
 def describe_size(template: dict[str, Any], width: int, depth: int, heads: int, patch: int) -> Candidate:
@@ -60,7 +100,7 @@ def describe_size(template: dict[str, Any], width: int, depth: int, heads: int, 
     size = check_size(NetSize(width, depth, heads, patch))
     flat = {**template, "model.name": None, "model.width": width, "model.depth": depth, "model.heads": heads,
             "model.patch": patch}
-    stats = model_stats(flat)
+    stats = describe_run(gat_config.from_dict(gat_config.unflatten(flat)))
     name = next((key for key, value in MODELS.items() if value == size), f"w{width}-d{depth}-h{heads}-p{patch}")
     fpi = training_flops_per_image(stats["generator_gflops"], stats["discriminator_gflops"],
                                    template.get("loss.penalty", "approx"))

@@ -89,3 +89,56 @@ def test_no_test_module_imports_another():
             offenders += [f"{path.name}:{node.lineno}: {name}" for name in names
                           if name.split(".")[-1].startswith("test_")]
     assert not offenders, "\n".join(offenders)
+
+
+# --- data flows one way: config -> plan -> job -> run folder -> table -> fit -> forecast ---
+
+def sweeps_imports(source: str) -> list[tuple[int, str]]:
+    """(line, module) of each import of `sweeps` (or a module under it) in `source`, inside
+    functions too, and of each `importlib.import_module("sweeps...")` with a literal name."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.Import):
+            names = [alias.name for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.level == 0:
+            names = [node.module or ""]
+        elif (isinstance(node, ast.Call) and isinstance(node.func, (ast.Attribute, ast.Name))
+              and getattr(node.func, "attr", getattr(node.func, "id", None)) in ("import_module", "__import__")
+              and node.args and isinstance(node.args[0], ast.Constant) and isinstance(node.args[0].value, str)):
+            names = [node.args[0].value]
+        else:
+            continue
+        found += [(node.lineno, name) for name in names if name == "sweeps" or name.startswith("sweeps.")]
+    return found
+
+
+def analysis_importing_sweeps(root: Path) -> list[str]:
+    """One line per import of sweeps by a module under `root`/analysis, naming the module."""
+    offenders = []
+    for path in sorted((root / "analysis").rglob("*.py")):
+        parts = path.relative_to(root).with_suffix("").parts
+        module = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+        offenders += [f"{module} ({path.relative_to(root)}:{line}) imports {name}"
+                      for line, name in sweeps_imports(path.read_text())]
+    return offenders
+
+
+def test_the_sweeps_scan_finds_every_spelling(tmp_path):
+    assert sweeps_imports("import sweeps.plan\n") == [(1, "sweeps.plan")]
+    assert sweeps_imports("def f():\n    from sweeps.costs import model_stats\n") == [(2, "sweeps.costs")]
+    assert sweeps_imports("from sweeps import spec\nimportlib.import_module('sweeps.spec')\n") == [
+        (1, "sweeps"), (2, "sweeps.spec")]
+    assert sweeps_imports('"""Reads what sweeps.plan planned."""\nimport sweepstakes\nfrom contract import config\n') == []
+    (tmp_path / "analysis" / "sub").mkdir(parents=True)
+    (tmp_path / "analysis" / "sub" / "bad.py").write_text("import json\n\ndef f():\n    from sweeps import plan\n")
+    assert analysis_importing_sweeps(tmp_path) == ["analysis.sub.bad (analysis/sub/bad.py:4) imports sweeps"]
+
+
+def test_analysis_imports_no_sweeps():
+    """The analysis reads what the runs wrote (run folders, a study's manifest, the contract),
+    never the sweep engine that planned them."""
+    assert (ROOT / "analysis" / "forecast.py").is_file(), "the scan found no analysis modules: it is broken"
+    offenders = analysis_importing_sweeps(ROOT)
+    assert not offenders, ("analysis/ must not import sweeps (data flows config -> plan -> job -> run folder -> "
+                           "table -> fit -> forecast; read the contract or the manifest instead):\n"
+                           + "\n".join(offenders))
