@@ -80,16 +80,14 @@ def _forecast(args: argparse.Namespace) -> int:
     from analysis import candidates
     from analysis import compute_optimal as co
     from analysis import recommend
-    from analysis.load import AnalysisError, default_metric, load_study_table, load_table, save_table, select_rows
+    from analysis.load import AnalysisError, choose_metric, load_study_table, load_table, save_table, select_rows
     from analysis.paths import default_out
 
     table = load_table(args.table) if args.table is not None else load_study_table(*args.results)
     if table.attrs.get("source"):
         say(f"read {table.attrs['source']}", file=sys.stderr if args.json else None)
     table = select_rows(table, args.where)
-    metric = args.metric or default_metric(table)
-    if metric not in table:
-        raise AnalysisError(f"no column {metric!r} in the results")
+    metric = choose_metric(table, args.metric)
     table = co.measured_runs(table)
     drop = co.DROP_EARLY if args.drop_early is None else args.drop_early
     pts = co.points(table, metric, drop)

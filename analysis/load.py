@@ -305,6 +305,15 @@ def default_metric(table: pd.DataFrame) -> str:
     raise AnalysisError("no metric values in the results (no run has reached an eval tick); name one with --metric")
 
 
+def choose_metric(table: pd.DataFrame, wanted: str | None) -> str:
+    """``wanted`` (a --metric option) when the table has that column, else `default_metric`'s
+    choice when none was named; a named metric the table lacks is an `AnalysisError`."""
+    metric = wanted or default_metric(table)
+    if metric not in table:
+        raise AnalysisError(f"no metric {metric!r} in the results")
+    return metric
+
+
 def final_rows(table: pd.DataFrame, metric: str) -> pd.DataFrame:
     """One row per run: its last row with a value of ``metric``; a run without any value keeps
     its last row (metric NaN) so it can still be reported and drawn."""

@@ -40,7 +40,7 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # files only: no display on cluster nodes
 
-from analysis.load import AnalysisError, default_metric, final_rows, load_study_table  # noqa: E402
+from analysis.load import choose_metric, final_rows, load_study_table  # noqa: E402
 from analysis.lr_transfer import lr_transfer, write_report  # noqa: E402
 from analysis.paths import default_out  # noqa: E402
 
@@ -54,9 +54,7 @@ def main(argv: list[str] | None = None) -> int:
 def _report(args: argparse.Namespace) -> int:
     table = load_study_table(*args.results)
     say(f"read {table.attrs['source']}")
-    metric = args.metric or default_metric(table)
-    if metric not in table:
-        raise AnalysisError(f"no metric {metric!r} in the results")
+    metric = choose_metric(table, args.metric)
     grid, optima, thin = lr_transfer(final_rows(table, metric), metric)
     out = args.out or default_out(args.results[0], table.attrs["committed"])
     out.mkdir(parents=True, exist_ok=True)

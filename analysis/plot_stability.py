@@ -50,7 +50,7 @@ import matplotlib  # noqa: E402
 
 matplotlib.use("Agg")  # files only: no display on cluster nodes
 
-from analysis.load import AnalysisError, default_metric, final_rows, load_study_table, save_table  # noqa: E402
+from analysis.load import choose_metric, final_rows, load_study_table, save_table  # noqa: E402
 from analysis.paths import default_out  # noqa: E402
 from analysis.stability import bracket_regex, stability_map, write_report  # noqa: E402
 
@@ -64,9 +64,7 @@ def main(argv: list[str] | None = None) -> int:
 def _report(args: argparse.Namespace) -> int:
     table = load_study_table(*args.results)
     say(f"read {table.attrs['source']}", file=sys.stderr if args.bracket_regex else None)
-    metric = args.metric or default_metric(table)
-    if metric not in table:
-        raise AnalysisError(f"no metric {metric!r} in the results")
+    metric = choose_metric(table, args.metric)
     result = stability_map(final_rows(table, metric), metric, n_resamples=args.bootstrap, seed=args.seed)
     if args.bracket_regex:
         print(bracket_regex(result.table))  # stdout holds the pattern alone: `--only "$(...)"` reads it
