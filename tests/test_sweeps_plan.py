@@ -356,3 +356,71 @@ def test_a_relaunch_over_entries_without_digests_reads_no_run_config(monkeypatch
 
     monkeypatch.setattr(gat_config, "load_run_config", no_reads)
     assert [(r.run_id, r.dir) for r in make_plan(spec, tmp_path).runs] == [(r.run_id, r.dir) for r in runs]
+
+
+# --------------------------------------------------------------------------------------------
+# The plan's fast derivation is `effective_flat`'s result, errors included
+
+
+def _outcome(derive, point):
+    try:
+        flat = derive(point)
+    except GridError as err:
+        return "error", str(err)
+    return "flat", flat, list(flat)
+
+
+def test_the_plans_derivation_is_effective_flat_on_every_bundled_grid():
+    from sweeps.plan import EffectiveFlats, budget_points, effective_flat
+    from sweeps.spec import BUNDLED
+
+    import yaml
+
+    for path in sorted(BUNDLED.glob("*.yaml")):
+        if "search" in yaml.safe_load(path.read_text()):
+            continue
+        spec = load_grid(path.name)
+        derive = EffectiveFlats(spec)
+        for point, _ in budget_points(spec):
+            assert _outcome(derive, point) == _outcome(lambda p: effective_flat(spec, p), point), (path.name, point)
+
+
+@pytest.mark.parametrize("base, axes, fixed", [
+    (BASE, {"train.steps": [60, 60.0, 6e1, 60.5], "seed": [0, 1.0, -1], "mng.mode": [False, "exp", "bogus"]}, {}),
+    (BASE, {"loss.penalty": ["exact", "approx"], "train.base_lr": [1, 2e-4, float("inf"), "x"]},
+     {"train.compile": True}),
+    (BASE, {"model.width": [32, 30], "model.heads": [2, 4], "mng.levels": [2, 9], "eval.num_samples": [0, 1, 2]}, {}),
+    ({}, {"model.name": ["GAT-S/2"], "model.width": [None, 384, 32], "train.lr_rule": ["width_aware", "nope"]}, {}),
+    (BASE, {"repa.encoder": ["none", "dinov2"], "logging.wandb_project": ["", "p", None],
+            "data.num_workers": [0, 2]}, {"train.ckpt_every": 5}),
+])
+def test_the_plans_derivation_is_effective_flat_values_and_errors_alike(base, axes, fixed):
+    from sweeps.plan import EffectiveFlats, effective_flat
+    from sweeps.spec import grid_points
+
+    spec = parse_grid({"base": base, "set": fixed, "axes": axes})
+    derive = EffectiveFlats(spec)
+    outcomes = []
+    for point in grid_points(spec):
+        outcomes.append(_outcome(derive, point))
+        assert outcomes[-1] == _outcome(lambda p: effective_flat(spec, p), point), point
+    assert {o[0] for o in outcomes} == {"flat", "error"}  # both kinds were compared
+
+
+def test_a_section_set_whole_is_derived_in_order():
+    from sweeps.plan import EffectiveFlats, effective_flat
+    from sweeps.spec import Point
+
+    spec = spec_of(axes={"seed": [0]})
+    for overrides in ({"train.steps": 7, "train": {"steps": 9}}, {"train": {"steps": 9}, "train.steps": 7}):
+        point = Point({}, overrides)
+        assert EffectiveFlats(spec)(point) == effective_flat(spec, point)
+
+
+def test_the_plan_builds_one_whole_config_per_distinct_model_part(monkeypatch):
+    """The walk's cost: a grid over seeds and LRs derives a whole config per width, not per point."""
+    calls = []
+    real = gat_config.from_dict
+    monkeypatch.setattr(gat_config, "from_dict", lambda data: calls.append(1) or real(data))
+    spec = spec_of(axes={"model.width": [32, 64], "train.base_lr": [1e-4, 2e-4], "seed": list(range(10))})
+    assert len(make_plan(spec, Path("/nonexistent")).runs) == 40 and len(calls) == 2
