@@ -12,9 +12,7 @@ metrics exist) makes a new run. The folder name is descriptive plus the ID:
 `RunNamer` gives points their ids, names and folders, for a grid's plan and for a search's trials
 (`sweeps.tune`) alike. `PlanStream` walks the plan one run at a time, holding per run only its id
 and a digest (about 200 bytes), so a 10^6-point `--dry-run` need not hold 10^6 configs (about 3 KB
-each); `make_plan` lists the same walk. A walk derives its points' configs through `EffectiveFlats`
-(`effective_flat`'s very result, errors included, building a whole config once per distinct model
-part rather than once per point).
+each); `make_plan` lists the same walk.
 """
 from __future__ import annotations
 
@@ -33,7 +31,7 @@ from typing import Any
 from contract import config as gat_config
 from contract import rundir
 from contract.config import to_flat, unflatten
-from contract.errors import ConfigError, UserError
+from contract.errors import UserError
 from sweeps import lease as leases
 from sweeps import manifest
 from sweeps.spec import GridError, GridSpec, Point, grid_points, run_config
@@ -116,116 +114,6 @@ def effective_flat(spec: GridSpec, point: Point) -> dict[str, Any]:
     `contract.config.from_dict` (`sweeps.spec.run_config`), so the plan hashes the very config the
     trainer will run. An invalid point is a GridError naming its axes."""
     return to_flat(run_config(spec, point))
-
-
-# The keys a point may set that `EffectiveFlats` derives by the key alone: a model key is read with
-# the others (`model.name` fills width, depth, heads and patch), so it goes into the template.
-_SCALARS = (bool, int, float, str, type(None))
-# What `EffectiveFlats` keeps, at most: templates (a config and its flat, ~6 KB each) and coerced
-# values; past it a cache starts afresh, so a grid of ever-new values holds no more than this.
-_TEMPLATES_KEPT, _VALUES_KEPT = 256, 65536
-
-
-class EffectiveFlats:
-    """`effective_flat` for the points of one grid, at a fraction of its cost and with its very
-    result, errors included: the plan derives one per point, and `from_dict` over the whole config
-    (copying, building and coercing every field) was most of a 10^5-point dry run.
-
-    A point's overrides split in two: its non-model keys set to plain scalars, each of which
-    `from_dict` builds on its own (its field's type alone coerces it; `model.name` resolves only
-    model keys), and the rest, the template. The template's config is derived once per distinct
-    template (`effective_flat`, through `from_dict`); each scalar key's value is coerced once per
-    distinct (key, value) (`contract.config.build_dataclass` on its section, as `from_dict`'s build
-    does). The point's config is the template's with those fields replaced, checked whole by
-    `contract.config.validate` (the checks between keys read the whole config). A point that any
-    step refuses is derived by `effective_flat` itself, so its error is the one it always was.
-    """
-
-    def __init__(self, spec: GridSpec) -> None:
-        self.spec = spec
-        self.templates: dict[str, tuple[gat_config.RunConfig, dict[str, Any]] | None] = {}  # None: refused
-        self.values: dict[tuple[str, type, Any], Any] = {}  # (key, type, value) -> coerced value
-        self.sections: dict[str, tuple[type, str] | None] = {}  # key -> (its section's class, its field)
-
-    def __call__(self, point: Point) -> dict[str, Any]:
-        template: dict[str, Any] = {}
-        free: dict[str, Any] = {}
-        if not default_flat().keys() >= point.overrides.keys():  # a section set whole: its order matters
-            return effective_flat(self.spec, point)
-        for key, value in point.overrides.items():
-            if type(value) in _SCALARS and self._section(key) is not None:
-                free[key] = value
-            else:
-                template[key] = value
-        found = self._template(template, point.coords)
-        if found is None:
-            return effective_flat(self.spec, point)
-        config, flat = found
-        if not free:
-            return dict(flat)
-        coerced = {}
-        for key, value in free.items():
-            try:
-                coerced[key] = self._value(key, value)
-            except ConfigError:
-                return effective_flat(self.spec, point)
-        config = _replaced(config, coerced)
-        try:
-            gat_config.validate(config)
-        except ConfigError:
-            return effective_flat(self.spec, point)
-        return {**flat, **coerced}
-
-    def _section(self, key: str) -> tuple[type, str] | None:
-        """(section class, field name) of a plain value key outside `model.`, else None."""
-        if key not in self.sections:
-            found = None
-            if key in default_flat() and not key.startswith("model."):
-                *path, name = key.split(".")
-                node: Any = gat_config.RunConfig()
-                for part in path:
-                    node = getattr(node, part)
-                found = (type(node), name)
-            self.sections[key] = found
-        return self.sections[key]
-
-    def _template(self, overrides: dict[str, Any], coords: dict[str, Any]) -> tuple[gat_config.RunConfig, dict[str, Any]] | None:
-        key = repr(list(overrides.items()))
-        if key not in self.templates:
-            if len(self.templates) >= _TEMPLATES_KEPT:
-                self.templates.clear()
-            try:
-                config = run_config(self.spec, Point(coords, overrides))
-                self.templates[key] = (config, to_flat(config))
-            except GridError:
-                self.templates[key] = None  # its points go through `effective_flat`, which names their axes
-        return self.templates[key]
-
-    def _value(self, key: str, value: Any) -> Any:
-        """A scalar's value as `from_dict` builds it (ConfigError when its field refuses it)."""
-        cached = (key, type(value), value)
-        if cached not in self.values:
-            if len(self.values) >= _VALUES_KEPT:
-                self.values.clear()
-            cls, name = self._section(key)  # type: ignore[misc]
-            where = key.rpartition(".")[0]
-            self.values[cached] = getattr(gat_config.build_dataclass(cls, {name: value}, where), name)
-        return self.values[cached]
-
-
-def _replaced(config: Any, values: dict[str, Any]) -> Any:
-    """`config` with the dotted fields in `values` replaced (new section objects on their paths)."""
-    here: dict[str, Any] = {}
-    below: dict[str, dict[str, Any]] = {}
-    for key, value in values.items():
-        head, _, rest = key.partition(".")
-        if rest:
-            below.setdefault(head, {})[rest] = value
-        else:
-            here[head] = value
-    for head, inner in below.items():
-        here[head] = _replaced(getattr(config, head), inner)
-    return dataclasses.replace(config, **here)
 
 
 def wandb_context(flat: dict[str, Any], group: str, coords: dict[str, Any]) -> dict[str, Any]:
@@ -321,7 +209,6 @@ class RunNamer:
         """`axes`: the keys folder names spell after the model size (`run_name`)."""
         self.spec, self.axes = spec, list(axes)
         self.runs_dir = Path(sweep_dir) / "runs"
-        self.derive = EffectiveFlats(spec)
         recorded = (manifest.read(Path(sweep_dir)) or {}).get("runs", [])
         self.folders = existing_folders(Path(sweep_dir), recorded)
         self.placed: dict[str, bytes] = {}  # run id -> SHA-1 of its identity, for the runs placed here
@@ -340,7 +227,7 @@ class RunNamer:
     def place(self, point: Point, budget: float | None = None) -> tuple[PlannedRun, bool]:
         """The point's run and whether it is new; a duplicate's run has the earlier run's id
         (its name is this point's own, which differs only where the two differ in cosmetic keys)."""
-        flat = self.derive(point)
+        flat = effective_flat(self.spec, point)
         digest = identity_digest(flat)
         rid = digest.hex()[:ID_LENGTH]
         holder = self.placed.get(rid) or self.recorded.get(rid) or self._check(rid, point, digest)
