@@ -50,47 +50,11 @@ def assemble(est: Estimates, pts: pd.DataFrame, budget: float, family: list[Cand
     adds its prediction. ``est`` was bootstrapped ``n_resamples`` times from ``seed`` (which also
     seeds the PIs); ``drop`` is the fraction of early evaluations left out of ``pts``."""
     budgets = sorted(pts["budget"].unique())
-    warnings = []
-    steps_of = {c.name: max(1, round(budget / (c.flops_per_image * batch))) for c in family}
-    predicted = {c.name: float(est.law.predict(c.g_gflops, steps_of[c.name] * batch)) for c in family}
-    best = min(family, key=lambda c: predicted[c.name])
-    rec = run_config(best, steps_of[best.name], batch)
-    rec["predicted"] = prediction(est, best, rec["images"], seed)
+    rec, rec_warnings = _recommendation(est, budget, family, batch, seed)
+    estimators, agree, estimator_warnings = _estimators(est, budget)
+    law, law_warnings = _law(est, pts)
+    warnings = rec_warnings + estimator_warnings + law_warnings
     low, high = rec["predicted"]["pi"]
-    band = sorted((c for c in family if predicted[c.name] <= high), key=lambda c: c.g_gflops)
-    rec["band"] = {"sizes": [c.name for c in band], "g_gflops": [band[0].g_gflops, band[-1].g_gflops],
-                   "rule": f"predicted FD within the {PI_LEVEL:.0%} PI of the optimum"}
-    if best.g_gflops in (min(c.g_gflops for c in family), max(c.g_gflops for c in family)):
-        warnings.append(f"the recommended size {best.name} is at the edge of the candidate family: the optimum may lie beyond it")
-
-    n_opt, n_ci = est.n_opt(budget), est.n_opt_ci(budget, CI_LEVEL)
-    estimators = {name: {"n_opt": n_opt[name], "ci": n_ci[name]} for name in ESTIMATORS}
-    estimators["envelope"]["slope"] = None if est.envelope is None else est.envelope.slope
-    estimators["isoflop"]["slope"] = None if est.isoflop is None else est.isoflop.slope
-    estimators["isoflop"]["profiles"] = [{"budget": p.budget, "n_opt": p.n_opt, "edge": p.edge} for p in est.profiles]
-    lam = est.law
-    estimators["parametric"]["slope"] = lam.beta / (lam.alpha + lam.beta) if lam.alpha + lam.beta > 0 else None
-    for name in ESTIMATORS:
-        if estimators[name]["n_opt"] is None:
-            warnings.append(f"{name}: no estimate (too few budgets with an interior optimum)")
-    cis = [estimators[name]["ci"] for name in ESTIMATORS if estimators[name]["ci"] is not None]
-    agree = bool(cis) and max(c[0] for c in cis) <= min(c[1] for c in cis)
-
-    law_ci = est.law_ci(CI_LEVEL)
-    law = {name: {"value": getattr(lam, name), "ci": law_ci[name]} for name in ("E", "A", "alpha", "B", "beta")}
-    for name in (n for n, ci in law_ci.items() if ci is None):
-        warnings.append(f"law: no interval for {name}: the resamples do not spread it (pinned at a bound, or too few runs)")
-    for name in lam.on_edge:
-        warnings.append(f"law: {name} ended on its bound {EXPONENT_BOUNDS}: the data do not pin it")
-    if pts["N"].nunique() < 3:
-        warnings.append("law: fewer than three sizes: A and alpha are not identified")
-    d_spread = pts.groupby("N")["D"].agg(lambda d: d.max() / d.min())
-    if (d_spread < 1.5).all():
-        warnings.append("law: every size was trained to about one D: B and beta are not identified")
-    for name in ("alpha", "beta"):
-        ci = law_ci[name]
-        if ci is not None and (ci[0] <= 1e-3 or ci[1] >= EXPONENT_BOUNDS[1] - 1e-3):
-            warnings.append(f"law: the CI of {name} reaches its bound {EXPONENT_BOUNDS}: not identified by this ladder")
     if est.seed_sigma is not None:
         half = (math.log(high) - math.log(low)) / 2
         if half < NARROW_PI_SIGMAS * est.seed_sigma:
@@ -109,7 +73,7 @@ def assemble(est: Estimates, pts: pd.DataFrame, budget: float, family: list[Cand
                  "log_sigma": est.log_sigma, "seed_sigma": est.seed_sigma},
         "recommendation": rec,
         "estimators": estimators, "agree": agree,
-        "law": law, "law_on_edge": lam.on_edge,
+        "law": law, "law_on_edge": est.law.on_edge,
         "extrapolation": {"factor": factor, "ladder_max_budget": float(max(budgets))},
         "bootstrap": {"n_resamples": n_resamples, "seed": seed, "ci_level": CI_LEVEL,
                       "resampled_unit": "run"},
@@ -122,6 +86,59 @@ def assemble(est: Estimates, pts: pd.DataFrame, budget: float, family: list[Cand
         block["predicted"] = prediction(est, query, block["images"], seed)
         forecast["query"] = block
     return json.loads(json.dumps(forecast, default=float))
+
+
+def _recommendation(est: Estimates, budget: float, family: list[Candidate], batch: int,
+                    seed: int) -> tuple[dict[str, Any], list[str]]:
+    """The family member the law predicts best at ``budget``, its PI, the band that ties with it."""
+    warnings = []
+    steps_of = {c.name: max(1, round(budget / (c.flops_per_image * batch))) for c in family}
+    predicted = {c.name: float(est.law.predict(c.g_gflops, steps_of[c.name] * batch)) for c in family}
+    best = min(family, key=lambda c: predicted[c.name])
+    rec = run_config(best, steps_of[best.name], batch)
+    rec["predicted"] = prediction(est, best, rec["images"], seed)
+    high = rec["predicted"]["pi"][1]
+    band = sorted((c for c in family if predicted[c.name] <= high), key=lambda c: c.g_gflops)
+    rec["band"] = {"sizes": [c.name for c in band], "g_gflops": [band[0].g_gflops, band[-1].g_gflops],
+                   "rule": f"predicted FD within the {PI_LEVEL:.0%} PI of the optimum"}
+    if best.g_gflops in (min(c.g_gflops for c in family), max(c.g_gflops for c in family)):
+        warnings.append(f"the recommended size {best.name} is at the edge of the candidate family: the optimum may lie beyond it")
+    return rec, warnings
+
+
+def _estimators(est: Estimates, budget: float) -> tuple[dict[str, Any], bool, list[str]]:
+    """Each estimator's N_opt at ``budget`` with its CI and slope, and whether the CIs overlap."""
+    n_opt, n_ci = est.n_opt(budget), est.n_opt_ci(budget, CI_LEVEL)
+    estimators = {name: {"n_opt": n_opt[name], "ci": n_ci[name]} for name in ESTIMATORS}
+    estimators["envelope"]["slope"] = None if est.envelope is None else est.envelope.slope
+    estimators["isoflop"]["slope"] = None if est.isoflop is None else est.isoflop.slope
+    estimators["isoflop"]["profiles"] = [{"budget": p.budget, "n_opt": p.n_opt, "edge": p.edge} for p in est.profiles]
+    lam = est.law
+    estimators["parametric"]["slope"] = lam.beta / (lam.alpha + lam.beta) if lam.alpha + lam.beta > 0 else None
+    warnings = [f"{name}: no estimate (too few budgets with an interior optimum)"
+                for name in ESTIMATORS if estimators[name]["n_opt"] is None]
+    cis = [estimators[name]["ci"] for name in ESTIMATORS if estimators[name]["ci"] is not None]
+    agree = bool(cis) and max(c[0] for c in cis) <= min(c[1] for c in cis)
+    return estimators, agree, warnings
+
+
+def _law(est: Estimates, pts: pd.DataFrame) -> tuple[dict[str, Any], list[str]]:
+    """The law's parameters with their CIs, and what the ladder leaves unidentified."""
+    lam, law_ci = est.law, est.law_ci(CI_LEVEL)
+    law = {name: {"value": getattr(lam, name), "ci": law_ci[name]} for name in ("E", "A", "alpha", "B", "beta")}
+    warnings = [f"law: no interval for {name}: the resamples do not spread it (pinned at a bound, or too few runs)"
+                for name, ci in law_ci.items() if ci is None]
+    warnings += [f"law: {name} ended on its bound {EXPONENT_BOUNDS}: the data do not pin it" for name in lam.on_edge]
+    if pts["N"].nunique() < 3:
+        warnings.append("law: fewer than three sizes: A and alpha are not identified")
+    d_spread = pts.groupby("N")["D"].agg(lambda d: d.max() / d.min())
+    if (d_spread < 1.5).all():
+        warnings.append("law: every size was trained to about one D: B and beta are not identified")
+    for name in ("alpha", "beta"):
+        ci = law_ci[name]
+        if ci is not None and (ci[0] <= 1e-3 or ci[1] >= EXPONENT_BOUNDS[1] - 1e-3):
+            warnings.append(f"law: the CI of {name} reaches its bound {EXPONENT_BOUNDS}: not identified by this ladder")
+    return law, warnings
 
 
 def validation_rows(source: Path, est: Estimates, metric: str, seed: int) -> pd.DataFrame:
