@@ -26,6 +26,8 @@ import numpy as np
 import pandas as pd
 from scipy import optimize, special
 
+from analysis.load import AnalysisError
+
 DROP_EARLY = 0.1
 HUBER_DELTA = 1e-3
 BUDGET_TOLERANCE = 0.05  # runs whose final C agree this closely share a budget
@@ -212,6 +214,26 @@ def isoflop_profiles(pts: pd.DataFrame) -> list[Profile]:
         out.append(Profile(float(budget), n.tolist(), fd.tolist(), coef.tolist(),
                            None if vertex is None else float(np.exp(vertex)), bool(edge)))
     return out
+
+
+def ladder_points(table: pd.DataFrame, metric: str, drop_early: float = DROP_EARLY) -> pd.DataFrame:
+    """`points` of an isoFLOP ladder's measured runs; an `AnalysisError` naming what is missing
+    when they cannot make one (no evaluations, one size, one budget, no budget at three sizes)."""
+    pts = points(table, metric, drop_early)
+    if pts.empty:
+        raise AnalysisError(f"no evaluation checkpoints with {metric}, g_gflops, images_seen and train_flops "
+                            "among the completed runs: nothing to fit")
+    budgets = sorted(pts["budget"].unique())
+    sizes = sorted(pts["N"].unique())
+    if len(sizes) < 2:
+        raise AnalysisError(f"the study has one size (G {sizes[0]:.4g} GFLOPs): a law of size needs several")
+    if len(budgets) < 2:
+        raise AnalysisError(f"the study has one budget ({budgets[0]:.3g} FLOPs): an isoFLOP ladder needs several")
+    if not isoflop_profiles(pts):
+        raise AnalysisError(f"no budget was trained at three or more sizes (runs sharing a budget: their final "
+                            f"training FLOPs within {BUDGET_TOLERANCE:.0%}): not an isoFLOP ladder; plan one with "
+                            "a grid's budgets: section (sweeps/configs/isoflop_cpu.yaml)")
+    return pts
 
 
 def isoflop_law(profiles: list[Profile]) -> PowerInC | None:

@@ -90,20 +90,8 @@ def _forecast(args: argparse.Namespace) -> int:
     metric = choose_metric(table, args.metric)
     table = co.measured_runs(table)
     drop = co.DROP_EARLY if args.drop_early is None else args.drop_early
-    pts = co.points(table, metric, drop)
-    if pts.empty:
-        raise AnalysisError(f"no evaluation checkpoints with {metric}, g_gflops, images_seen and train_flops "
-                            "among the completed runs: nothing to fit")
+    pts = co.ladder_points(table, metric, drop)
     budgets = sorted(pts["budget"].unique())
-    sizes = sorted(pts["N"].unique())
-    if len(sizes) < 2:
-        raise AnalysisError(f"the study has one size (G {sizes[0]:.4g} GFLOPs): a law of size needs several")
-    if len(budgets) < 2:
-        raise AnalysisError(f"the study has one budget ({budgets[0]:.3g} FLOPs): an isoFLOP ladder needs several")
-    if not co.isoflop_profiles(pts):
-        raise AnalysisError(f"no budget was trained at three or more sizes (runs sharing a budget: their final "
-                            f"training FLOPs within {co.BUDGET_TOLERANCE:.0%}): not an isoFLOP ladder; plan one with "
-                            "a grid's budgets: section (sweeps/configs/isoflop_cpu.yaml)")
     template = _template(args)
     batches = table["train.batch"].dropna().astype(int) if "train.batch" in table else []
     batch = Counter(batches).most_common(1)[0][0] if len(batches) else int(template["train.batch"])
