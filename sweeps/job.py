@@ -28,7 +28,6 @@ rank starts the trainer (which joins them with DDP from the SLURM task variables
 """
 from __future__ import annotations
 
-import ctypes
 import os
 import signal
 import subprocess
@@ -37,7 +36,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import submitit
 import yaml
@@ -90,17 +89,6 @@ def _write_failed(run_dir: Path, reason: str) -> None:
     """Record a failure the trainer could not record itself (it crashed or never started)."""
     previous = rundir.read_status(run_dir) or {}
     rundir.write_status(run_dir, "failed", previous.get("step") or 0, reason, previous.get("checkpoint_step"))
-
-
-def _die_with_parent() -> Callable[[], None] | None:
-    """A preexec_fn giving the trainer SIGTERM when the job process dies (even by SIGKILL), so a
-    killed job never leaves a trainer writing a folder whose lease is gone. Linux only; the libc
-    function is looked up here, in the parent, so the forked child only makes the call."""
-    try:
-        prctl = ctypes.CDLL(None, use_errno=True).prctl
-    except (OSError, AttributeError):
-        return None
-    return lambda: prctl(1, int(signal.SIGTERM))  # 1 = PR_SET_PDEATHSIG
 
 
 def _requeue_self() -> None:
@@ -348,9 +336,9 @@ class RunJob(submitit.helpers.Checkpointable):
             env["CUDA_VISIBLE_DEVICES"] = visible[slot.index % len(visible)]
         with open(folder / rundir.TRAINER_LOG, "ab") as log:
             slot.child = subprocess.Popen(
-                [sys.executable, "-m", self.trainer, str(request), "--out", str(run_dir)],
+                [sys.executable, "-m", "sweeps.orphan_guard", str(os.getpid()),
+                 sys.executable, "-m", self.trainer, str(request), "--out", str(run_dir)],
                 cwd=self.code_root, env=env, stdout=log, stderr=subprocess.STDOUT,
-                preexec_fn=_die_with_parent(),
             )
             try:
                 while True:
