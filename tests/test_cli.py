@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -27,6 +28,8 @@ BAD_INPUT = {
     "sweeps.status": lambda tmp: [str(tmp / "no-sweep")],
     "sweeps.cancel": lambda tmp: [str(tmp)],
     "sweeps.tune": lambda tmp: [str(tmp / "no-search.yaml")],
+    # the real parent, so the guard goes on to exec: a program that does not exist
+    "sweeps.orphan_guard": lambda tmp: [str(os.getppid()), str(tmp / "no-such-program")],
     "analysis.plot_scaling": lambda tmp: [str(tmp / "no-results")],
     "analysis.plot_lr_transfer": lambda tmp: [str(tmp / "no-results")],
     "analysis.plot_stability": lambda tmp: [str(tmp / "no-results")],

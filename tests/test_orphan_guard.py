@@ -65,7 +65,13 @@ def test_a_guard_whose_parent_is_gone_starts_nothing(tmp_path):
     assert code == orphan_guard.ORPHANED_EXIT and not marker.exists()
 
 
-@pytest.mark.parametrize("argv", [[], ["123"], ["x", "true"]])
-def test_a_bad_call_is_refused(argv, capsys):
-    assert orphan_guard.main(argv) == 2
-    assert "usage: python -m sweeps.orphan_guard" in capsys.readouterr().err
+@pytest.mark.parametrize("argv, message", [
+    ([], "the following arguments are required"),
+    (["123"], "no COMMAND to run"),
+    (["x", "true"], "invalid int value"),
+])
+def test_a_bad_call_is_one_error_line(argv, message, capsys):
+    with pytest.raises(SystemExit) as stop:
+        orphan_guard.main(argv)
+    err = capsys.readouterr().err
+    assert stop.value.code == 2 and err.startswith("error: ") and message in err
