@@ -167,9 +167,9 @@ def test_bracket_regex_selects_the_extra_seeds_of_the_bundled_grid():
     names = [r.name for r in make_plan(load_grid("lr_stability_cpu.yaml"), Path("/nonexistent")).runs]
     table = pd.DataFrame([
         {"train.lr_rule": "constant", "model.width": 64, "max_stable_lr": 9.6e-3, "min_unstable_lr": 1.92e-2},
-        {"train.lr_rule": "width_aware", "model.width": 256, "max_stable_lr": 0.3072, "min_unstable_lr": math.nan},
+        {"train.lr_rule": "width_aware", "model.width": 128, "max_stable_lr": 0.3072, "min_unstable_lr": math.nan},
     ])
     chosen = sorted(n for n in names if re.search(bracket_regex(table), n))
     assert len(chosen) == 3 and all("-s1-" in n for n in chosen), chosen
     assert {n.split("-s1-")[0] for n in chosen} == {
-        "w64-d4-p2-lr_constant-blr0.0096", "w64-d4-p2-lr_constant-blr0.0192", "w256-d4-p2-lr_width_aware-blr0.3072"}
+        "w64-d4-p2-lr_constant-blr0.0096", "w64-d4-p2-lr_constant-blr0.0192", "w128-d4-p2-lr_width_aware-blr0.3072"}
