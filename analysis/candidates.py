@@ -73,25 +73,17 @@ def template_from_study(study: str | Path) -> dict[str, Any]:
 
 
 def _base_config(base: Any, grid_file: Any) -> dict[str, Any]:
-    """A grid's ``base:`` as nested data: a mapping as it is, none for the trainer's defaults, a
-    path beside the recorded grid file, else from this directory or among the bundled configs
-    (``contract.config.resolve_config_path``), else the bundled config of that file name."""
-    if base is None:
-        return {}
-    if isinstance(base, dict):
-        return base
-    if not isinstance(base, str):
-        raise ConfigError(f"base: expected a path or a mapping, got {base!r}")
-    beside = Path(grid_file).parent / base if isinstance(grid_file, str) and grid_file else None
-    if beside is not None and not Path(base).is_absolute() and beside.is_file():
-        return gat_config.read_yaml_file(beside) or {}
+    """A recorded grid's ``base:`` (``contract.config.load_base_config``), looked for beside the
+    recorded grid file and in this directory; a grid recorded on another machine may name a
+    bundled config by a path that is not there, so last the bundled config of that file name."""
+    search = [Path(grid_file).parent] if isinstance(grid_file, str) and grid_file else []
     try:
-        found = gat_config.resolve_config_path(base)
+        return gat_config.load_base_config(base, [*search, Path.cwd()])[0]
     except ConfigError:
-        found = gat_config.bundled_config(Path(base).name)
-        if found is None:
+        moved = gat_config.bundled_config(Path(base).name) if isinstance(base, str) else None
+        if moved is None:
             raise
-    return gat_config.read_yaml_file(found) or {}
+        return gat_config.read_yaml_file(moved) or {}
 
 
 def describe_size(template: dict[str, Any], width: int, depth: int, heads: int, patch: int) -> Candidate:

@@ -518,6 +518,29 @@ def resolve_config_path(name: str | Path) -> Path:
     return found
 
 
+def load_base_config(base: Any, search: list[Path]) -> tuple[dict[str, Any], str]:
+    """A sweep grid's ``base:`` as nested data, and where it came from (for messages): a mapping
+    as it is ("inline"), none for the trainer's defaults ("defaults"), a path as given when
+    absolute, else the first ``search`` folder that holds it, else the bundled config it names.
+    ConfigError when it is none of these, is not found or does not read."""
+    if base is None:
+        return {}, "defaults"
+    if isinstance(base, dict):
+        return base, "inline"
+    if not isinstance(base, str):
+        raise ConfigError(f"base: expected a path or a mapping, got {base!r}")
+    path = Path(base)
+    tried = [path] if path.is_absolute() else [folder / path for folder in search]
+    source = next((p for p in tried if p.is_file()), None) or bundled_config(base)
+    if source is None:
+        looked = ", ".join(str(p.parent) for p in tried)
+        raise ConfigError(f"base config not found: {base} (looked in {looked} and among the bundled configs)")
+    try:
+        return read_yaml_file(source) or {}, str(source)
+    except ConfigError as err:
+        raise ConfigError(f"base: {err}") from err
+
+
 def load_config(path: str | Path | None = None, overrides: dict[str, Any] | list[str] | None = None) -> RunConfig:
     """Load a YAML file (a path, or a bundled config's name; the defaults when `path` is None)
     and apply overrides."""

@@ -155,7 +155,10 @@ def parse_grid(
     if unknown:
         hint = " (a search file: run it with python -m sweeps.tune)" if unknown[0] == "search" else ""
         raise GridError(f"unknown grid section {unknown[0]!r} (allowed: {', '.join(SECTIONS)}){hint}")
-    base, base_source = _load_base(data.get("base"), path)
+    try:  # relative to the grid file (cwd for a grid given as data), then the bundled configs
+        base, base_source = gat_config.load_base_config(data.get("base"), [path.parent if path else Path.cwd()])
+    except ConfigError as err:
+        raise GridError(str(err)) from err
     fixed = {**_mapping(data.get("set"), "set"), **(overrides or {})}
     for key in fixed:
         _check_key(key, f"set: {key}")
@@ -349,27 +352,6 @@ def _filters(value: Any, where: str) -> list[dict[str, Any]]:
             if isinstance(wanted, str) and wanted.lstrip()[:1] in ("<", ">", "=", "!") and _comparison(wanted) is None:
                 raise GridError(f"{where}: {key}: {wanted!r} is not a comparison (expected e.g. '>=512', '<1e-3', '!=0')")
     return value
-
-
-def _load_base(base: Any, grid_path: Path | None) -> tuple[dict[str, Any], str]:
-    """The base trainer config as nested data, and where it came from (for messages)."""
-    if base is None:
-        return {}, "defaults"
-    if isinstance(base, dict):
-        return base, "inline"
-    if not isinstance(base, str):
-        raise GridError(f"base: expected a path or a mapping, got {base!r}")
-    # Relative to the grid file first (cwd for a grid given as data), then the bundled configs.
-    path = Path(base)
-    if not path.is_absolute():
-        path = (grid_path.parent if grid_path is not None else Path.cwd()) / base
-    source = path if path.is_file() else gat_config.bundled_config(base)
-    if source is None:
-        raise GridError(f"base config not found: {base} (looked in {path.parent} and among the bundled configs)")
-    try:
-        return gat_config.read_yaml_file(source) or {}, str(source)
-    except ConfigError as err:
-        raise GridError(f"base: {err}") from err
 
 
 def _budgets(value: Any, fixed: dict[str, Any], axes: list[str]) -> BudgetSpec | None:

@@ -49,7 +49,7 @@ def test_a_manifest_recording_a_grid_and_a_run_is_enough(tmp_path):
     ({"runs": [RUN]}, "no 'grid' field"),
     ({"grid": GRID}, "no 'runs' entry with its 'overrides'"),
     ({"grid": GRID, "runs": [{"run_id": "r"}]}, "no 'runs' entry with its 'overrides'"),
-    ({"grid": "base: nowhere/missing.yaml\n", "runs": [RUN]}, "config file not found: nowhere/missing.yaml"),
+    ({"grid": "base: nowhere/missing.yaml\n", "runs": [RUN]}, "base config not found: nowhere/missing.yaml"),
     ({"grid": GRID, "runs": [{"overrides": {"model.width": -1}}]}, "the recorded run config does not load"),
 ])
 def test_a_manifest_without_what_the_template_needs_is_named(tmp_path, manifest, message):
