@@ -162,3 +162,25 @@ def _env() -> dict[str, str]:
     import os
 
     return {**os.environ, "PYTHONPATH": str(ROOT)}
+
+
+def test_the_validation_runs_are_scored_against_the_committed_forecast():
+    """results/isoflop_cpu's validation.csv: the six pre-registered runs (three sizes x two
+    seeds at the forecast's budget), each with a measured FD, and the recommended size's
+    prediction is forecast.json's, the one committed before the runs."""
+    import pandas as pd
+
+    folder = ROOT / "results/isoflop_cpu/analysis"
+    forecast = json.loads((folder / "forecast.json").read_text())
+    rows = pd.read_csv(folder / "validation.csv")
+    assert list(rows.columns[:7]) == ["size", "seed", "train_flops", "g_gflops", "predicted_mean", "pi_low", "pi_high"]
+    assert sorted(zip(rows["size"], rows["seed"])) == [
+        (size, seed) for size in ("w160-d8-h20-p2", "w32-d8-h4-p2", "w48-d8-h6-p2") for seed in (0, 1)]
+    assert rows["measured"].notna().all()
+    assert (abs(rows["train_flops"] / forecast["budget"] - 1) < 0.01).all()
+    recommended = rows[rows["size"] == forecast["recommendation"]["size"]]
+    predicted = forecast["recommendation"]["predicted"]
+    assert len(recommended) == 2
+    for _, row in recommended.iterrows():
+        assert_same_numbers([row["predicted_mean"], row["pi_low"], row["pi_high"]], [predicted["mean"], *predicted["pi"]],
+                            "validation.csv against forecast.json", rel=1e-9)
