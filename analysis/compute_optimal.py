@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import itertools
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -347,9 +348,29 @@ def backtest(pts: pd.DataFrame, n_resamples: int, level: float, seed: int = 0) -
 
 
 def backtest_summary(rows: pd.DataFrame) -> list[dict[str, float | int | str]]:
-    """Per backtest step: runs predicted, mean ARE and PI coverage."""
+    """Per backtest step: runs predicted, mean ARE, PI coverage, the mean signed relative error
+    (positive: predicted too high) and how many runs were predicted too high. A small ARE can
+    hide a one-sided miss; the sign is what says the law's level is off at the ladder's edge."""
     if rows.empty:
         return []
     grouped = rows.groupby("step", sort=False)
     return [{"step": step, "runs": int(len(g)), "mean_are": float(g["are"].mean()),
-             "coverage": float(g["covered"].mean())} for step, g in grouped]
+             "coverage": float(g["covered"].mean()),
+             "mean_bias": float(((g["predicted"] - g["measured"]) / g["measured"]).mean()),
+             "over_predicted": int((g["predicted"] > g["measured"]).sum())} for step, g in grouped]
+
+
+def one_sided_steps(summary: list[dict[str, Any]], alpha: float = 0.05) -> list[str]:
+    """Warnings for the backtest steps whose runs were predicted too high (or too low) more often
+    than chance allows: a two-sided sign test at ``alpha`` (9 of 10 one way: p = 0.02)."""
+    from scipy.stats import binomtest
+
+    warnings = []
+    for row in summary:
+        over, runs = int(row["over_predicted"]), int(row["runs"])
+        p = binomtest(over, runs, 0.5).pvalue
+        if p < alpha:
+            side, count = ("high", over) if 2 * over > runs else ("low", runs - over)
+            warnings.append(f"backtest {row['step']}: {count} of {runs} runs predicted too {side} (mean signed "
+                            f"error {row['mean_bias']:+.1%}, sign test p = {p:.2g}): the law's level is biased there")
+    return warnings

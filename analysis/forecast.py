@@ -124,6 +124,7 @@ def _forecast(args: argparse.Namespace) -> int:
     if backtest is not None:
         backtest.to_csv(out / "backtest.csv", index=False)
         forecast["backtest"] = co.backtest_summary(backtest)
+        forecast["warnings"] += co.one_sided_steps(forecast["backtest"])
     if validation is not None:
         validation.to_csv(out / "validation.csv", index=False)
         plots.save_figure(plots.predicted_against_measured(validation, metric), out / "validation.png")

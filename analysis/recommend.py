@@ -196,7 +196,8 @@ def summary_lines(f: dict[str, Any]) -> list[str]:
     if "backtest" in f:
         for row in f["backtest"]:
             lines.append(f"backtest {row['step']}: {row['runs']} runs, mean ARE {row['mean_are']:.1%}, "
-                         f"PI coverage {row['coverage']:.0%}")
+                         f"PI coverage {row['coverage']:.0%}, mean signed error {row['mean_bias']:+.1%} "
+                         f"({row['over_predicted']} of {row['runs']} predicted too high)")
     lines += [f"warning: {w}" for w in f["warnings"]]
     return lines
 
@@ -213,7 +214,9 @@ def report_markdown(f: dict[str, Any]) -> str:
              *[f"| {name} | {_fmt(f['estimators'][name]['n_opt'])} | {_ci(f['estimators'][name]['ci'])} | "
                f"{_fmt(f['estimators'][name]['slope'])} |" for name in ESTIMATORS], ""]
     if "backtest" in f:
-        lines += ["## Backtest", "", "| step | runs | mean ARE | PI coverage |", "|---|---|---|---|",
-                  *[f"| {r['step']} | {r['runs']} | {r['mean_are']:.1%} | {r['coverage']:.0%} |" for r in f["backtest"]], ""]
+        lines += ["## Backtest", "", "| step | runs | mean ARE | PI coverage | mean signed error | predicted too high |",
+                  "|---|---|---|---|---|---|",
+                  *[f"| {r['step']} | {r['runs']} | {r['mean_are']:.1%} | {r['coverage']:.0%} | "
+                    f"{r['mean_bias']:+.1%} | {r['over_predicted']} |" for r in f["backtest"]], ""]
     lines += ["Figures: isoflop_profiles.png, n_opt.png" + (", validation.png" if "validation" in f else ""), ""]
     return "\n".join(lines)

@@ -206,3 +206,32 @@ def test_collapsed_runs_are_data_points_and_failed_ones_are_not():
     or unfinished run has none to give."""
     table = pd.DataFrame({"run_id": list("abcde"), "status": ["completed", "collapsed", "failed", "running", "diverged"]})
     assert list(co.measured_runs(table)["run_id"]) == ["a", "b"]
+
+
+def test_the_backtest_summary_flags_a_one_sided_miss():
+    """A small mean ARE can hide predictions that all miss the same way (the isoFLOP CPU ladder's
+    last rolling-origin step: 9 of 10 too high): the summary carries the signed error and the
+    sign test warns; a balanced step does not warn, and a step predicted too low says so."""
+    def rows(step: str, signed: list[float]) -> pd.DataFrame:
+        measured = np.full(len(signed), 100.0)
+        predicted = measured * (1 + np.array(signed))
+        return pd.DataFrame({"step": step, "predicted": predicted, "measured": measured,
+                             "are": np.abs(signed), "covered": True})
+
+    table = pd.concat([rows("high", [0.1] * 9 + [-0.05]), rows("balanced", [0.1, -0.1] * 5), rows("low", [-0.2] * 8)])
+    summary = co.backtest_summary(table)
+    assert [(s["step"], s["over_predicted"]) for s in summary] == [("high", 9), ("balanced", 5), ("low", 0)]
+    assert summary[0]["mean_bias"] == pytest.approx((9 * 0.1 - 0.05) / 10)
+    warnings = co.one_sided_steps(summary)
+    assert len(warnings) == 2
+    assert warnings[0].startswith("backtest high: 9 of 10 runs predicted too high (mean signed error +8.5%")
+    assert warnings[1].startswith("backtest low: 8 of 8 runs predicted too low")
+
+
+def test_the_committed_ladders_last_backtest_step_is_flagged():
+    """results/isoflop_cpu/analysis/backtest.csv (committed before the validation runs): its
+    step fitted on budgets <= 3e12 predicted the 1e13 runs too high, the miss the validation then
+    showed at 1e14."""
+    rows = pd.read_csv(Path(__file__).resolve().parent.parent / "results/isoflop_cpu/analysis/backtest.csv")
+    warnings = co.one_sided_steps(co.backtest_summary(rows))
+    assert len(warnings) == 1 and warnings[0].startswith("backtest fit budgets <= 3e+12: 9 of 10 runs predicted too high")
