@@ -6,11 +6,13 @@ A run is *stable* when it completed; *unstable* when it diverged (a non-finite l
 (the trainer's FD rule, docs/collapse.md). Runs still running, failed or pending are no outcome
 and are left out. Per (rule, width):
 
-- ``max_stable_lr``: the largest base LR whose finished runs were all stable;
-  ``min_unstable_lr``: the smallest base LR with an unstable run. The *boundary* is their
-  geometric midpoint and the bracket [min, max] of the two its interval (a noisy edge, stable
-  above an unstable LR, gives an inverted bracket, kept as measured). A width with no unstable
-  LR reports "boundary not crossed" and no boundary; none is invented.
+- ``min_unstable_lr``: the smallest base LR with an unstable run (the first failure going up);
+  ``max_stable_lr``: the largest base LR below it whose finished runs were all stable. The
+  *boundary* is their geometric midpoint and the bracket its interval. A stable LR above the
+  first failure does not move the boundary: a run that never learns (FD bad from its first
+  evaluation) is not flagged by the collapse rule, and the map's first run showed such runs
+  "stable" at 4-8x the first failure; the note names them. A width with no unstable LR reports
+  "boundary not crossed" and no boundary; none is invented.
 - ``best_lr``/``best_fd``: the base LR with the lowest mean final metric over its runs that have
   one (completed or collapsed: a collapsed run's last FD is a data point; a diverged run has
   none), with bootstrap intervals (below).
@@ -107,11 +109,17 @@ def _cells(runs: pd.DataFrame, metric: str) -> dict[tuple[str, int], list[Cell]]
     return out
 
 
+def _stable_lrs(cells: list[Cell]) -> list[float]:
+    return [c.lr for c in cells if len(c.unstable) and not c.unstable.any()]
+
+
 def _bracket(cells: list[Cell]) -> tuple[float, float]:
-    """(max_stable_lr, min_unstable_lr) of one (rule, width); NaN where there is none."""
-    stable = [c.lr for c in cells if len(c.unstable) and not c.unstable.any()]
+    """(max_stable_lr, min_unstable_lr) of one (rule, width): the first failure and the largest
+    stable LR below it; NaN where there is none."""
     unstable = [c.lr for c in cells if c.unstable.any()]
-    return (max(stable) if stable else math.nan), (min(unstable) if unstable else math.nan)
+    first_failure = min(unstable) if unstable else math.inf
+    below = [lr for lr in _stable_lrs(cells) if lr < first_failure]
+    return (max(below) if below else math.nan), (first_failure if unstable else math.nan)
 
 
 def _best(cells: list[Cell]) -> tuple[float, float]:
@@ -140,7 +148,8 @@ def _note(cells: list[Cell], max_stable: float, min_unstable: float) -> str:
         return f"boundary not crossed: every base LR up to {max(c.lr for c in cells):.3g} stable"
     if math.isnan(max_stable):
         return f"boundary not crossed: every base LR from {min(c.lr for c in cells):.3g} unstable"
-    return "" if max_stable < min_unstable else "noisy edge: a stable LR above an unstable one"
+    above = [lr for lr in _stable_lrs(cells) if lr > min_unstable]
+    return f"stable again above the first failure at {', '.join(f'{lr:.3g}' for lr in above)}" if above else ""
 
 
 def _resample(cells: dict[tuple[str, int], list[Cell]], rng: np.random.Generator) -> dict[tuple[str, int], list[Cell]]:
