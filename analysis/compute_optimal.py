@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from scipy import optimize, special
+from scipy import optimize, special, stats
 
 from analysis.load import AnalysisError
 
@@ -363,12 +363,10 @@ def backtest_summary(rows: pd.DataFrame) -> list[dict[str, float | int | str]]:
 def one_sided_steps(summary: list[dict[str, Any]], alpha: float = 0.05) -> list[str]:
     """Warnings for the backtest steps whose runs were predicted too high (or too low) more often
     than chance allows: a two-sided sign test at ``alpha`` (9 of 10 one way: p = 0.02)."""
-    from scipy.stats import binomtest
-
     warnings = []
     for row in summary:
         over, runs = int(row["over_predicted"]), int(row["runs"])
-        p = binomtest(over, runs, 0.5).pvalue
+        p = stats.binomtest(over, runs, 0.5).pvalue
         if p < alpha:
             side, count = ("high", over) if 2 * over > runs else ("low", runs - over)
             warnings.append(f"backtest {row['step']}: {count} of {runs} runs predicted too {side} (mean signed "

@@ -42,14 +42,14 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _become(parent_pid: int, command: list[str]) -> int:
+    """ORPHANED_EXIT when the parent is gone; otherwise this process becomes ``command``."""
     try:
         ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM))
     except (OSError, AttributeError):
         pass  # not Linux: the job's own stop handling (SIGTERM to its children) still applies
     if os.getppid() != parent_pid:
         return ORPHANED_EXIT
-    os.execvp(command[0], command)  # a missing program raises FileNotFoundError: `run` reports it
-    return 0  # not reached
+    os.execvp(command[0], command)  # never returns; a missing program raises FileNotFoundError: `run` reports it
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pandas as pd
 import pytest
 
 from analysis import plot_lr_transfer, plot_scaling
@@ -90,7 +91,6 @@ def test_default_out_of_a_committed_study_rewrites_nothing(tmp_path):
 def test_ablations_reproduce_the_committed_tables_without_writing_over_them(study, tmp_path):
     """`analysis.ablations results/<study>` on a checkout without run folders: the committed
     tables come out again (to 1e-7), into studies/<study>/analysis, and results/ is untouched."""
-    import pandas as pd
 
     copy = tmp_path / "results" / study
     shutil.copytree(ROOT / "results" / study, copy)
@@ -168,8 +168,6 @@ def test_the_validation_runs_are_scored_against_the_committed_forecast():
     """results/isoflop_cpu's validation.csv: the six pre-registered runs (three sizes x two
     seeds at the forecast's budget), each with a measured FD, and the recommended size's
     prediction is forecast.json's, the one committed before the runs."""
-    import pandas as pd
-
     folder = ROOT / "results/isoflop_cpu/analysis"
     forecast = json.loads((folder / "forecast.json").read_text())
     rows = pd.read_csv(folder / "validation.csv")
